@@ -1,0 +1,184 @@
+"""ONNX Runtime backend (Triton's `onnxruntime` backend / `onnxruntime_onnx` platform)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from ..config import ConfigError, DataType, ModelConfig, string_parameter
+from ..types import InferError
+
+log = logging.getLogger("inferd.onnxruntime")
+
+DEFAULT_FILENAME = "model.onnx"
+# Triton's default when auto-complete finds a model that supports batching.
+DEFAULT_MAX_BATCH_SIZE = 4
+
+# ONNX tensor element types (as ORT names them) -> ModelConfig DataType names.
+_ORT_TO_CONFIG = {
+    "tensor(bool)": "TYPE_BOOL",
+    "tensor(uint8)": "TYPE_UINT8",
+    "tensor(uint16)": "TYPE_UINT16",
+    "tensor(uint32)": "TYPE_UINT32",
+    "tensor(uint64)": "TYPE_UINT64",
+    "tensor(int8)": "TYPE_INT8",
+    "tensor(int16)": "TYPE_INT16",
+    "tensor(int32)": "TYPE_INT32",
+    "tensor(int64)": "TYPE_INT64",
+    "tensor(float16)": "TYPE_FP16",
+    "tensor(float)": "TYPE_FP32",
+    "tensor(double)": "TYPE_FP64",
+    "tensor(string)": "TYPE_STRING",
+    "tensor(bfloat16)": "TYPE_BF16",
+}
+
+# Triton's `optimization { graph { level } }`: -1 basic, 1 extended, anything else all.
+_GRAPH_LEVELS = {
+    -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+}
+
+
+def _model_path(config: ModelConfig, files: Path) -> Path:
+    path = files / (config.default_model_filename or DEFAULT_FILENAME)
+    if path.is_dir():  # Triton also accepts a folder holding model.onnx and its external data
+        path = path / DEFAULT_FILENAME
+    if not path.is_file():
+        raise ConfigError(f"model file {path} not found")
+    return path
+
+
+def _int_parameter(config: ModelConfig, key: str) -> int | None:
+    value = string_parameter(config, key)
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"parameter '{key}' must be an integer, got '{value}'") from None
+
+
+def session_options(config: ModelConfig) -> ort.SessionOptions:
+    """Session options from the config, using the parameter names of Triton's ORT backend."""
+    options = ort.SessionOptions()
+    intra = _int_parameter(config, "intra_op_thread_count")
+    if intra is not None:
+        options.intra_op_num_threads = intra
+    inter = _int_parameter(config, "inter_op_thread_count")
+    if inter is not None:
+        options.inter_op_num_threads = inter
+    if _int_parameter(config, "execution_mode") == 1:
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    for key, attr in (("enable_mem_arena", "enable_cpu_mem_arena"), ("enable_mem_pattern", "enable_mem_pattern")):
+        flag = _int_parameter(config, key)
+        if flag is not None:
+            setattr(options, attr, bool(flag))
+    level = config.optimization.graph.level if config.HasField("optimization") else 0
+    options.graph_optimization_level = _GRAPH_LEVELS.get(level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    return options
+
+
+def _providers(device: str) -> list[Any]:
+    if device.startswith("cuda"):
+        device_id = int(device.partition(":")[2] or 0)
+        return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _dims(shape: list[Any]) -> list[int]:
+    return [d if isinstance(d, int) and d > 0 else -1 for d in shape]
+
+
+class OnnxRuntimeBackend:
+    """One ONNX Runtime session. ORT releases the GIL while it runs, so instances run on threads."""
+
+    releases_gil = True
+
+    def __init__(self) -> None:
+        self._session: ort.InferenceSession | None = None
+        self._probe: ort.InferenceSession | None = None
+        self._output_names: list[str] = []
+        self._string_inputs: set[str] = set()
+
+    def _open(self, config: ModelConfig, files: Path, device: str) -> ort.InferenceSession:
+        path = _model_path(config, files)
+        try:
+            return ort.InferenceSession(str(path), session_options(config), providers=_providers(device))
+        except Exception as exc:  # ORT raises its own exception types for corrupt or unsupported models
+            raise ConfigError(f"onnxruntime failed to load {path.name}: {' '.join(str(exc).split())}") from None
+
+    def autocomplete(self, config: ModelConfig, files: Path) -> ModelConfig:
+        session = self._open(config, files, "cpu")
+        self._probe = session  # the first CPU instance reuses it instead of loading the file twice
+        model_inputs, model_outputs = session.get_inputs(), session.get_outputs()
+        completing_io = not config.input and not config.output
+        if config.max_batch_size == 0 and completing_io:
+            batchable = all(len(t.shape) > 0 and not isinstance(t.shape[0], int) for t in model_inputs + model_outputs)
+            if batchable:
+                config.max_batch_size = DEFAULT_MAX_BATCH_SIZE
+                if not config.HasField("dynamic_batching") and not config.HasField("sequence_batching"):
+                    config.dynamic_batching.SetInParent()
+        skip = 1 if config.max_batch_size > 0 else 0
+        for declared, found in ((config.input, model_inputs), (config.output, model_outputs)):
+            known = {t.name: t for t in declared}
+            for tensor in found:
+                entry = known.get(tensor.name)
+                if entry is None:
+                    if declared and not completing_io:
+                        continue  # a partial list is the user's choice; only fill in what they listed
+                    entry = declared.add()
+                    entry.name = tensor.name
+                if entry.data_type == 0 and tensor.type in _ORT_TO_CONFIG:
+                    entry.data_type = DataType.Value(_ORT_TO_CONFIG[tensor.type])
+                if not entry.dims and not entry.HasField("reshape"):
+                    dims = _dims(list(tensor.shape)[skip:])
+                    entry.dims.extend(dims if dims else [1])
+                    if not dims:  # a scalar model tensor is given to clients as [1]
+                        entry.reshape.SetInParent()
+        return config
+
+    def load(self, config: ModelConfig, files: Path, device: str) -> None:
+        if self._probe is not None and device == "cpu":
+            self._session, self._probe = self._probe, None
+        else:
+            self._session = self._open(config, files, device)
+        self._output_names = [o.name for o in self._session.get_outputs()]
+        self._string_inputs = {i.name for i in self._session.get_inputs() if i.type == "tensor(string)"}
+        log.debug("loaded %s on %s with %s", files, device, self._session.get_providers())
+
+    def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self._session
+        if session is None:
+            raise InferError.unavailable("model instance is not loaded")
+        if self._string_inputs:
+            inputs = {k: (_to_str(k, v) if k in self._string_inputs else v) for k, v in inputs.items()}
+        results = session.run(self._output_names, inputs)
+        outputs = {}
+        for name, value in zip(self._output_names, results, strict=False):
+            if value.dtype == np.object_:
+                value = _to_bytes(value)
+            outputs[name] = value
+        return outputs
+
+    def unload(self) -> None:
+        self._session = None
+        self._probe = None
+
+
+def _to_str(name: str, array: np.ndarray) -> np.ndarray:
+    """ORT string tensors hold UTF-8 text; numpy BYTES tensors hold bytes."""
+    try:
+        return np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.flat],
+                        dtype=object).reshape(array.shape)
+    except UnicodeDecodeError:
+        raise InferError.invalid(f"input '{name}' holds bytes that are not valid UTF-8; "
+                                 "ONNX string tensors can only hold UTF-8 text") from None
+
+
+def _to_bytes(array: np.ndarray) -> np.ndarray:
+    return np.array([v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in array.flat],
+                    dtype=object).reshape(array.shape)

@@ -1,0 +1,230 @@
+"""`inferd serve` with Triton's flag names, so Triton command lines work as they are."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Coroutine, Iterator, Sequence
+from typing import Any
+
+from . import __version__
+from .server import Server
+
+log = logging.getLogger("inferd")
+
+# Triton flags that tune parts inferd does not have (CUDA pools, its thread pools): accepted and ignored,
+# so a Triton command line still starts the server.
+_IGNORED_TRITON_FLAGS = (
+    "--backend-config", "--backend-directory", "--repoagent-directory", "--cache-config", "--cache-directory",
+    "--http-thread-count", "--grpc-infer-allocation-pool-size", "--pinned-memory-pool-byte-size",
+    "--cuda-memory-pool-byte-size", "--min-supported-compute-capability", "--id", "--log-format",
+    "--rate-limit", "--rate-limit-resource", "--buffer-manager-thread-count", "--model-load-thread-count",
+    "--host-policy", "--grpc-keepalive-time", "--grpc-keepalive-timeout", "--trace-config",
+)
+
+
+def parse_bool(text: str) -> bool:
+    """Triton's boolean flag values."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def _bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, help: str) -> None:
+    """`--flag`, `--flag=true|false` and `--flag true|false` all work, as in Triton."""
+    parser.add_argument(name, type=parse_bool, nargs="?", const=True, default=default, metavar="BOOL",
+                        help=f"{help} (default {str(default).lower()})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inferd", description="inferd: a Triton-compatible inference server")
+    parser.add_argument("--version", action="version", version=f"inferd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve a model repository over HTTP and gRPC")
+    add_serve_arguments(serve)
+    return parser
+
+
+def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--model-repository", "--model-store", action="append", dest="model_repository",
+                       required=True, metavar="PATH", help="model repository folder (repeatable)")
+    serve.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none")
+    serve.add_argument("--load-model", action="append", default=[], metavar="NAME",
+                       help="with --model-control-mode=explicit: load this model at start-up ('*' for all)")
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--http-address", default="0.0.0.0")
+    serve.add_argument("--grpc-address", default="0.0.0.0")
+    _bool_flag(serve, "--allow-http", True, "serve the HTTP/REST protocol")
+    _bool_flag(serve, "--allow-grpc", True, "serve the gRPC protocol")
+    _bool_flag(serve, "--allow-metrics", True, "serve Prometheus metrics")
+    _bool_flag(serve, "--strict-readiness", True, "ready only when every model is ready")
+    _bool_flag(serve, "--exit-on-error", False, "exit when a model fails to load")
+    _bool_flag(serve, "--strict-model-config", False, "require complete config.pbtxt files (no auto-complete)")
+    serve.add_argument("--disable-auto-complete-config", action="store_true",
+                       help="do not complete configs from the model files")
+    serve.add_argument("--exit-timeout-secs", type=float, default=30.0,
+                       help="on shutdown, how long in-flight requests may take to finish")
+    serve.add_argument("--http-max-input-size", type=int, default=64 * 1024 * 1024,
+                       help="largest HTTP request body in bytes")
+    serve.add_argument("--grpc-max-message-size", type=int, default=1 << 30,
+                       help="largest gRPC message in bytes (gRPC's own default of 4 MB is too small for tensors)")
+    serve.add_argument("--server-name", default="inferd",
+                       help="name in server metadata ('triton' for scripts that check it)")
+    serve.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL")
+    _bool_flag(serve, "--log-info", True, "log informational messages")
+    _bool_flag(serve, "--log-warning", True, "log warnings")
+    _bool_flag(serve, "--log-error", True, "log errors")
+    for flag in _IGNORED_TRITON_FLAGS:
+        serve.add_argument(flag, action="append", default=None, help=argparse.SUPPRESS)
+
+
+def _log_level(args: argparse.Namespace) -> int:
+    if args.log_verbose > 0:
+        return logging.DEBUG
+    if args.log_info:
+        return logging.INFO
+    if args.log_warning:
+        return logging.WARNING
+    return logging.ERROR if args.log_error else logging.CRITICAL
+
+
+def status_table(rows: list[dict[str, str]]) -> str:
+    """The start-up table Triton prints: Model | Version | Status."""
+    body = []
+    for row in rows:
+        state = row.get("state", "UNAVAILABLE")
+        status = state if state == "READY" or not row.get("reason") else f"{state}: {row['reason']}"
+        body.append((row["name"], row.get("version", "-"), status))
+    header = ("Model", "Version", "Status")
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(3)]
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    lines = [rule, "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |", rule]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in body]
+    lines.append(rule)
+    return "\n".join(lines)
+
+
+def serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=_log_level(args), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for flag in _IGNORED_TRITON_FLAGS:
+        if getattr(args, flag.lstrip("-").replace("-", "_"), None):
+            log.warning("%s is accepted for Triton compatibility and ignored", flag)
+    started = time.perf_counter()
+    try:
+        server = Server(
+            args.model_repository,
+            model_control_mode=args.model_control_mode,
+            load_models=args.load_model,
+            strict_readiness=args.strict_readiness,
+            autocomplete=not (args.disable_auto_complete_config or args.strict_model_config),
+            server_name=args.server_name,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 1
+    rows = server.repository_index()
+    print(status_table(rows), flush=True)
+    if args.exit_on_error and any(r.get("state") != "READY" for r in rows):
+        log.error("exiting: a model failed to load and --exit-on-error is set")
+        server.close()
+        return 1
+    try:
+        _run_event_loop(_serve(server, args, started))
+    finally:
+        server.close()
+    return 0
+
+
+def _run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+class _UvicornServer:
+    """uvicorn's server with its signal handling left to us (we stop HTTP and gRPC together)."""
+
+    def __init__(self, app: object, host: str, port: int, exit_timeout: float) -> None:
+        import uvicorn
+
+        class _Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield
+
+        config = uvicorn.Config(app, host=host, port=port, loop="none", http="httptools", lifespan="off",
+                                access_log=False, log_level="warning", timeout_graceful_shutdown=int(exit_timeout),
+                                timeout_keep_alive=60)
+        self.server = _Server(config)
+
+    async def serve(self) -> None:
+        await self.server.serve()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+
+
+async def _serve(server: Server, args: argparse.Namespace, started: float) -> None:
+    from .frontends.http import HttpFrontend
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    grpc_frontend = None
+    if args.allow_grpc:
+        from .frontends.grpc import GrpcFrontend
+
+        grpc_frontend = GrpcFrontend(server, args.grpc_address, args.grpc_port,
+                                     max_message_bytes=args.grpc_max_message_size)
+        grpc_frontend.start()
+        log.info("started GRPCInferenceService at %s:%d", args.grpc_address, args.grpc_port)
+    tasks: list[asyncio.Task[None]] = []
+    http = None
+    if args.allow_http:
+        app = HttpFrontend(server, max_input_size=args.http_max_input_size)
+        http = _UvicornServer(app, args.http_address, args.http_port, args.exit_timeout_secs)
+        tasks.append(asyncio.create_task(http.serve()))
+        while not http.server.started and not tasks[0].done():
+            await asyncio.sleep(0.01)
+        log.info("started HTTPService at %s:%d", args.http_address, args.http_port)
+    log.info("inferd %s ready in %.2f s", __version__, time.perf_counter() - started)
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    log.info("shutting down: no new requests; waiting up to %.0f s for in-flight ones", args.exit_timeout_secs)
+    if http is not None:
+        http.stop()
+    if grpc_frontend is not None:
+        await asyncio.to_thread(grpc_frontend.stop, args.exit_timeout_secs)
+    if tasks:
+        await asyncio.wait(tasks, timeout=args.exit_timeout_secs + 1)
+    waiter.cancel()
+    log.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("--") and argv[0] not in ("--help", "-h", "--version"):
+        argv.insert(0, "serve")  # `inferd --model-repository=...` reads like `tritonserver --model-repository=...`
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Model configuration: Triton's `ModelConfig` protobuf, read from `config.pbtxt`, validated and completed.
+
+The protobuf message is the one schema: no parallel dataclass. Anything wrong with a configuration raises
+`ConfigError` with a one-line reason, which the model manager turns into state UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format, text_format
+from google.protobuf.descriptor import FieldDescriptor
+from tritonclient.grpc import model_config_pb2
+
+from .types import CONFIG_TO_V2, V2_TO_NUMPY
+
+ModelConfig = model_config_pb2.ModelConfig
+ModelInput = model_config_pb2.ModelInput
+ModelOutput = model_config_pb2.ModelOutput
+DataType = model_config_pb2.DataType
+ModelInstanceGroup = model_config_pb2.ModelInstanceGroup
+
+CONFIG_FILENAME = "config.pbtxt"
+
+__all__ = [
+    "CONFIG_FILENAME",
+    "ConfigError",
+    "ModelConfig",
+    "config_from_json",
+    "config_to_json",
+    "parse_config",
+    "read_config",
+    "string_parameter",
+    "v2_datatype",
+    "validate_config",
+]
+
+
+class ConfigError(Exception):
+    """A model configuration that cannot be used; the message is one line."""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def parse_config(text: str) -> ModelConfig:
+    """Parse protobuf text format; unknown fields and bad enum names are errors."""
+    config = ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as exc:
+        raise ConfigError(f"failed to parse {CONFIG_FILENAME}: {_one_line(str(exc))}") from None
+    return config
+
+
+def read_config(model_dir: Path) -> ModelConfig | None:
+    """The model's `config.pbtxt`, or None when the folder has none (auto-complete then builds one)."""
+    path = model_dir / CONFIG_FILENAME
+    if not path.is_file():
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"failed to read {path}: {_one_line(str(exc))}") from None
+    return parse_config(text)
+
+
+def config_from_json(data: str | bytes | dict[str, Any]) -> ModelConfig:
+    """A config given as JSON (the repository load API's `config` parameter)."""
+    config = ModelConfig()
+    try:
+        if isinstance(data, dict):
+            json_format.ParseDict(data, config)
+        else:
+            json_format.Parse(data, config)
+    except json_format.ParseError as exc:
+        raise ConfigError(f"failed to parse model config JSON: {_one_line(str(exc))}") from None
+    return config
+
+
+_INT64_TYPES = (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
+                FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64)
+
+
+def _int64_as_numbers(value: Any, descriptor: Any) -> Any:
+    """Proto3 JSON writes 64-bit integers as strings; Triton's HTTP API writes numbers (dims: [16])."""
+    if not isinstance(value, dict):
+        return value
+    for key, item in value.items():
+        field = descriptor.fields_by_name.get(key)
+        if field is None:
+            continue
+        if field.message_type is not None:
+            if field.message_type.GetOptions().map_entry:
+                value_field = field.message_type.fields_by_name["value"]
+                if value_field.message_type is not None:
+                    for k in item:
+                        item[k] = _int64_as_numbers(item[k], value_field.message_type)
+            elif isinstance(item, list):
+                value[key] = [_int64_as_numbers(v, field.message_type) for v in item]
+            else:
+                value[key] = _int64_as_numbers(item, field.message_type)
+        elif field.type in _INT64_TYPES:
+            value[key] = [int(v) for v in item] if isinstance(item, list) else int(item)
+    return value
+
+
+def config_to_json(config: ModelConfig) -> dict[str, Any]:
+    """The config as Triton's HTTP `/config` endpoint returns it (field names as in the proto)."""
+    data = json_format.MessageToDict(config, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
+    return _int64_as_numbers(data, config.DESCRIPTOR)  # type: ignore[no-any-return]
+
+
+def v2_datatype(data_type: int) -> str:
+    """V2 datatype name of a `DataType` enum value."""
+    return CONFIG_TO_V2.get(DataType.Name(data_type), "INVALID")
+
+
+def string_parameter(config: ModelConfig, key: str, default: str = "") -> str:
+    """A `parameters { key: ... value { string_value: ... } }` entry of the config."""
+    if key in config.parameters:
+        return str(config.parameters[key].string_value)
+    return default
+
+
+def _check_dims(where: str, dims: Any, *, allow_empty: bool) -> None:
+    if not dims and not allow_empty:
+        raise ConfigError(f"{where} must specify 'dims'")
+    for d in dims:
+        if d == 0 or d < -1:
+            raise ConfigError(f"{where} has invalid dimension {d}: dims must be positive or -1")
+
+
+def _check_tensor(where: str, tensor: Any, max_batch_size: int) -> None:
+    if not tensor.name:
+        raise ConfigError(f"{where} has no name")
+    dtype = v2_datatype(tensor.data_type)
+    if tensor.data_type == DataType.TYPE_INVALID:
+        raise ConfigError(f"{where} '{tensor.name}' must specify a valid 'data_type'")
+    if dtype not in V2_TO_NUMPY:
+        raise ConfigError(f"{where} '{tensor.name}' has data_type {DataType.Name(tensor.data_type)}, "
+                          "which this server does not support")
+    _check_dims(f"{where} '{tensor.name}'", tensor.dims, allow_empty=tensor.HasField("reshape"))
+    if tensor.HasField("reshape"):
+        _check_dims(f"{where} '{tensor.name}' reshape", tensor.reshape.shape, allow_empty=True)
+        if -1 not in tensor.dims and -1 not in tensor.reshape.shape:
+            a, b = 1, 1
+            for d in tensor.dims:
+                a *= d
+            for d in tensor.reshape.shape:
+                b *= d
+            if a != b:
+                raise ConfigError(f"{where} '{tensor.name}' reshape {list(tensor.reshape.shape)} does not "
+                                  f"hold the same number of elements as dims {list(tensor.dims)}")
+
+
+def validate_config(config: ModelConfig, model_name: str) -> None:
+    """Reject what cannot be served, with one line that says why."""
+    if config.name and config.name != model_name:
+        raise ConfigError(f"config name '{config.name}' does not match the model folder '{model_name}'")
+    if config.max_batch_size < 0:
+        raise ConfigError(f"max_batch_size must be >= 0, got {config.max_batch_size}")
+    if not config.input:
+        raise ConfigError("model configuration must specify at least one input")
+    if not config.output:
+        raise ConfigError("model configuration must specify at least one output")
+    for kind, tensors in (("input", config.input), ("output", config.output)):
+        seen: set[str] = set()
+        for tensor in tensors:
+            _check_tensor(kind, tensor, config.max_batch_size)
+            if tensor.name in seen:
+                raise ConfigError(f"{kind} '{tensor.name}' is declared more than once")
+            seen.add(tensor.name)
+    policy = config.version_policy
+    if policy.WhichOneof("policy_choice") == "latest" and policy.latest.num_versions < 1:
+        raise ConfigError("version_policy latest.num_versions must be >= 1")
+    for group in config.instance_group:
+        if group.count < 0:
+            raise ConfigError(f"instance_group count must be >= 0, got {group.count}")
+    if config.HasField("dynamic_batching") and config.max_batch_size == 0:
+        raise ConfigError("dynamic batching is enabled but max_batch_size is 0: the model does not support batching")

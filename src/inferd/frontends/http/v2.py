@@ -1,0 +1,201 @@
+"""V2 (KServe Open Inference Protocol) JSON bodies with Triton's binary tensor data extension.
+
+A request body is a JSON header, optionally followed by raw tensor bytes; `Inference-Header-Content-Length` says
+where the JSON ends. Inputs with `parameters.binary_data_size` take their bytes from after the header in order.
+Outputs go back as binary when the client asks for it (`binary_data` per output, `binary_data_output` for all).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ...types import InferenceRequest, InferenceResponse, InferError, RequestedOutput, datatype_of
+from ..tensors import check_shape, decode_list, decode_raw, encode_raw
+
+
+@dataclass(slots=True)
+class OutputOptions:
+    """How the client wants outputs encoded."""
+
+    binary_all: bool = False
+    binary: frozenset[str] = frozenset()
+    json_only: frozenset[str] = frozenset()
+
+    def is_binary(self, name: str) -> bool:
+        if name in self.binary:
+            return True
+        return self.binary_all and name not in self.json_only
+
+
+def _load_json(data: bytes | memoryview) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as first:
+        # orjson rejects NaN / Infinity; Python's json (and Triton's parser) take them.
+        try:
+            return json.loads(bytes(data))
+        except (ValueError, UnicodeDecodeError):
+            raise InferError.invalid(f"failed to parse the request JSON: {first}") from None
+
+
+def load_json_object(body: bytes) -> dict[str, Any]:
+    """A JSON object body; an empty body counts as `{}` (tritonclient posts empty bodies)."""
+    if not body.strip():
+        return {}
+    value = _load_json(body)
+    if not isinstance(value, dict):
+        raise InferError.invalid("the request body must be a JSON object")
+    return value
+
+
+def decode_infer_request(body: bytes, header_length: int | None, model_name: str,
+                         model_version: str) -> tuple[InferenceRequest, OutputOptions]:
+    if header_length is None:
+        header = body
+    else:
+        if header_length < 0 or header_length > len(body):
+            raise InferError.invalid(f"Inference-Header-Content-Length {header_length} is outside the request body "
+                                     f"of {len(body)} bytes")
+        header = memoryview(body)[:header_length]
+    doc = _load_json(header)
+    if not isinstance(doc, dict):
+        raise InferError.invalid("the inference request must be a JSON object")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list):
+        raise InferError.invalid("the inference request must have an 'inputs' list")
+    offset = header_length or 0
+    view = memoryview(body)
+    inputs: dict[str, np.ndarray] = {}
+    datatypes: dict[str, str] = {}
+    for item in raw_inputs:
+        if not isinstance(item, dict):
+            raise InferError.invalid("each entry of 'inputs' must be a JSON object")
+        name = item.get("name")
+        datatype = item.get("datatype")
+        if not isinstance(name, str) or not isinstance(datatype, str):
+            raise InferError.invalid("each input needs a string 'name' and 'datatype'")
+        if name in inputs:
+            raise InferError.invalid(f"input '{name}' is given more than once")
+        shape = check_shape(name, item.get("shape"))
+        params = item.get("parameters") or {}
+        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if size is not None:
+            if header_length is None:
+                raise InferError.invalid(f"input '{name}' has binary_data_size but the request has no "
+                                         "Inference-Header-Content-Length header")
+            if type(size) is not int or size < 0 or offset + size > len(body):
+                raise InferError.invalid(f"input '{name}': binary_data_size {size} runs past the end of the "
+                                         f"request body ({len(body) - offset} bytes left)")
+            array = decode_raw(name, datatype, shape, view[offset:offset + size])
+            offset += size
+        elif "data" in item:
+            if datatype == "FP16":
+                raise InferError.invalid(f"input '{name}': datatype FP16 cannot be given as JSON data; send it "
+                                         "with the binary tensor data extension (binary_data_size)")
+            array = decode_list(name, datatype, shape, item["data"])
+        else:
+            raise InferError.invalid(f"input '{name}' has neither 'data' nor a 'binary_data_size' parameter")
+        inputs[name] = array
+        datatypes[name] = datatype
+    if header_length is not None and offset != len(body):
+        raise InferError.invalid(f"the request body has {len(body) - offset} bytes beyond its inputs' "
+                                 "binary data: check Inference-Header-Content-Length and binary_data_size")
+    options, requested = _output_options(doc)
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InferError.invalid("request 'parameters' must be a JSON object")
+    request_id = doc.get("id", "")
+    request = InferenceRequest(model_name, inputs, datatypes, model_version,
+                               request_id if isinstance(request_id, str) else str(request_id), requested, params)
+    return request, options
+
+
+def _output_options(doc: dict[str, Any]) -> tuple[OutputOptions, list[RequestedOutput] | None]:
+    params = doc.get("parameters") or {}
+    binary_all = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
+    raw_outputs = doc.get("outputs")
+    if raw_outputs is None:
+        return OutputOptions(binary_all), None
+    if not isinstance(raw_outputs, list):
+        raise InferError.invalid("'outputs' must be a list")
+    requested: list[RequestedOutput] = []
+    binary, json_only = set(), set()
+    for out in raw_outputs:
+        if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+            raise InferError.invalid("each entry of 'outputs' needs a string 'name'")
+        out_params = out.get("parameters") or {}
+        if not isinstance(out_params, dict):
+            raise InferError.invalid(f"output '{out['name']}': 'parameters' must be a JSON object")
+        flag = out_params.get("binary_data")
+        if flag is True:
+            binary.add(out["name"])
+        elif flag is False:
+            json_only.add(out["name"])
+        requested.append(RequestedOutput(out["name"], out_params))
+    return OutputOptions(binary_all, frozenset(binary), frozenset(json_only)), requested
+
+
+def _json_data(name: str, array: np.ndarray) -> Any:
+    flat = array.ravel()
+    if array.dtype == np.object_:
+        try:
+            return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in flat]
+        except UnicodeDecodeError:
+            raise InferError.invalid(f"output '{name}' holds bytes that are not valid UTF-8, which JSON cannot "
+                                     "carry: request it with binary_data") from None
+    if array.dtype.kind == "f" and not np.isfinite(flat).all():
+        return _NonFinite(flat)
+    if array.dtype == np.float16:
+        return flat.astype(np.float32)
+    return flat
+
+
+class _NonFinite:
+    """Float data holding NaN or Inf: written as JSON's NaN / Infinity tokens, as Triton writes them."""
+
+    def __init__(self, flat: np.ndarray) -> None:
+        self.flat = flat
+
+    def tokens(self) -> list[str]:
+        return [repr(float(v)) if math.isfinite(v) else ("NaN" if math.isnan(v) else
+                                                          ("Infinity" if v > 0 else "-Infinity"))
+                for v in self.flat.tolist()]
+
+
+def encode_infer_response(response: InferenceResponse, options: OutputOptions) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header length when binary data follows it."""
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    special: dict[str, _NonFinite] = {}
+    for name, array in response.outputs.items():
+        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
+        if options.is_binary(name):
+            blob = encode_raw(array)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            data = _json_data(name, array)
+            if isinstance(data, _NonFinite):
+                marker = f"__inferd_nonfinite_{len(special)}__"
+                special[marker] = data
+                data = marker
+            entry["data"] = data
+        outputs.append(entry)
+    doc: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
+    if response.id:
+        doc["id"] = response.id
+    if response.parameters:
+        doc["parameters"] = response.parameters
+    doc["outputs"] = outputs
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    for marker, data in special.items():
+        header = header.replace(f'"{marker}"'.encode(), ("[" + ",".join(data.tokens()) + "]").encode())
+    if not blobs:
+        return header, None
+    return header + b"".join(blobs), len(header)

@@ -1,0 +1,158 @@
+"""A served model version: its checked configuration, its instances' scheduler, and the per-request checks.
+
+The checks here are the same for every protocol, so every frontend gets the same errors with the same words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .config import ModelConfig, v2_datatype
+from .scheduling import Scheduler
+from .types import InferenceRequest, InferError, datatype_of
+
+Tensors = dict[str, np.ndarray]
+
+
+@dataclass(slots=True, frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    dims: tuple[int, ...]  # without the batch dimension
+    reshape: tuple[int, ...] | None
+    optional: bool = False
+
+    def metadata(self, batching: bool) -> dict[str, Any]:
+        shape = ([-1] if batching else []) + list(self.dims)
+        return {"name": self.name, "datatype": self.datatype, "shape": shape}
+
+
+def _specs(tensors: Any) -> dict[str, TensorSpec]:
+    return {
+        t.name: TensorSpec(
+            name=t.name,
+            datatype=v2_datatype(t.data_type),
+            dims=tuple(t.dims),
+            reshape=tuple(t.reshape.shape) if t.HasField("reshape") else None,
+            optional=bool(getattr(t, "optional", False)),
+        )
+        for t in tensors
+    }
+
+
+def _shape_matches(shape: tuple[int, ...], dims: tuple[int, ...]) -> bool:
+    if len(shape) != len(dims):
+        return False
+    for got, want in zip(shape, dims, strict=False):
+        if want != -1 and got != want:
+            return False
+    return True
+
+
+def _fmt(shape: tuple[int, ...] | list[int]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+class ServedModel:
+    """One loaded version of a model."""
+
+    def __init__(self, name: str, version: int, config: ModelConfig, platform: str, scheduler: Scheduler) -> None:
+        self.name = name
+        self.version = version
+        self.version_str = str(version)
+        self.config = config
+        self.platform = platform
+        self.scheduler = scheduler
+        self.max_batch_size = int(config.max_batch_size)
+        self.inputs = _specs(config.input)
+        self.outputs = _specs(config.output)
+        self._required = [s.name for s in self.inputs.values() if not s.optional]
+        batching = self.max_batch_size > 0
+        self._metadata_io = (
+            [s.metadata(batching) for s in self.inputs.values()],
+            [s.metadata(batching) for s in self.outputs.values()],
+        )
+
+    def metadata(self, versions: list[str]) -> dict[str, Any]:
+        inputs, outputs = self._metadata_io
+        return {"name": self.name, "versions": versions, "platform": self.platform,
+                "inputs": inputs, "outputs": outputs}
+
+    def check_inputs(self, request: InferenceRequest) -> tuple[Tensors, int]:
+        """The request's inputs, checked against the config and shaped for the model; and the batch size."""
+        given = request.inputs
+        specs = self.inputs
+        missing = [n for n in self._required if n not in given]
+        if missing:
+            raise InferError.invalid(
+                f"expected {len(self._required)} inputs but got {len(given)} inputs for model '{self.name}': "
+                f"missing required input(s) {missing}")
+        batch = 0
+        feeds: Tensors = {}
+        for name, array in given.items():
+            spec = specs.get(name)
+            if spec is None:
+                raise InferError.invalid(f"unexpected inference input '{name}' for model '{self.name}'")
+            declared = request.datatypes.get(name) or datatype_of(array)
+            if declared != spec.datatype:
+                raise InferError.invalid(f"inference input '{name}' data-type is '{declared}', but model "
+                                         f"'{self.name}' expects '{spec.datatype}'")
+            shape = array.shape
+            if self.max_batch_size > 0:
+                if not shape:
+                    raise InferError.invalid(f"input '{name}' for model '{self.name}' needs a batch dimension: "
+                                             f"expected {_fmt((-1, *spec.dims))}, got []")
+                rows = shape[0]
+                if batch == 0:
+                    batch = rows
+                elif rows != batch:
+                    raise InferError.invalid(f"inputs of model '{self.name}' have different batch sizes "
+                                             f"({batch} and {rows})")
+                if rows < 1 or rows > self.max_batch_size:
+                    raise InferError.invalid(f"inference request batch-size must be <= {self.max_batch_size} "
+                                             f"for '{self.name}', got {rows}")
+                item_shape = shape[1:]
+            else:
+                item_shape = shape
+            if not _shape_matches(item_shape, spec.dims):
+                want = (-1, *spec.dims) if self.max_batch_size > 0 else spec.dims
+                raise InferError.invalid(f"unexpected shape for input '{name}' for model '{self.name}'. "
+                                         f"Expected {_fmt(want)}, got {_fmt(shape)}")
+            if spec.reshape is not None:
+                lead = (shape[0],) if self.max_batch_size > 0 else ()
+                try:
+                    array = array.reshape(lead + spec.reshape)
+                except ValueError:
+                    raise InferError.invalid(f"input '{name}' of shape {_fmt(shape)} cannot be reshaped to "
+                                             f"{_fmt(spec.reshape)} for model '{self.name}'") from None
+            feeds[name] = array
+        return feeds, max(batch, 1)
+
+    def check_outputs(self, request: InferenceRequest) -> list[str]:
+        """Names of the outputs to return, in the order the client asked for them (all when it asked for none)."""
+        if not request.outputs:
+            return list(self.outputs)
+        names = []
+        for out in request.outputs:
+            if out.name not in self.outputs:
+                raise InferError.invalid(f"unexpected inference output '{out.name}' for model '{self.name}'")
+            names.append(out.name)
+        return names
+
+    def shape_outputs(self, results: Tensors, names: list[str], batch: int) -> Tensors:
+        """The outputs the client asked for, in the config's declared shapes."""
+        outputs: Tensors = {}
+        for name in names:
+            try:
+                value = results[name]
+            except KeyError:
+                raise InferError.internal(f"model '{self.name}' did not produce output '{name}'") from None
+            spec = self.outputs[name]
+            if spec.reshape is not None:
+                lead = (batch,) if self.max_batch_size > 0 else ()
+                value = value.reshape(lead + spec.dims)
+            outputs[name] = value
+        return outputs

@@ -1,0 +1,67 @@
+"""Local model repositories laid out as Triton's: `<repo>/<model>/config.pbtxt` and `<repo>/<model>/<N>/`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import ModelConfig
+
+
+def version_dirs(model_dir: Path) -> dict[int, Path]:
+    """Numbered version folders of a model (folders whose name is not a non-negative integer are ignored)."""
+    found: dict[int, Path] = {}
+    try:
+        entries = list(model_dir.iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        if entry.is_dir() and entry.name.isdigit():
+            found[int(entry.name)] = entry
+    return found
+
+
+def select_versions(config: ModelConfig, available: list[int]) -> list[int]:
+    """The versions the config's `version_policy` asks to serve (Triton's default: the latest one)."""
+    policy = config.version_policy
+    choice = policy.WhichOneof("policy_choice")
+    ordered = sorted(available)
+    if choice == "all":
+        return ordered
+    if choice == "specific":
+        return sorted(v for v in set(policy.specific.versions) if v in available)
+    count = policy.latest.num_versions if choice == "latest" else 1
+    return ordered[-count:] if ordered else []
+
+
+class ModelRepository:
+    """One or more repository folders; a model name must be unique across them."""
+
+    def __init__(self, paths: list[str | Path]) -> None:
+        self.paths = [Path(p) for p in paths]
+
+    def scan(self) -> tuple[dict[str, Path], dict[str, str]]:
+        """Model folders by name, and names that cannot be served with the reason (duplicates, bad roots)."""
+        models: dict[str, Path] = {}
+        problems: dict[str, str] = {}
+        for root in self.paths:
+            if not root.is_dir():
+                raise FileNotFoundError(f"model repository {root} is not a folder")
+            for entry in sorted(root.iterdir()):
+                if not entry.is_dir() or entry.name.startswith("."):
+                    continue
+                if entry.name in models:
+                    problems[entry.name] = (f"model '{entry.name}' appears in more than one repository "
+                                            f"({models[entry.name].parent} and {root})")
+                    continue
+                models[entry.name] = entry
+        return models, problems
+
+    def find(self, name: str) -> Path | None:
+        """The folder of one model (None if no repository holds it)."""
+        if not name or "/" in name or "\\" in name or name in (".", ".."):
+            return None
+        for root in self.paths:
+            candidate = root / name
+            if candidate.is_dir():
+                return candidate
+        return None

@@ -1,0 +1,199 @@
+"""The in-process SDK: the whole data plane as a library, no sockets. Network frontends are built on it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .config import ConfigError, ModelConfig, config_from_json, config_to_json
+from .manager import ModelManager
+from .model import ServedModel
+from .repository import ModelRepository
+from .types import InferenceRequest, InferenceResponse, InferError, RequestedOutput, datatype_of
+
+log = logging.getLogger("inferd.server")
+
+# Triton protocol extensions this server implements (listed in server metadata).
+EXTENSIONS = [
+    "model_repository",
+    "model_configuration",
+    "binary_tensor_data",
+    "parameters",
+]
+
+CONTROL_MODES = ("none", "poll", "explicit")
+
+
+class Server:
+    """Models from Triton-style repositories, served in-process.
+
+    >>> server = Server(model_repository="examples/model_repository")
+    >>> server.infer("simple", {"INPUT0": a, "INPUT1": b}).outputs["OUTPUT0"]
+    """
+
+    def __init__(
+        self,
+        model_repository: str | Path | Iterable[str | Path],
+        *,
+        model_control_mode: str = "none",
+        load_models: Iterable[str] = (),
+        strict_readiness: bool = True,
+        autocomplete: bool = True,
+        server_name: str = "inferd",
+        start: bool = True,
+    ) -> None:
+        paths = [model_repository] if isinstance(model_repository, (str, Path)) else list(model_repository)
+        if model_control_mode not in CONTROL_MODES:
+            raise ValueError(f"model_control_mode must be one of {', '.join(CONTROL_MODES)}")
+        self.manager = ModelManager(ModelRepository(paths), autocomplete=autocomplete)
+        self.model_control_mode = model_control_mode
+        self.load_models = list(load_models)
+        self.strict_readiness = strict_readiness
+        self.server_name = server_name
+        self._live = False
+        if start:
+            self.start()
+
+    # ---- lifecycle ----
+
+    def start(self) -> None:
+        """Load the models the control mode asks for: all of them, or only `load_models` in explicit mode."""
+        if self.model_control_mode == "explicit":
+            names = None if "*" in self.load_models else self.load_models
+            if names is None or names:
+                self.manager.load_all(names)
+        else:
+            self.manager.load_all()
+        self._live = True
+
+    def close(self) -> None:
+        self._live = False
+        self.manager.close()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- health and metadata ----
+
+    def live(self) -> bool:
+        return self._live
+
+    def ready(self) -> bool:
+        """Ready to serve: with strict readiness, only when every model loaded; otherwise once started."""
+        if not self._live:
+            return False
+        return self.manager.all_ready() if self.strict_readiness else True
+
+    def metadata(self) -> dict[str, Any]:
+        return {"name": self.server_name, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def model(self, name: str, version: str = "") -> ServedModel:
+        return self.manager.get(name, version)
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        return self.manager.is_ready(name, version)
+
+    def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
+        served = self.manager.get(name, version)
+        entry = self.manager.entry(name)
+        versions = [m.version_str for m in reversed(entry.ready)] if entry else [served.version_str]
+        return served.metadata(versions)
+
+    def model_config(self, name: str, version: str = "") -> ModelConfig:
+        return self.manager.get(name, version).config
+
+    def model_config_json(self, name: str, version: str = "") -> dict[str, Any]:
+        return config_to_json(self.model_config(name, version))
+
+    # ---- repository ----
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        rows = self.manager.index()
+        return [r for r in rows if r.get("state") == "READY"] if ready_only else rows
+
+    def load(self, name: str, config: ModelConfig | str | Mapping[str, Any] | None = None) -> None:
+        """Load or reload a model; `config` overrides its config.pbtxt (a ModelConfig, or JSON text/dict)."""
+        if self.model_control_mode == "none":
+            raise InferError.unavailable("explicit model load / unload is not allowed if polling is enabled "
+                                         "or model control mode is none")
+        if config is not None and not isinstance(config, ModelConfig):
+            try:
+                config = config_from_json(dict(config) if isinstance(config, Mapping) else config)
+            except ConfigError as exc:
+                raise InferError.invalid(str(exc)) from None
+        self.manager.load(name, config)
+
+    def unload(self, name: str) -> None:
+        if self.model_control_mode == "none":
+            raise InferError.unavailable("explicit model load / unload is not allowed if polling is enabled "
+                                         "or model control mode is none")
+        self.manager.unload(name)
+
+    # ---- inference ----
+
+    async def infer_request(self, request: InferenceRequest) -> InferenceResponse:
+        """Run one request (the frontends' entry point). Raises InferError."""
+        model, feeds, batch, names = self._admit(request)
+        try:
+            results = await model.scheduler.run(feeds)
+        except Exception as exc:
+            raise _backend_error(model, exc) from None
+        return self._respond(request, model, results, names, batch)
+
+    def infer_request_sync(self, request: InferenceRequest) -> InferenceResponse:
+        model, feeds, batch, names = self._admit(request)
+        try:
+            results = model.scheduler.run_sync(feeds)
+        except Exception as exc:
+            raise _backend_error(model, exc) from None
+        return self._respond(request, model, results, names, batch)
+
+    def _admit(self, request: InferenceRequest) -> tuple[ServedModel, dict[str, np.ndarray], int, list[str]]:
+        model = self.manager.get(request.model_name, request.model_version)
+        feeds, batch = model.check_inputs(request)
+        return model, feeds, batch, model.check_outputs(request)
+
+    @staticmethod
+    def _respond(request: InferenceRequest, model: ServedModel, results: dict[str, np.ndarray],
+                 names: list[str], batch: int) -> InferenceResponse:
+        outputs = model.shape_outputs(results, names, batch)
+        return InferenceResponse(model.name, model.version_str, outputs, request.id)
+
+    def infer(self, model_name: str, inputs: Mapping[str, Any], *, version: str = "",
+              outputs: Iterable[str] | None = None, request_id: str = "") -> InferenceResponse:
+        """Run the model on numpy inputs (anything `np.asarray` takes) and return its outputs."""
+        return self.infer_request_sync(build_request(model_name, inputs, version, outputs, request_id))
+
+    async def infer_async(self, model_name: str, inputs: Mapping[str, Any], *, version: str = "",
+                          outputs: Iterable[str] | None = None, request_id: str = "") -> InferenceResponse:
+        return await self.infer_request(build_request(model_name, inputs, version, outputs, request_id))
+
+
+def _backend_error(model: ServedModel, exc: Exception) -> InferError:
+    """A backend failure is that request's error, never the server's."""
+    if isinstance(exc, InferError):
+        return exc
+    return InferError.internal(f"model '{model.name}' failed: {' '.join(str(exc).split())}")
+
+
+def build_request(model_name: str, inputs: Mapping[str, Any], version: str = "",
+                  outputs: Iterable[str] | None = None, request_id: str = "") -> InferenceRequest:
+    arrays: dict[str, np.ndarray] = {}
+    datatypes: dict[str, str] = {}
+    for name, value in inputs.items():
+        array = np.asarray(value)
+        if array.dtype.kind in "SU":  # BYTES tensors are object arrays of bytes
+            array = np.array([v.encode() if isinstance(v, str) else bytes(v) for v in array.flat],
+                             dtype=object).reshape(array.shape)
+        arrays[name] = array
+        datatypes[name] = datatype_of(array)
+    requested = [RequestedOutput(n) for n in outputs] if outputs is not None else None
+    return InferenceRequest(model_name, arrays, datatypes, str(version), request_id, requested)

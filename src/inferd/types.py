@@ -1,0 +1,159 @@
+"""Core types shared by every layer: datatypes, requests, responses and the one error type."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CONFIG_TO_V2",
+    "V2_TO_CONFIG",
+    "V2_TO_NUMPY",
+    "ErrorKind",
+    "InferError",
+    "InferenceRequest",
+    "InferenceResponse",
+    "RequestedOutput",
+    "datatype_of",
+    "numpy_dtype",
+]
+
+
+class ErrorKind(enum.Enum):
+    """What went wrong, and how each protocol says it (the only place that maps errors to status codes)."""
+
+    INVALID_ARGUMENT = (400, "INVALID_ARGUMENT")
+    NOT_FOUND = (404, "NOT_FOUND")
+    UNAVAILABLE = (503, "UNAVAILABLE")
+    INTERNAL = (500, "INTERNAL")
+    UNAUTHENTICATED = (401, "UNAUTHENTICATED")
+    PERMISSION_DENIED = (403, "PERMISSION_DENIED")
+    RESOURCE_EXHAUSTED = (429, "RESOURCE_EXHAUSTED")
+    TOO_LARGE = (413, "RESOURCE_EXHAUSTED")
+    CANCELLED = (499, "CANCELLED")
+    DEADLINE_EXCEEDED = (504, "DEADLINE_EXCEEDED")
+
+    @property
+    def http_status(self) -> int:
+        return self.value[0]
+
+    @property
+    def grpc_code_name(self) -> str:
+        """Name of the member of `grpc.StatusCode` (kept as a name so this module needs no grpc)."""
+        return self.value[1]
+
+
+class InferError(Exception):
+    """The one error type of the data plane; frontends turn it into their protocol's error form."""
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+    @classmethod
+    def invalid(cls, message: str) -> InferError:
+        return cls(ErrorKind.INVALID_ARGUMENT, message)
+
+    @classmethod
+    def not_found(cls, message: str) -> InferError:
+        return cls(ErrorKind.NOT_FOUND, message)
+
+    @classmethod
+    def unavailable(cls, message: str) -> InferError:
+        return cls(ErrorKind.UNAVAILABLE, message)
+
+    @classmethod
+    def internal(cls, message: str) -> InferError:
+        return cls(ErrorKind.INTERNAL, message)
+
+
+# V2 datatype names <-> numpy. BYTES tensors are object arrays of `bytes`.
+V2_TO_NUMPY: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.object_),
+}
+_NUMPY_TO_V2: dict[np.dtype[Any], str] = {dt: name for name, dt in V2_TO_NUMPY.items()}
+
+# ModelConfig DataType enum names (model_config.proto) <-> V2 names.
+CONFIG_TO_V2: dict[str, str] = {
+    "TYPE_BOOL": "BOOL",
+    "TYPE_UINT8": "UINT8",
+    "TYPE_UINT16": "UINT16",
+    "TYPE_UINT32": "UINT32",
+    "TYPE_UINT64": "UINT64",
+    "TYPE_INT8": "INT8",
+    "TYPE_INT16": "INT16",
+    "TYPE_INT32": "INT32",
+    "TYPE_INT64": "INT64",
+    "TYPE_FP16": "FP16",
+    "TYPE_FP32": "FP32",
+    "TYPE_FP64": "FP64",
+    "TYPE_STRING": "BYTES",
+    "TYPE_BF16": "BF16",
+}
+V2_TO_CONFIG: dict[str, str] = {v: k for k, v in CONFIG_TO_V2.items()}
+
+
+def numpy_dtype(datatype: str) -> np.dtype[Any]:
+    """The numpy dtype for a V2 datatype name, or INVALID_ARGUMENT."""
+    try:
+        return V2_TO_NUMPY[datatype]
+    except KeyError:
+        raise InferError.invalid(f"unsupported datatype '{datatype}'") from None
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """The V2 datatype name of an array (strings of any kind count as BYTES)."""
+    name = _NUMPY_TO_V2.get(array.dtype)
+    if name is not None:
+        return name
+    if array.dtype.kind in "SU":
+        return "BYTES"
+    raise InferError.internal(f"no V2 datatype for numpy dtype {array.dtype}")
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    name: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class InferenceRequest:
+    """One inference call as every frontend hands it to the core.
+
+    `inputs` are numpy arrays in the client's shape; `datatypes` records the V2 datatype the client declared for
+    each (needed for BYTES and for checks against the model config).
+    """
+
+    model_name: str
+    inputs: dict[str, np.ndarray]
+    datatypes: dict[str, str]
+    model_version: str = ""
+    id: str = ""
+    outputs: list[RequestedOutput] | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class InferenceResponse:
+    model_name: str
+    model_version: str
+    outputs: dict[str, np.ndarray]
+    id: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
