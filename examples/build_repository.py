@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -49,27 +49,21 @@ class GraphBuilder:
         self.inits.append(numpy_helper.from_array(value.astype(np.float32), name))
         return name
 
-    def op(self, op_type: str, inputs: Sequence[str], out: str, **attrs: object) -> str:
-        self.nodes.append(
-            helper.make_node(op_type, list(inputs), [out], name=out, **attrs)
-        )
+    def op(self, op_type: str, inputs: Sequence[str], out: str, **attrs: Any) -> str:
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
         return out
 
     def normal(self, shape: tuple[int, ...], std: float) -> np.ndarray:
         return self.rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
 
-    def conv(
-        self, x: str, cin: int, cout: int, k: int, name: str, stride: int = 1
-    ) -> str:
+    def conv(self, x: str, cin: int, cout: int, k: int, name: str, stride: int = 1) -> str:
         # He (fan-in) init keeps the scale of activations roughly constant with depth.
         w = self.const(
             f"{name}.weight",
             self.normal((cout, cin, k, k), math.sqrt(2 / (cin * k * k))),
         )
         pads = [k // 2] * 4
-        return self.op(
-            "Conv", [x, w], name, kernel_shape=[k, k], strides=[stride] * 2, pads=pads
-        )
+        return self.op("Conv", [x, w], name, kernel_shape=[k, k], strides=[stride] * 2, pads=pads)
 
     def bn(self, x: str, c: int, name: str, gain: float = 1.0) -> str:
         r = self.rng
@@ -88,9 +82,7 @@ class GraphBuilder:
     def stem(self, x: str, conv: str, norm: str, pool: str) -> str:
         """7x7/2 convolution + BN + ReLU + 3x3/2 max pool, shared by ResNet and DenseNet."""
         x = self.relu(self.bn(self.conv(x, 3, 64, 7, conv, stride=2), 64, norm))
-        return self.op(
-            "MaxPool", [x], pool, kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4
-        )
+        return self.op("MaxPool", [x], pool, kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4)
 
     def model(
         self,
@@ -111,22 +103,21 @@ class GraphBuilder:
     def classifier_params(
         self, inp: onnx.ValueInfoProto, feat: str, cin: int, ncls: int = 1000
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Random classifier whose logits depend on the input image.
+        """Random classifier weights whose logits depend on the input image.
 
         With random weights the pooled features are dominated by an input-independent
-        mean, so a plain random classifier predicts the same class for every image.
-        Run the backbone (onnx's numpy reference runtime) on a few synthetic images and
-        fold the centering and scaling of the features into the classifier's bias.
+        mean, so a plain random classifier gives every image the same logits. Run the
+        backbone (onnx's numpy reference runtime) on two synthetic 112x112 images, white
+        and smooth noise, and fold the features' centering and scale into the classifier.
         """
         backbone = self.model([inp], [tensor(feat, FP32, [1, cin, 1, 1])], "backbone")
         run = ReferenceEvaluator(backbone)
-        probe_rng = np.random.default_rng(SEED)
-        feats = []
-        for i in range(4):  # white noise and smooth (image-like) noise
-            size = 224 if i % 2 else 14
+        probe_rng, feats = np.random.default_rng(SEED), []
+        for size in (112, 28):
             x = probe_rng.standard_normal((1, 3, size, size), dtype=np.float32)
-            x = np.kron(x, np.ones((1, 1, 224 // size, 224 // size), np.float32))
-            feats.append(np.asarray(run.run([feat], {inp.name: x})[0]).reshape(cin))
+            x = np.kron(x, np.ones((1, 1, 112 // size, 112 // size), np.float32))
+            (out,) = run.run([feat], {inp.name: x})
+            feats.append(np.asarray(out).reshape(cin))
         f = np.stack(feats).astype(np.float64)
         mu, sigma = f.mean(axis=0), f.std() + 1e-6
         w = self.normal((ncls, cin), 3.0 / math.sqrt(cin)) / np.float32(sigma)
@@ -142,10 +133,7 @@ def build_simple() -> onnx.ModelProto:
     g = GraphBuilder(SEED)
     g.op("Add", ["INPUT0", "INPUT1"], "OUTPUT0")
     g.op("Sub", ["INPUT0", "INPUT1"], "OUTPUT1")
-    io = [
-        tensor(n, INT32, ["batch", 16])
-        for n in ("INPUT0", "INPUT1", "OUTPUT0", "OUTPUT1")
-    ]
+    io = [tensor(n, INT32, ["batch", 16]) for n in ("INPUT0", "INPUT1", "OUTPUT0", "OUTPUT1")]
     return g.model(io[:2], io[2:], "simple")
 
 
@@ -171,9 +159,7 @@ def build_mlp() -> onnx.ModelProto:
     return g.model([inp], [out], "mlp")
 
 
-def bottleneck(
-    g: GraphBuilder, x: str, cin: int, planes: int, stride: int, name: str
-) -> str:
+def bottleneck(g: GraphBuilder, x: str, cin: int, planes: int, stride: int, name: str) -> str:
     cout = planes * 4
     y = g.relu(g.bn(g.conv(x, cin, planes, 1, f"{name}.conv1"), planes, f"{name}.bn1"))
     # ResNet v1.5: the stride sits in the 3x3 convolution.
@@ -190,9 +176,7 @@ def bottleneck(
 def build_resnet50() -> onnx.ModelProto:
     g = GraphBuilder(SEED + 2)
     x, cin = g.stem("input", "conv1", "bn1", "maxpool"), 64
-    for li, (planes, blocks) in enumerate(
-        zip((64, 128, 256, 512), (3, 4, 6, 3), strict=True)
-    ):
+    for li, (planes, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3), strict=True)):
         for bi in range(blocks):
             stride = 2 if bi == 0 and li > 0 else 1
             x, cin = (
@@ -202,9 +186,7 @@ def build_resnet50() -> onnx.ModelProto:
     x = g.op("GlobalAveragePool", [x], "avgpool")
     w, b = g.classifier_params(tensor("input", FP32, [1, 3, 224, 224]), x, cin)
     x = g.op("Flatten", [x], "flatten", axis=1)
-    g.op(
-        "Gemm", [x, g.const("fc.weight", w), g.const("fc.bias", b)], "output", transB=1
-    )
+    g.op("Gemm", [x, g.const("fc.weight", w), g.const("fc.bias", b)], "output", transB=1)
     inp = tensor("input", FP32, ["batch", 3, 224, 224])
     return g.model([inp], [tensor("output", FP32, ["batch", 1000])], "resnet50")
 
@@ -225,14 +207,10 @@ def build_densenet121(growth: int = 32, bn_size: int = 4) -> onnx.ModelProto:
             y = g.relu(g.bn(y, bn_size * growth, f"{name}.norm2"))
             y = g.conv(y, bn_size * growth, growth, 3, f"{name}.conv2")
             x, c = g.op("Concat", [x, y], f"{name}.concat", axis=1), c + growth
-        if (
-            bi < 3
-        ):  # transition: BN + ReLU + 1x1 conv halving the channels + 2x2 avg pool
+        if bi < 3:  # transition: BN + ReLU + 1x1 conv halving the channels + 2x2 avg pool
             name = f"transition{bi + 1}"
             x = g.conv(g.relu(g.bn(x, c, f"{name}.norm")), c, c // 2, 1, f"{name}.conv")
-            x = g.op(
-                "AveragePool", [x], f"{name}.pool", kernel_shape=[2, 2], strides=[2, 2]
-            )
+            x = g.op("AveragePool", [x], f"{name}.pool", kernel_shape=[2, 2], strides=[2, 2])
             c //= 2
     x = g.op("GlobalAveragePool", [g.relu(g.bn(x, c, "norm5"))], "pool5")
     inp = tensor("data_0", FP32, [1, 3, 224, 224])
@@ -249,9 +227,7 @@ def build_densenet121(growth: int = 32, bn_size: int = 4) -> onnx.ModelProto:
 # --------------------------------------------------------------------------- configs
 
 NCHW = "format: FORMAT_NCHW"
-LABELS = "".join(
-    f"class_{i:04d}\n" for i in range(1000)
-)  # ImageNet-shaped placeholders
+LABELS = "".join(f"class_{i:04d}\n" for i in range(1000))  # ImageNet-shaped placeholders
 
 
 def io(name: str, dtype: str, dims: str, *extra: str) -> str:
@@ -355,11 +331,7 @@ def build_one(spec: Spec, out_dir: Path, force: bool) -> str:
     files = {"config.pbtxt": spec.config}
     if spec.labels:
         files[spec.labels] = LABELS
-    if (
-        not force
-        and model_path.exists()
-        and all((model_dir / f).exists() for f in files)
-    ):
+    if not force and model_path.exists() and all((model_dir / f).exists() for f in files):
         return f"{spec.name}: up to date ({model_path})"
     write_atomic(model_path, spec.build().SerializeToString())
     for fname, text in files.items():

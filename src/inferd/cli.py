@@ -157,7 +157,7 @@ def _run_event_loop(main: Coroutine[Any, Any, None]) -> None:
 class _UvicornServer:
     """uvicorn's server with its signal handling left to us (we stop HTTP and gRPC together)."""
 
-    def __init__(self, app: object, host: str, port: int, exit_timeout: float) -> None:
+    def __init__(self, app: Any, host: str, port: int, exit_timeout: float) -> None:
         import uvicorn
 
         class _Server(uvicorn.Server):

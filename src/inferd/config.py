@@ -11,22 +11,18 @@ from typing import Any
 
 from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import FieldDescriptor
-from tritonclient.grpc import model_config_pb2
+from tritonclient.grpc.model_config_pb2 import DataType, ModelConfig, ModelInstanceGroup
 
 from .types import CONFIG_TO_V2, V2_TO_NUMPY
-
-ModelConfig = model_config_pb2.ModelConfig
-ModelInput = model_config_pb2.ModelInput
-ModelOutput = model_config_pb2.ModelOutput
-DataType = model_config_pb2.DataType
-ModelInstanceGroup = model_config_pb2.ModelInstanceGroup
 
 CONFIG_FILENAME = "config.pbtxt"
 
 __all__ = [
     "CONFIG_FILENAME",
     "ConfigError",
+    "DataType",
     "ModelConfig",
+    "ModelInstanceGroup",
     "config_from_json",
     "config_to_json",
     "parse_config",
@@ -111,7 +107,7 @@ def config_to_json(config: ModelConfig) -> dict[str, Any]:
     """The config as Triton's HTTP `/config` endpoint returns it (field names as in the proto)."""
     data = json_format.MessageToDict(config, preserving_proto_field_name=True,
                                      always_print_fields_with_no_presence=True)
-    return _int64_as_numbers(data, config.DESCRIPTOR)  # type: ignore[no-any-return]
+    return _int64_as_numbers(data, config.DESCRIPTOR)
 
 
 def v2_datatype(data_type: int) -> str:

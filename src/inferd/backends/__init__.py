@@ -29,7 +29,7 @@ class BackendSpec:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             raise ConfigError(f"backend module {module_name} cannot be imported: {exc}") from None
-        return getattr(module, attr)  # type: ignore[no-any-return]
+        return getattr(module, attr)
 
 
 BACKENDS: dict[str, BackendSpec] = {

@@ -26,9 +26,12 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 DEFAULT_MAX_INPUT_SIZE = 64 * 1024 * 1024  # Triton's --http-max-input-size default
+# Smaller responses go uncompressed even when the client accepts gzip: compressing them costs more than it saves.
+COMPRESS_MIN_SIZE = 1024
 
 _JSON = [(b"content-type", b"application/json")]
-_EMPTY_OK = (200, b"", [])
+_WANTED_HEADERS = frozenset((b"content-length", b"content-encoding", b"accept-encoding",
+                             b"inference-header-content-length"))
 
 
 class HttpRequest:
@@ -44,6 +47,7 @@ class HttpRequest:
 
 
 Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
+_EMPTY_OK: Reply = (200, b"", [])
 
 
 def _json_reply(status: int, value: Any) -> Reply:
@@ -96,7 +100,7 @@ class HttpFrontend:
             return
         if scope["type"] != "http":
             return
-        headers = dict(scope["headers"])
+        headers = {k: v for k, v in scope["headers"] if k in _WANTED_HEADERS}
         try:
             body = await self._read_body(headers, receive)
             request = HttpRequest(scope["method"], scope["path"].strip("/").split("/"), headers, body)
@@ -108,7 +112,7 @@ class HttpFrontend:
             status, payload, extra = _error(500, f"internal error: {type(exc).__name__}: {exc}")
         response_headers = list(extra)
         accept = headers.get(b"accept-encoding")
-        if accept and payload:
+        if accept and len(payload) >= COMPRESS_MIN_SIZE:
             payload, encoding = _compress(payload, accept)
             if encoding:
                 response_headers.append((b"content-encoding", encoding))

@@ -56,9 +56,8 @@ def load_json_object(body: bytes) -> dict[str, Any]:
 
 def decode_infer_request(body: bytes, header_length: int | None, model_name: str,
                          model_version: str) -> tuple[InferenceRequest, OutputOptions]:
-    if header_length is None:
-        header = body
-    else:
+    header: bytes | memoryview = body
+    if header_length is not None:
         if header_length < 0 or header_length > len(body):
             raise InferError.invalid(f"Inference-Header-Content-Length {header_length} is outside the request body "
                                      f"of {len(body)} bytes")
@@ -149,30 +148,28 @@ def _json_data(name: str, array: np.ndarray) -> Any:
         except UnicodeDecodeError:
             raise InferError.invalid(f"output '{name}' holds bytes that are not valid UTF-8, which JSON cannot "
                                      "carry: request it with binary_data") from None
-    if array.dtype.kind == "f" and not np.isfinite(flat).all():
-        return _NonFinite(flat)
     if array.dtype == np.float16:
         return flat.astype(np.float32)
     return flat
 
 
-class _NonFinite:
-    """Float data holding NaN or Inf: written as JSON's NaN / Infinity tokens, as Triton writes them."""
+def _non_finite_tokens(flat: np.ndarray) -> bytes:
+    """Float data with NaN or Inf as JSON's NaN / Infinity tokens (as Triton writes them; Python's json reads them)."""
+    def token(v: float) -> str:
+        if math.isnan(v):
+            return "NaN"
+        if math.isinf(v):
+            return "Infinity" if v > 0 else "-Infinity"
+        return repr(v)
 
-    def __init__(self, flat: np.ndarray) -> None:
-        self.flat = flat
-
-    def tokens(self) -> list[str]:
-        return [repr(float(v)) if math.isfinite(v) else ("NaN" if math.isnan(v) else
-                                                          ("Infinity" if v > 0 else "-Infinity"))
-                for v in self.flat.tolist()]
+    return ("[" + ",".join(token(v) for v in flat.tolist()) + "]").encode()
 
 
 def encode_infer_response(response: InferenceResponse, options: OutputOptions) -> tuple[bytes, int | None]:
     """The response body, and the JSON header length when binary data follows it."""
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
-    special: dict[str, _NonFinite] = {}
+    json_floats: list[np.ndarray] = []
     for name, array in response.outputs.items():
         entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
         if options.is_binary(name):
@@ -180,12 +177,9 @@ def encode_infer_response(response: InferenceResponse, options: OutputOptions) -
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            data = _json_data(name, array)
-            if isinstance(data, _NonFinite):
-                marker = f"__inferd_nonfinite_{len(special)}__"
-                special[marker] = data
-                data = marker
-            entry["data"] = data
+            entry["data"] = _json_data(name, array)
+            if array.dtype.kind == "f":
+                json_floats.append(entry["data"])
         outputs.append(entry)
     doc: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
     if response.id:
@@ -194,8 +188,23 @@ def encode_infer_response(response: InferenceResponse, options: OutputOptions) -
         doc["parameters"] = response.parameters
     doc["outputs"] = outputs
     header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
-    for marker, data in special.items():
-        header = header.replace(f'"{marker}"'.encode(), ("[" + ",".join(data.tokens()) + "]").encode())
+    if json_floats and b"null" in header:
+        # orjson writes NaN and Inf as null; such data (rare) is written again with the right tokens.
+        header = _with_non_finite(doc, json_floats)
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)
+
+
+def _with_non_finite(doc: dict[str, Any], json_floats: list[np.ndarray]) -> bytes:
+    markers: dict[bytes, bytes] = {}
+    for entry in doc["outputs"]:
+        data = entry.get("data")
+        if any(data is f for f in json_floats) and not np.isfinite(data).all():
+            marker = f"__inferd_non_finite_{len(markers)}__"
+            markers[f'"{marker}"'.encode()] = _non_finite_tokens(data)
+            entry["data"] = marker
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    for marker, tokens in markers.items():
+        header = header.replace(marker, tokens)
+    return header

@@ -1,0 +1,40 @@
+# The two commands: `make serve` (example repository on :8000 HTTP, :8001 gRPC) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+REPO ?= examples/model_repository
+SERVE_ARGS ?=
+
+.PHONY: serve test lint typecheck unit bench examples clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+examples: $(VENV)/.installed
+	$(BIN)/python examples/build_repository.py $(REPO)
+
+serve: examples
+	$(BIN)/inferd serve --model-repository $(REPO) $(SERVE_ARGS)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests benchmarks examples
+
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest tests
+
+unit: $(VENV)/.installed
+	$(BIN)/pytest tests/unit
+
+bench: examples
+	$(BIN)/python benchmarks/bench_core.py
+
+clean:
+	rm -rf $(VENV) $(REPO) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,146 @@
+"""The gRPC front door: a `grpc.aio` server on its own thread and event loop.
+
+The HTTP frontend owns the main (uvloop) loop; giving gRPC a loop of its own keeps the two protocols from
+stalling each other and keeps grpc.aio on the plain asyncio loop it is built and tested for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+from tritonclient.grpc import service_pb2_grpc
+
+from ...server import Server
+from .health import HealthServicer
+from .servicer import InferenceServicer
+
+log = logging.getLogger("inferd.grpc")
+
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "GrpcFrontend"]
+
+# Triton's own limit (and gRPC's ceiling): any request Triton takes, this server takes too.
+DEFAULT_MAX_MESSAGE_BYTES = 2**31 - 1
+_START_TIMEOUT_S = 30.0
+
+
+def _address(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):  # a bare IPv6 address
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+class GrpcFrontend:
+    """Serves `inference.GRPCInferenceService` and `grpc.health.v1.Health` for a `Server`.
+
+    >>> frontend = GrpcFrontend(server, "127.0.0.1", 0)
+    >>> frontend.start()           # returns once the port is bound; frontend.port is the bound port
+    >>> frontend.stop(grace=5.0)   # in-flight RPCs get up to 5 s to finish
+    """
+
+    def __init__(
+        self,
+        server: Server,
+        host: str = "0.0.0.0",
+        port: int = 8001,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        stream_window: int = 256,
+    ) -> None:
+        if stream_window < 1:
+            raise ValueError("stream_window must be at least 1")
+        if not 0 < max_message_bytes <= DEFAULT_MAX_MESSAGE_BYTES:
+            raise ValueError(f"max_message_bytes must be between 1 and {DEFAULT_MAX_MESSAGE_BYTES}")
+        self.server = server
+        self.host = host
+        self.port = port
+        self.max_message_bytes = max_message_bytes
+        self.stream_window = stream_window
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_requested: asyncio.Event | None = None
+        self._grace: float | None = None
+
+    @property
+    def address(self) -> str:
+        return _address(self.host, self.port)
+
+    def start(self) -> None:
+        """Start serving; returns once the port is bound. Raises OSError when it cannot be bound."""
+        if self._thread is not None:
+            raise RuntimeError("the gRPC frontend is already started")
+        bound: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._run, args=(bound,), name="inferd-grpc", daemon=True)
+        self._thread.start()
+        try:
+            self.port = bound.result(timeout=_START_TIMEOUT_S)
+        except BaseException:
+            self._thread.join(timeout=_START_TIMEOUT_S)
+            self._thread = None
+            raise
+        log.info("gRPC frontend listening on %s", self.address)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting RPCs, give those in flight up to `grace` seconds, then end the thread."""
+        thread, loop, event = self._thread, self._loop, self._stop_requested
+        if thread is None:
+            return
+        if loop is not None and event is not None and not loop.is_closed():
+            self._grace = grace
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # the loop closed in between: the thread is ending anyway
+                pass
+        thread.join(timeout=grace + _START_TIMEOUT_S)
+        if thread.is_alive():
+            log.warning("gRPC frontend thread did not end within %.1f s", grace + _START_TIMEOUT_S)
+        self._thread = None
+
+    def _run(self, bound: concurrent.futures.Future[int]) -> None:
+        # A plain asyncio loop even when uvloop's policy is installed process-wide (see the module docstring).
+        loop = asyncio.SelectorEventLoop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve(bound))
+        except BaseException as exc:
+            if not bound.done():
+                bound.set_exception(exc)
+            else:
+                log.exception("gRPC frontend stopped on an error")
+        finally:
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+
+    async def _serve(self, bound: concurrent.futures.Future[int]) -> None:
+        self._stop_requested = asyncio.Event()
+        server = grpc.aio.server(options=[
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            # Without this, Linux lets a second server bind the same port silently and steal half the traffic.
+            ("grpc.so_reuseport", 0),
+        ])
+        # Fresh servicers for each run, so a restarted frontend carries no state (health's shutdown flag) over.
+        health = HealthServicer(self.server)
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.server, stream_window=self.stream_window), server)
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        address = self.address
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"gRPC frontend cannot bind {address}: the port is in use or the address is not "
+                          f"available ({exc})") from None
+        if port == 0:  # older grpcio reports a failed bind this way
+            raise OSError(f"gRPC frontend cannot bind {address}: the port is in use or the address is not available")
+        await server.start()
+        bound.set_result(port)
+        await self._stop_requested.wait()
+        health.enter_graceful_shutdown()
+        await server.stop(self._grace)

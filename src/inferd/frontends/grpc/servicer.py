@@ -1,0 +1,178 @@
+"""`inference.GRPCInferenceService`: Triton's V2 gRPC API over the core `Server`.
+
+Each RPC only translates messages (see `codec`) and calls the core; errors become gRPC status codes through
+`ErrorKind.grpc_code_name` alone. RPCs of extensions the core does not have yet (statistics, shared memory,
+trace, logging) answer UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+from ...server import Server
+from ...types import InferError
+from .codec import (
+    decode_infer_request,
+    encode_infer_response,
+    load_config_override,
+    model_metadata_response,
+    repository_index_response,
+    server_metadata_response,
+)
+from .status import status_on_error
+
+log = logging.getLogger("inferd.grpc")
+
+__all__ = ["InferenceServicer"]
+
+
+def _unsupported(rpc: str) -> Callable[[Any, Any, Any], Awaitable[Any]]:
+    """An RPC of an extension the core lacks. The generated base class would answer UNIMPLEMENTED too, but by
+    raising NotImplementedError, which grpc.aio logs as a server error with a traceback on every call."""
+
+    async def handler(self: Any, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{rpc} is not supported by this server")
+
+    return handler
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """The V2 inference service. Runs on the gRPC frontend's own event loop.
+
+    `stream_window` bounds how many requests of one ModelStreamInfer stream run at once: past it the servicer
+    stops reading, and HTTP/2 flow control holds the client back instead of the server's memory filling up.
+    """
+
+    def __init__(self, server: Server, *, stream_window: int = 256) -> None:
+        if stream_window < 1:
+            raise ValueError("stream_window must be at least 1")
+        self._server = server
+        self._stream_window = stream_window
+
+    # Extensions the core does not have yet.
+    ModelStatistics = _unsupported("ModelStatistics")
+    SystemSharedMemoryStatus = _unsupported("SystemSharedMemoryStatus")
+    SystemSharedMemoryRegister = _unsupported("SystemSharedMemoryRegister")
+    SystemSharedMemoryUnregister = _unsupported("SystemSharedMemoryUnregister")
+    CudaSharedMemoryStatus = _unsupported("CudaSharedMemoryStatus")
+    CudaSharedMemoryRegister = _unsupported("CudaSharedMemoryRegister")
+    CudaSharedMemoryUnregister = _unsupported("CudaSharedMemoryUnregister")
+    TraceSetting = _unsupported("TraceSetting")
+    LogSettings = _unsupported("LogSettings")
+
+    # ---- health and metadata ----
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=self._server.live())
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self._server.ready())
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        # An unknown model is simply not ready (Triton answers the same way, without an error).
+        return pb.ModelReadyResponse(ready=self._server.model_ready(request.name, request.version))
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        async with status_on_error(context, "ServerMetadata"):
+            return server_metadata_response(self._server.metadata())
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        async with status_on_error(context, "ModelMetadata"):
+            return model_metadata_response(self._server.model_metadata(request.name, request.version))
+
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        async with status_on_error(context, "ModelConfig"):
+            return pb.ModelConfigResponse(config=self._server.model_config(request.name, request.version))
+
+    # ---- inference ----
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        async with status_on_error(context, "ModelInfer"):
+            response = await self._server.infer_request(decode_infer_request(request))
+            return encode_infer_response(response)
+
+    async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        """Answer each request of the stream as it completes; a failed request is answered with error_message.
+
+        Requests enter the core in the order they arrive (each task is started in order and reaches the core
+        before its first await); answers go back in the order they finish, matched by request id, as in Triton.
+        """
+        answers: asyncio.Queue[Any] = asyncio.Queue()
+        slots = asyncio.Semaphore(self._stream_window)
+        running: set[asyncio.Task[None]] = set()
+        done = object()
+
+        async def answer(request: Any) -> None:
+            try:
+                answers.put_nowait(await self._stream_answer(request))
+            finally:
+                slots.release()
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await slots.acquire()
+                    task = asyncio.ensure_future(answer(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+            except Exception as exc:  # the client's side of the stream broke; finish what was started
+                log.debug("ModelStreamInfer: reading the stream failed: %s", exc)
+            finally:
+                if running:
+                    await asyncio.gather(*running, return_exceptions=True)
+                answers.put_nowait(done)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (item := await answers.get()) is not done:
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+
+    async def _stream_answer(self, request: Any) -> Any:
+        try:
+            response = await self._server.infer_request(decode_infer_request(request))
+            return pb.ModelStreamInferResponse(infer_response=encode_infer_response(response))
+        except InferError as err:
+            message = err.message
+        except Exception as exc:
+            log.exception("ModelStreamInfer request failed")
+            message = f"ModelStreamInfer failed: {type(exc).__name__}: {exc}"
+        # The id tells the client which request failed.
+        return pb.ModelStreamInferResponse(error_message=message,
+                                           infer_response=pb.ModelInferResponse(id=request.id))
+
+    # ---- model repository ----
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        async with status_on_error(context, "RepositoryIndex"):
+            if request.repository_name:
+                raise InferError.invalid("'repository_name' specification is not supported")
+            # Scans the repository on disk: off the event loop.
+            rows = await asyncio.to_thread(self._server.repository_index, request.ready)
+            return repository_index_response(rows)
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        async with status_on_error(context, "RepositoryModelLoad"):
+            if request.repository_name:
+                raise InferError.invalid("'repository_name' specification is not supported")
+            config = load_config_override(request)
+            # Loading reads files and builds runtime sessions: seconds, so never on the event loop.
+            await asyncio.to_thread(self._server.load, request.model_name, config)
+            return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        async with status_on_error(context, "RepositoryModelUnload"):
+            if request.repository_name:
+                raise InferError.invalid("'repository_name' specification is not supported")
+            await asyncio.to_thread(self._server.unload, request.model_name)
+            return pb.RepositoryModelUnloadResponse()
