@@ -58,10 +58,8 @@ class GraphBuilder:
 
     def conv(self, x: str, cin: int, cout: int, k: int, name: str, stride: int = 1) -> str:
         # He (fan-in) init keeps the scale of activations roughly constant with depth.
-        w = self.const(
-            f"{name}.weight",
-            self.normal((cout, cin, k, k), math.sqrt(2 / (cin * k * k))),
-        )
+        std = math.sqrt(2 / (cin * k * k))
+        w = self.const(f"{name}.weight", self.normal((cout, cin, k, k), std))
         pads = [k // 2] * 4
         return self.op("Conv", [x, w], name, kernel_shape=[k, k], strides=[stride] * 2, pads=pads)
 
@@ -152,11 +150,8 @@ def build_mlp() -> onnx.ModelProto:
         b = g.const(f"fc{i}.bias", g.normal((cout,), 0.01))
         h = g.op("Gemm", [h, w, b], "OUTPUT0" if i else "fc0", transB=1)
         h = h if i else g.relu(h)
-    inp, out = (
-        tensor("INPUT0", FP32, ["batch", 64]),
-        tensor("OUTPUT0", FP32, ["batch", 10]),
-    )
-    return g.model([inp], [out], "mlp")
+    inp = tensor("INPUT0", FP32, ["batch", 64])
+    return g.model([inp], [tensor("OUTPUT0", FP32, ["batch", 10])], "mlp")
 
 
 def bottleneck(g: GraphBuilder, x: str, cin: int, planes: int, stride: int, name: str) -> str:
@@ -179,10 +174,8 @@ def build_resnet50() -> onnx.ModelProto:
     for li, (planes, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3), strict=True)):
         for bi in range(blocks):
             stride = 2 if bi == 0 and li > 0 else 1
-            x, cin = (
-                bottleneck(g, x, cin, planes, stride, f"layer{li + 1}.{bi}"),
-                planes * 4,
-            )
+            x = bottleneck(g, x, cin, planes, stride, f"layer{li + 1}.{bi}")
+            cin = planes * 4
     x = g.op("GlobalAveragePool", [x], "avgpool")
     w, b = g.classifier_params(tensor("input", FP32, [1, 3, 224, 224]), x, cin)
     x = g.op("Flatten", [x], "flatten", axis=1)
@@ -197,13 +190,8 @@ def build_densenet121(growth: int = 32, bn_size: int = 4) -> onnx.ModelProto:
     for bi, layers in enumerate((6, 12, 24, 16)):
         for li in range(layers):
             name = f"denseblock{bi + 1}.denselayer{li + 1}"
-            y = g.conv(
-                g.relu(g.bn(x, c, f"{name}.norm1")),
-                c,
-                bn_size * growth,
-                1,
-                f"{name}.conv1",
-            )
+            y = g.relu(g.bn(x, c, f"{name}.norm1"))
+            y = g.conv(y, c, bn_size * growth, 1, f"{name}.conv1")
             y = g.relu(g.bn(y, bn_size * growth, f"{name}.norm2"))
             y = g.conv(y, bn_size * growth, growth, 3, f"{name}.conv2")
             x, c = g.op("Concat", [x, y], f"{name}.concat", axis=1), c + growth
@@ -216,11 +204,8 @@ def build_densenet121(growth: int = 32, bn_size: int = 4) -> onnx.ModelProto:
     inp = tensor("data_0", FP32, [1, 3, 224, 224])
     w, b = g.classifier_params(inp, x, c)
     # The classifier is a 1x1 convolution, as in the Caffe2 DenseNet-121 Triton ships.
-    w_name, b_name = (
-        g.const("fc6.weight", w.reshape(1000, c, 1, 1)),
-        g.const("fc6.bias", b),
-    )
-    g.op("Conv", [x, w_name, b_name], "fc6_1", kernel_shape=[1, 1])
+    params = [g.const("fc6.weight", w.reshape(1000, c, 1, 1)), g.const("fc6.bias", b)]
+    g.op("Conv", [x, *params], "fc6_1", kernel_shape=[1, 1])
     return g.model([inp], [tensor("fc6_1", FP32, [1, 1000, 1, 1])], "densenet121")
 
 
@@ -265,18 +250,9 @@ SPECS = [
     Spec(
         "simple_string",
         build_simple_string,
-        config(
-            "simple_string",
-            8,
-            [io("INPUT0", "STRING", "16")],
-            [io("OUTPUT0", "STRING", "16")],
-        ),
+        config("simple_string", 8, [io("INPUT0", "STRING", "16")], [io("OUTPUT0", "STRING", "16")]),
     ),
-    Spec(
-        "mlp",
-        build_mlp,
-        config("mlp", 256, [io("INPUT0", "FP32", "64")], [io("OUTPUT0", "FP32", "10")]),
-    ),
+    Spec("mlp", build_mlp, config("mlp", 256, [io("INPUT0", "FP32", "64")], [io("OUTPUT0", "FP32", "10")])),
     Spec(
         "resnet50",
         build_resnet50,
@@ -294,15 +270,7 @@ SPECS = [
         config(
             "densenet_onnx",
             0,
-            [
-                io(
-                    "data_0",
-                    "FP32",
-                    "3, 224, 224",
-                    NCHW,
-                    "reshape { shape: [ 1, 3, 224, 224 ] }",
-                )
-            ],
+            [io("data_0", "FP32", "3, 224, 224", NCHW, "reshape { shape: [ 1, 3, 224, 224 ] }")],
             [
                 io(
                     "fc6_1",

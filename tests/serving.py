@@ -46,7 +46,7 @@ class ServerProcess:
             "--http-address", HOST, "--grpc-address", HOST, "--metrics-port", str(self.metrics_port),
             *extra_args,
         ]
-        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
+        self._log = open(log_path, "wb")  # closed in wait_exit()
         self.process = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT,
                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
 

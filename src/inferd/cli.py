@@ -76,8 +76,9 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        help="on shutdown, how long in-flight requests may take to finish")
     serve.add_argument("--http-max-input-size", type=int, default=64 * 1024 * 1024,
                        help="largest HTTP request body in bytes")
-    serve.add_argument("--grpc-max-message-size", type=int, default=1 << 30,
-                       help="largest gRPC message in bytes (gRPC's own default of 4 MB is too small for tensors)")
+    serve.add_argument("--grpc-max-message-size", type=int, default=2**31 - 1,
+                       help="largest gRPC message in bytes (default 2 GiB - 1, as Triton; gRPC's own 4 MB is "
+                       "too small for tensors)")
     serve.add_argument("--server-name", default="inferd",
                        help="name in server metadata ('triton' for scripts that check it)")
     serve.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL")

@@ -1,5 +1,8 @@
-"""How requests reach model instances: direct execution now, dynamic batching later, behind one interface."""
+"""How requests reach model instances: direct execution or Triton's dynamic batcher, behind one interface."""
 
-from .direct import DirectScheduler, Scheduler
+from .base import BackendFailure, InstancePool, Job, Scheduler, Tensors
+from .batcher import DynamicBatcher, QueuePolicy
+from .direct import DirectScheduler
 
-__all__ = ["DirectScheduler", "Scheduler"]
+__all__ = ["BackendFailure", "DirectScheduler", "DynamicBatcher", "InstancePool", "Job", "QueuePolicy", "Scheduler",
+           "Tensors"]

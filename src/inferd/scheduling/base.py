@@ -1,0 +1,165 @@
+"""What every scheduler shares: a queued job, the pool of model instances, and running one batch on an instance.
+
+A batch is concatenated once per input and every caller gets views of its own rows of the outputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..backends import Backend
+from ..observability import ModelStatistics
+from ..types import InferError
+
+Tensors = dict[str, np.ndarray]
+
+# A model whose batches take less than this runs on the event loop: a thread hand-off would cost more than the model.
+INLINE_BUDGET_NS = 300_000
+_EWMA_WEIGHT = 0.1
+
+
+class Job:
+    """One request waiting for (or in) an execution."""
+
+    __slots__ = ("deadline_ns", "delayed", "enqueued_ns", "feeds", "future", "loop", "priority", "rows", "signature")
+
+    def __init__(self, feeds: Tensors, rows: int, priority: int = 0, timeout_ns: int = 0) -> None:
+        self.feeds = feeds
+        self.rows = rows
+        self.priority = priority
+        self.enqueued_ns = time.perf_counter_ns()
+        self.deadline_ns = self.enqueued_ns + timeout_ns if timeout_ns > 0 else 0
+        self.delayed = False
+        # Requests batch together only when every input has the same non-batch shape and dtype.
+        self.signature = tuple((k, v.shape[1:], v.dtype.str) for k, v in feeds.items())
+        self.future: asyncio.Future[Tensors] | concurrent.futures.Future[Tensors] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def abandoned(self) -> bool:
+        """The caller went away (its future was cancelled): the job leaves the queue without running."""
+        future = self.future
+        return future is not None and future.cancelled()
+
+
+def settle(jobs: Sequence[Job], results: Sequence[Tensors | BaseException]) -> None:
+    """Complete the callers' futures (on the thread that owns them)."""
+    for job, result in zip(jobs, results, strict=True):
+        future = job.future
+        if future is None or future.done():
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+
+def settle_from_thread(jobs: Sequence[Job], results: Sequence[Tensors | BaseException]) -> None:
+    """Complete futures from a worker thread: asyncio futures on their own loop, one hop per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop | None, tuple[list[Job], list[Tensors | BaseException]]] = {}
+    for job, result in zip(jobs, results, strict=True):
+        group = by_loop.setdefault(job.loop, ([], []))
+        group[0].append(job)
+        group[1].append(result)
+    for loop, (group_jobs, group_results) in by_loop.items():
+        if loop is None:
+            settle(group_jobs, group_results)
+        else:
+            try:
+                loop.call_soon_threadsafe(settle, group_jobs, group_results)
+            except RuntimeError:  # the loop closed: its callers are gone
+                pass
+
+
+class InstancePool:
+    """The instances of one model version and the one way a batch runs on them."""
+
+    def __init__(self, instances: list[Backend], stats: ModelStatistics | None) -> None:
+        if not instances:
+            raise ValueError("a model needs at least one instance")
+        self.instances = instances
+        self.idle: queue.SimpleQueue[Backend] = queue.SimpleQueue()
+        for instance in instances:
+            self.idle.put(instance)
+        self.stats = stats
+        self.releases_gil = all(i.releases_gil for i in instances)
+        # Unknown cost: start by offloading; the first measurements decide.
+        self.exec_ns = float(INLINE_BUDGET_NS * 10)
+
+    @property
+    def cheap(self) -> bool:
+        """Batches are fast enough to run inline on the event loop."""
+        return self.releases_gil and self.exec_ns < INLINE_BUDGET_NS
+
+    def execute(self, instance: Backend, jobs: Sequence[Job]) -> list[Tensors | BaseException]:
+        """Run `jobs` as one batch on `instance` (then give the instance back); one result per job."""
+        start = time.perf_counter_ns()
+        try:
+            if len(jobs) == 1:
+                feeds = jobs[0].feeds
+            else:
+                feeds = {name: np.concatenate([j.feeds[name] for j in jobs]) for name in jobs[0].feeds}
+            ready = time.perf_counter_ns()
+            try:
+                outputs = instance.execute(feeds)
+            finally:
+                done = time.perf_counter_ns()
+                self.idle.put(instance)
+                self.exec_ns += (done - ready - self.exec_ns) * _EWMA_WEIGHT
+            results = _split(outputs, jobs)
+        except InferError as exc:
+            return [exc] * len(jobs)
+        except Exception as exc:  # a backend failure fails this batch's requests, nothing else
+            error = BackendFailure(" ".join(str(exc).split()) or type(exc).__name__)
+            return [error] * len(jobs)
+        end = time.perf_counter_ns()
+        if self.stats is not None:
+            queue_ns = sum(start - j.enqueued_ns for j in jobs)
+            self.stats.record_execution(sum(j.rows for j in jobs), len(jobs), ready - start, done - ready,
+                                        end - done, queue_ns)
+        return results
+
+
+class BackendFailure(Exception):
+    """The model itself raised while executing."""
+
+
+def _split(outputs: Tensors, jobs: Sequence[Job]) -> list[Tensors | BaseException]:
+    if len(jobs) == 1:
+        return [outputs]
+    total = sum(j.rows for j in jobs)
+    for name, value in outputs.items():
+        if value.ndim == 0 or value.shape[0] != total:
+            raise InferError.internal(f"output '{name}' has shape {list(value.shape)}: the model did not keep the "
+                                      f"batch dimension of {total} rows")
+    results: list[Tensors | BaseException] = []
+    start = 0
+    for job in jobs:
+        stop = start + job.rows
+        results.append({name: value[start:stop] for name, value in outputs.items()})
+        start = stop
+    return results
+
+
+class Scheduler(Protocol):
+    """How requests reach a model's instances."""
+
+    pool: InstancePool
+
+    async def run(self, job: Job) -> Tensors: ...
+
+    def run_sync(self, job: Job) -> Tensors: ...
+
+    def close(self) -> None: ...
+
+
+def unwrap(result: Any) -> Tensors:
+    if isinstance(result, BaseException):
+        raise result
+    return result  # type: ignore[no-any-return]

@@ -1,0 +1,228 @@
+"""The V2 HTTP codec: JSON bodies, Triton's binary tensor data extension, and response encoding."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+
+import numpy as np
+import orjson
+import pytest
+
+from inferd.frontends.http.v2 import OutputOptions, decode_infer_request, encode_infer_response, load_json_object
+from inferd.types import InferenceResponse, InferError
+
+
+def _binary_body(doc: dict, *blobs: bytes) -> tuple[bytes, int]:
+    header = json.dumps(doc).encode()
+    return header + b"".join(blobs), len(header)
+
+
+def _split(body: bytes, header_length: int | None) -> tuple[dict, bytes]:
+    if header_length is None:
+        return json.loads(body), b""
+    return json.loads(body[:header_length]), body[header_length:]
+
+
+def test_json_request() -> None:
+    body = orjson.dumps({
+        "id": "req-1",
+        "inputs": [{"name": "INPUT0", "datatype": "INT32", "shape": [1, 3], "data": [1, 2, 3]},
+                   {"name": "TEXT", "datatype": "BYTES", "shape": [2], "data": ["a", "é"]}],
+        "outputs": [{"name": "OUTPUT1"}],
+        "parameters": {"priority": 1},
+    })
+    request, options = decode_infer_request(body, None, "simple", "2")
+    assert request.model_name == "simple"
+    assert request.model_version == "2"
+    assert request.id == "req-1"
+    assert request.inputs["INPUT0"].dtype == np.int32
+    assert request.inputs["INPUT0"].tolist() == [[1, 2, 3]]
+    assert request.inputs["TEXT"].tolist() == [b"a", "é".encode()]
+    assert request.datatypes == {"INPUT0": "INT32", "TEXT": "BYTES"}
+    assert [o.name for o in request.outputs or []] == ["OUTPUT1"]
+    assert request.parameters == {"priority": 1}
+    assert not options.is_binary("OUTPUT1")
+
+
+def test_no_outputs_means_all_outputs() -> None:
+    body = orjson.dumps({"inputs": [{"name": "I", "datatype": "FP32", "shape": [1], "data": [1.5]}]})
+    request, _ = decode_infer_request(body, None, "m", "")
+    assert request.outputs is None
+    assert request.id == ""
+
+
+def test_binary_request() -> None:
+    values = np.arange(6, dtype=np.float32).reshape(2, 3)
+    text = struct.pack("<I", 2) + b"\xff\x00"
+    body, length = _binary_body({
+        "inputs": [
+            {"name": "A", "datatype": "FP32", "shape": [2, 3], "parameters": {"binary_data_size": values.nbytes}},
+            {"name": "B", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": len(text)}},
+            {"name": "C", "datatype": "INT64", "shape": [2], "data": [7, 8]},
+        ],
+        "outputs": [{"name": "X", "parameters": {"binary_data": True}}, {"name": "Y"}],
+    }, values.tobytes(), text)
+    request, options = decode_infer_request(body, length, "m", "")
+    np.testing.assert_array_equal(request.inputs["A"], values)
+    assert request.inputs["B"].tolist() == [b"\xff\x00"]
+    assert request.inputs["C"].tolist() == [7, 8]
+    assert options.is_binary("X")
+    assert not options.is_binary("Y")
+
+
+def test_binary_data_output_applies_to_every_output_not_asked_as_json() -> None:
+    body = orjson.dumps({
+        "inputs": [{"name": "I", "datatype": "FP32", "shape": [1], "data": [1]}],
+        "outputs": [{"name": "X"}, {"name": "Y", "parameters": {"binary_data": False}}],
+        "parameters": {"binary_data_output": True},
+    })
+    _, options = decode_infer_request(body, None, "m", "")
+    assert options.is_binary("X")
+    assert not options.is_binary("Y")
+
+
+def test_fp16_can_come_as_binary_data() -> None:
+    values = np.array([1.5, -2.0], dtype=np.float16)
+    body, length = _binary_body({"inputs": [{"name": "H", "datatype": "FP16", "shape": [2],
+                                             "parameters": {"binary_data_size": 4}}]}, values.tobytes())
+    request, _ = decode_infer_request(body, length, "m", "")
+    assert request.inputs["H"].dtype == np.float16
+    np.testing.assert_array_equal(request.inputs["H"], values)
+
+
+def _invalid(body: bytes, header_length: int | None = None) -> str:
+    with pytest.raises(InferError) as exc:
+        decode_infer_request(body, header_length, "m", "")
+    assert exc.value.kind.http_status == 400
+    return exc.value.message
+
+
+def test_fp16_as_json_is_invalid_and_says_to_use_binary() -> None:
+    message = _invalid(orjson.dumps({"inputs": [{"name": "H", "datatype": "FP16", "shape": [1], "data": [1.0]}]}))
+    assert "binary" in message.lower()
+
+
+@pytest.mark.parametrize("body", [
+    b"{not json",
+    b"[]",
+    b'{"inputs": {}}',
+    b'{"inputs": [{"datatype": "FP32", "shape": [1], "data": [1]}]}',
+    b'{"inputs": [{"name": "I", "datatype": "FP32", "data": [1]}]}',
+    b'{"inputs": [{"name": "I", "datatype": "FP32", "shape": [1]}]}',
+    b'{"inputs": [{"name": "I", "datatype": "FP32", "shape": [3], "data": [1, 2]}]}',
+    b'{"inputs": [{"name": "I", "datatype": "NOPE", "shape": [1], "data": [1]}]}',
+    b'{"inputs": [{"name": "I", "datatype": "FP32", "shape": [1], "data": [1]},'
+    b' {"name": "I", "datatype": "FP32", "shape": [1], "data": [1]}]}',
+    b'{"inputs": [], "outputs": {}}',
+    b'{"inputs": [], "outputs": [{"parameters": {}}]}',
+])
+def test_malformed_json_requests_are_invalid(body: bytes) -> None:
+    _invalid(body)
+
+
+def test_binary_data_size_needs_the_header_length() -> None:
+    body = orjson.dumps({"inputs": [{"name": "I", "datatype": "FP32", "shape": [1],
+                                     "parameters": {"binary_data_size": 4}}]})
+    message = _invalid(body)
+    assert "Inference-Header-Content-Length" in message
+
+
+def test_truncated_binary_data_is_invalid() -> None:
+    body, length = _binary_body({"inputs": [{"name": "I", "datatype": "FP32", "shape": [4],
+                                             "parameters": {"binary_data_size": 16}}]}, b"\x00" * 16)
+    _invalid(body[:-1], length)
+
+
+@pytest.mark.parametrize("delta", [1, -1, 10_000])
+def test_wrong_header_length_is_invalid(delta: int) -> None:
+    body, length = _binary_body({"inputs": [{"name": "I", "datatype": "FP32", "shape": [1],
+                                             "parameters": {"binary_data_size": 4}}]}, b"\x00" * 4)
+    _invalid(body, length + delta)
+
+
+def test_negative_header_length_is_invalid() -> None:
+    _invalid(b"{}", -1)
+
+
+def test_bytes_beyond_the_inputs_are_invalid() -> None:
+    body, length = _binary_body({"inputs": [{"name": "I", "datatype": "FP32", "shape": [1],
+                                             "parameters": {"binary_data_size": 4}}]}, b"\x00" * 8)
+    _invalid(body, length)
+
+
+def test_nan_and_infinity_in_request_json_are_read() -> None:
+    body = b'{"inputs": [{"name": "I", "datatype": "FP32", "shape": [3], "data": [NaN, Infinity, -Infinity]}]}'
+    request, _ = decode_infer_request(body, None, "m", "")
+    values = request.inputs["I"]
+    assert math.isnan(values[0])
+    assert values[1] == np.inf
+    assert values[2] == -np.inf
+
+
+def _response(**outputs: np.ndarray) -> InferenceResponse:
+    return InferenceResponse("m", "1", dict(outputs), "id-7")
+
+
+def test_encode_json_response() -> None:
+    body, length = encode_infer_response(
+        _response(A=np.array([[1, 2]], dtype=np.int32), T=np.array([b"x", "é".encode()], dtype=object)),
+        OutputOptions())
+    assert length is None
+    doc = json.loads(body)
+    assert doc["model_name"] == "m"
+    assert doc["model_version"] == "1"
+    assert doc["id"] == "id-7"
+    assert doc["outputs"] == [
+        {"name": "A", "datatype": "INT32", "shape": [1, 2], "data": [1, 2]},
+        {"name": "T", "datatype": "BYTES", "shape": [2], "data": ["x", "é"]},
+    ]
+
+
+def test_encode_binary_response() -> None:
+    values = np.arange(4, dtype=np.float64)
+    body, length = encode_infer_response(_response(A=values, B=np.array([True])),
+                                         OutputOptions(binary=frozenset({"A"})))
+    assert length is not None
+    doc, blob = _split(body, length)
+    a, b = doc["outputs"]
+    assert a["parameters"] == {"binary_data_size": values.nbytes}
+    assert "data" not in a
+    assert blob == values.tobytes()
+    assert b["data"] == [True]
+
+
+def test_encode_fp16_as_json_numbers() -> None:
+    body, _ = encode_infer_response(_response(H=np.array([1.5, -2.0], dtype=np.float16)), OutputOptions())
+    out = json.loads(body)["outputs"][0]
+    assert out["datatype"] == "FP16"
+    assert out["data"] == [1.5, -2.0]
+
+
+def test_encode_nan_and_infinity_as_json_tokens() -> None:
+    values = np.array([np.nan, np.inf, -np.inf, 1.25], dtype=np.float32)
+    body, _ = encode_infer_response(_response(F=values), OutputOptions())
+    data = json.loads(body)["outputs"][0]["data"]
+    assert math.isnan(data[0])
+    assert data[1:] == [math.inf, -math.inf, 1.25]
+
+
+def test_non_utf8_bytes_output_cannot_go_as_json() -> None:
+    with pytest.raises(InferError) as exc:
+        encode_infer_response(_response(T=np.array([b"\xff"], dtype=object)), OutputOptions())
+    assert "binary" in exc.value.message
+    body, length = encode_infer_response(_response(T=np.array([b"\xff"], dtype=object)),
+                                         OutputOptions(binary_all=True))
+    _, blob = _split(body, length)
+    assert blob == struct.pack("<I", 1) + b"\xff"
+
+
+def test_load_json_object() -> None:
+    assert load_json_object(b"") == {}
+    assert load_json_object(b"  ") == {}
+    assert load_json_object(b'{"ready": true}') == {"ready": True}
+    with pytest.raises(InferError):
+        load_json_object(b"[1]")
+    with pytest.raises(InferError):
+        load_json_object(b"{")
