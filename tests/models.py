@@ -45,7 +45,7 @@ BAD_DTYPE = "bad_dtype"  # config says TYPE_FP32 where the model file has INT32
 NO_DTYPE = "no_dtype"  # input without data_type (TYPE_INVALID): only auto-complete can fill it in
 BAD_DIMS = "bad_dims"  # a dimension of 0
 MISSING_FILE = "missing_file"  # version folder without model.onnx
-BROKEN_MODELS = (BROKEN, BAD_DTYPE, BAD_DIMS, MISSING_FILE)
+BROKEN_MODELS = (BROKEN, BAD_DIMS, MISSING_FILE)  # and BAD_DTYPE, whose fault only the model file shows
 
 
 def identity_name(datatype: str) -> str:

@@ -64,6 +64,7 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--http-address", default="0.0.0.0")
     serve.add_argument("--grpc-address", default="0.0.0.0")
+    serve.add_argument("--metrics-address", default=None, help="listen address of /metrics (default: --http-address)")
     _bool_flag(serve, "--allow-http", True, "serve the HTTP/REST protocol")
     _bool_flag(serve, "--allow-grpc", True, "serve the gRPC protocol")
     _bool_flag(serve, "--allow-metrics", True, "serve Prometheus metrics")
@@ -194,6 +195,13 @@ async def _serve(server: Server, args: argparse.Namespace, started: float) -> No
                                      max_message_bytes=args.grpc_max_message_size)
         grpc_frontend.start()
         log.info("started GRPCInferenceService at %s:%d", args.grpc_address, args.grpc_port)
+    metrics_server = None
+    if args.allow_metrics:
+        from .observability.metrics import start_metrics_server
+
+        metrics_address = args.metrics_address or args.http_address
+        metrics_server = start_metrics_server(server.model_statistics, metrics_address, args.metrics_port)
+        log.info("started Metrics Service at %s:%d", metrics_address, args.metrics_port)
     tasks: list[asyncio.Task[None]] = []
     http = None
     if args.allow_http:
@@ -213,6 +221,8 @@ async def _serve(server: Server, args: argparse.Namespace, started: float) -> No
         await asyncio.to_thread(grpc_frontend.stop, args.exit_timeout_secs)
     if tasks:
         await asyncio.wait(tasks, timeout=args.exit_timeout_secs + 1)
+    if metrics_server is not None:
+        metrics_server.shutdown()
     waiter.cancel()
     log.info("stopped")
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from .backends import BACKENDS, Backend, create_backend, resolve_backend
 from .config import ConfigError, ModelConfig, ModelInstanceGroup, read_config, validate_config
 from .model import ServedModel
+from .observability import ModelStatistics
 from .repository import ModelRepository, select_versions, version_dirs
-from .scheduling import DirectScheduler
+from .scheduling import DirectScheduler, DynamicBatcher, InstancePool, Scheduler
 from .types import InferError
 
 log = logging.getLogger("inferd.manager")
@@ -88,6 +89,10 @@ class ModelManager:
 
     def entry(self, name: str) -> ModelEntry | None:
         return self._models.get(name)
+
+    def served(self) -> list[ServedModel]:
+        """Every loaded model version."""
+        return [m for entry in list(self._models.values()) for m in entry.ready]
 
     def names(self) -> list[str]:
         return sorted(self._models)
@@ -226,9 +231,16 @@ class ModelManager:
                 backend = create_backend(backend_name)
                 backend.load(config, path, devices[i % len(devices)])
                 instances.append(backend)
-        scheduler = DirectScheduler(instances, f"{name}-{version}")
-        log.info("loaded model '%s' version %d (%d instance(s))", name, version, len(instances))
-        return ServedModel(name, version, config, config.platform or backend_name, scheduler)
+        stats = ModelStatistics(name, str(version))
+        pool = InstancePool(instances, stats)
+        scheduler: Scheduler
+        if config.HasField("dynamic_batching") and config.max_batch_size > 0:
+            scheduler = DynamicBatcher(pool, f"{name}-{version}", config.max_batch_size, config.dynamic_batching)
+        else:
+            scheduler = DirectScheduler(pool, f"{name}-{version}")
+        log.info("loaded model '%s' version %d (%d instance(s), %s)", name, version, len(instances),
+                 "dynamic batching" if isinstance(scheduler, DynamicBatcher) else "no batching")
+        return ServedModel(name, version, config, config.platform or backend_name, scheduler, stats)
 
     def unload(self, name: str) -> None:
         with self._lock:

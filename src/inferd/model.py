@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .config import ModelConfig, v2_datatype
+from .observability import ModelStatistics
 from .scheduling import Scheduler
 from .types import InferenceRequest, InferError, datatype_of
 
@@ -59,13 +60,15 @@ def _fmt(shape: tuple[int, ...] | list[int]) -> str:
 class ServedModel:
     """One loaded version of a model."""
 
-    def __init__(self, name: str, version: int, config: ModelConfig, platform: str, scheduler: Scheduler) -> None:
+    def __init__(self, name: str, version: int, config: ModelConfig, platform: str, scheduler: Scheduler,
+                 stats: ModelStatistics) -> None:
         self.name = name
         self.version = version
         self.version_str = str(version)
         self.config = config
         self.platform = platform
         self.scheduler = scheduler
+        self.stats = stats
         self.max_batch_size = int(config.max_batch_size)
         self.inputs = _specs(config.input)
         self.outputs = _specs(config.output)

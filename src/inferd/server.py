@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,10 @@ from . import __version__
 from .config import ConfigError, ModelConfig, config_from_json, config_to_json
 from .manager import ModelManager
 from .model import ServedModel
+from .observability import FailureReason, ModelStatistics
 from .repository import ModelRepository
-from .types import InferenceRequest, InferenceResponse, InferError, RequestedOutput, datatype_of
+from .scheduling import BackendFailure, DynamicBatcher, Job
+from .types import ErrorKind, InferenceRequest, InferenceResponse, InferError, RequestedOutput, datatype_of
 
 log = logging.getLogger("inferd.server")
 
@@ -24,6 +28,8 @@ EXTENSIONS = [
     "model_configuration",
     "binary_tensor_data",
     "parameters",
+    "statistics",
+    "schedule_policy",
 ]
 
 CONTROL_MODES = ("none", "poll", "explicit")
@@ -113,6 +119,24 @@ class Server:
     def model_config_json(self, name: str, version: str = "") -> dict[str, Any]:
         return config_to_json(self.model_config(name, version))
 
+    def statistics(self, name: str = "", version: str = "") -> dict[str, Any]:
+        """Triton's statistics extension: every loaded version, or one model's (one version's) statistics."""
+        if not name:
+            if version:
+                raise InferError.invalid("a model version was given without a model name")
+            models = self.manager.served()
+        elif version:
+            models = [self.manager.get(name, version)]
+        else:
+            self.manager.get(name)  # NOT_FOUND for unknown models
+            entry = self.manager.entry(name)
+            models = list(reversed(entry.ready)) if entry else []
+        return {"model_stats": [m.stats.to_json() for m in sorted(models, key=lambda m: (m.name, m.version))]}
+
+    def model_statistics(self) -> list[ModelStatistics]:
+        """The live statistics objects (what Prometheus metrics are computed from)."""
+        return [m.stats for m in self.manager.served()]
+
     # ---- repository ----
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
@@ -141,25 +165,49 @@ class Server:
 
     async def infer_request(self, request: InferenceRequest) -> InferenceResponse:
         """Run one request (the frontends' entry point). Raises InferError."""
-        model, feeds, batch, names = self._admit(request)
+        start = time.perf_counter_ns()
+        model = self.manager.get(request.model_name, request.model_version)
+        stats = model.stats
+        stats.enter()
         try:
-            results = await model.scheduler.run(feeds)
+            job, names = self._admit(model, request)
+            results = await model.scheduler.run(job)
+            response = self._respond(request, model, results, names, job.rows)
+        except asyncio.CancelledError:
+            stats.record_request(time.perf_counter_ns() - start, FailureReason.CANCELED)
+            raise
         except Exception as exc:
-            raise _backend_error(model, exc) from None
-        return self._respond(request, model, results, names, batch)
+            error, reason = _classify(model, exc)
+            stats.record_request(time.perf_counter_ns() - start, reason)
+            raise error from None
+        stats.record_request(time.perf_counter_ns() - start)
+        return response
 
     def infer_request_sync(self, request: InferenceRequest) -> InferenceResponse:
-        model, feeds, batch, names = self._admit(request)
-        try:
-            results = model.scheduler.run_sync(feeds)
-        except Exception as exc:
-            raise _backend_error(model, exc) from None
-        return self._respond(request, model, results, names, batch)
-
-    def _admit(self, request: InferenceRequest) -> tuple[ServedModel, dict[str, np.ndarray], int, list[str]]:
+        start = time.perf_counter_ns()
         model = self.manager.get(request.model_name, request.model_version)
-        feeds, batch = model.check_inputs(request)
-        return model, feeds, batch, model.check_outputs(request)
+        stats = model.stats
+        stats.enter()
+        try:
+            job, names = self._admit(model, request)
+            results = model.scheduler.run_sync(job)
+            response = self._respond(request, model, results, names, job.rows)
+        except Exception as exc:
+            error, reason = _classify(model, exc)
+            stats.record_request(time.perf_counter_ns() - start, reason)
+            raise error from None
+        stats.record_request(time.perf_counter_ns() - start)
+        return response
+
+    @staticmethod
+    def _admit(model: ServedModel, request: InferenceRequest) -> tuple[Job, list[str]]:
+        feeds, rows = model.check_inputs(request)
+        names = model.check_outputs(request)
+        job = Job(feeds, rows)
+        params = request.parameters
+        if params and isinstance(model.scheduler, DynamicBatcher):
+            model.scheduler.prepare(job, _int_param(params, "priority"), _int_param(params, "timeout"))
+        return job, names
 
     @staticmethod
     def _respond(request: InferenceRequest, model: ServedModel, results: dict[str, np.ndarray],
@@ -177,11 +225,29 @@ class Server:
         return await self.infer_request(build_request(model_name, inputs, version, outputs, request_id))
 
 
-def _backend_error(model: ServedModel, exc: Exception) -> InferError:
-    """A backend failure is that request's error, never the server's."""
+def _classify(model: ServedModel, exc: Exception) -> tuple[InferError, FailureReason]:
+    """The error a failed request gets, and the reason it counts under in statistics and metrics."""
     if isinstance(exc, InferError):
-        return exc
-    return InferError.internal(f"model '{model.name}' failed: {' '.join(str(exc).split())}")
+        if exc.kind == ErrorKind.UNAVAILABLE:
+            return exc, FailureReason.REJECTED
+        if exc.kind == ErrorKind.INTERNAL:
+            return exc, FailureReason.BACKEND
+        return exc, FailureReason.OTHER
+    if isinstance(exc, BackendFailure):
+        return InferError.internal(f"model '{model.name}' failed: {exc}"), FailureReason.BACKEND
+    return InferError.internal(f"model '{model.name}' failed: {type(exc).__name__}: {exc}"), FailureReason.OTHER
+
+
+def _int_param(params: Mapping[str, Any], key: str) -> int:
+    value = params.get(key, 0)
+    if value is None or value == "":
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise InferError.invalid(f"parameter '{key}' must be an integer")
+    try:
+        return int(value)
+    except ValueError:
+        raise InferError.invalid(f"parameter '{key}' must be an integer, got '{value}'") from None
 
 
 def build_request(model_name: str, inputs: Mapping[str, Any], version: str = "",

@@ -89,9 +89,15 @@ class ModelStatistics:
             stats.compute_infer.add(infer_ns)
             stats.compute_output.add(output_ns)
 
+    def enter(self) -> None:
+        """A request arrived (pending until `record_request`)."""
+        with self._lock:
+            self.pending += 1
+
     def record_request(self, duration_ns: int, failure: FailureReason | None = None) -> None:
         us = duration_ns / 1000
         with self._lock:
+            self.pending -= 1
             if failure is None:
                 self.success.add(duration_ns)
                 self.last_inference_ms = int(time.time() * 1000)

@@ -10,7 +10,7 @@ import concurrent.futures
 import queue
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -159,7 +159,7 @@ class Scheduler(Protocol):
     def close(self) -> None: ...
 
 
-def unwrap(result: Any) -> Tensors:
+def unwrap(result: Tensors | BaseException) -> Tensors:
     if isinstance(result, BaseException):
         raise result
-    return result  # type: ignore[no-any-return]
+    return result

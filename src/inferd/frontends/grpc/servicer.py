@@ -1,7 +1,7 @@
 """`inference.GRPCInferenceService`: Triton's V2 gRPC API over the core `Server`.
 
 Each RPC only translates messages (see `codec`) and calls the core; errors become gRPC status codes through
-`ErrorKind.grpc_code_name` alone. RPCs of extensions the core does not have yet (statistics, shared memory,
+`ErrorKind.grpc_code_name` alone. RPCs of extensions the core does not have yet (shared memory,
 trace, logging) answer UNIMPLEMENTED.
 """
 
@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
@@ -57,7 +58,6 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self._stream_window = stream_window
 
     # Extensions the core does not have yet.
-    ModelStatistics = _unsupported("ModelStatistics")
     SystemSharedMemoryStatus = _unsupported("SystemSharedMemoryStatus")
     SystemSharedMemoryRegister = _unsupported("SystemSharedMemoryRegister")
     SystemSharedMemoryUnregister = _unsupported("SystemSharedMemoryUnregister")
@@ -90,6 +90,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(self, request: Any, context: Any) -> Any:
         async with status_on_error(context, "ModelConfig"):
             return pb.ModelConfigResponse(config=self._server.model_config(request.name, request.version))
+
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        async with status_on_error(context, "ModelStatistics"):
+            stats = self._server.statistics(request.name, request.version)
+            return json_format.ParseDict(stats, pb.ModelStatisticsResponse(), ignore_unknown_fields=True)
 
     # ---- inference ----
 

@@ -160,6 +160,8 @@ class HttpFrontend:
         parts = request.parts
         if not parts or parts[0] != "v2":
             return _error(404, "Not Found")
+        if parts[1:] == ["models", "stats"]:
+            return self._get(request.method) or _json_reply(200, self.server.statistics())
         if len(parts) >= 3 and parts[1] == "models":
             return await self._model_route(request, parts[2], parts[3:])
         method = request.method
@@ -213,6 +215,8 @@ class HttpFrontend:
             return _EMPTY_OK if server.model_ready(name, version) else (400, b"", [])
         if action == "config":
             return _json_reply(200, server.model_config_json(name, version))
+        if action == "stats":
+            return _json_reply(200, server.statistics(name, version))
         return _error(404, "Not Found")
 
     async def _infer(self, request: HttpRequest, name: str, version: str) -> Reply:

@@ -201,9 +201,9 @@ def _with_non_finite(doc: dict[str, Any], json_floats: list[np.ndarray]) -> byte
     for entry in doc["outputs"]:
         data = entry.get("data")
         if any(data is f for f in json_floats) and not np.isfinite(data).all():
-            marker = f"__inferd_non_finite_{len(markers)}__"
-            markers[f'"{marker}"'.encode()] = _non_finite_tokens(data)
-            entry["data"] = marker
+            placeholder = f"__inferd_non_finite_{len(markers)}__"
+            markers[f'"{placeholder}"'.encode()] = _non_finite_tokens(data)
+            entry["data"] = placeholder
     header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     for marker, tokens in markers.items():
         header = header.replace(marker, tokens)
