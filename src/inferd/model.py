@@ -104,26 +104,21 @@ class ServedModel:
                 raise InferError.invalid(f"inference input '{name}' data-type is '{declared}', but model "
                                          f"'{self.name}' expects '{spec.datatype}'")
             shape = array.shape
-            if self.max_batch_size > 0:
-                if not shape:
-                    raise InferError.invalid(f"input '{name}' for model '{self.name}' needs a batch dimension: "
-                                             f"expected {_fmt((-1, *spec.dims))}, got []")
+            batching = self.max_batch_size > 0
+            if not _shape_matches(shape[1:] if batching else shape, spec.dims) or (batching and not shape):
+                want = (-1, *spec.dims) if batching else spec.dims
+                raise InferError.invalid(f"unexpected shape for input '{name}' for model '{self.name}'. "
+                                         f"Expected {_fmt(want)}, got {_fmt(shape)}")
+            if batching:
                 rows = shape[0]
                 if batch == 0:
                     batch = rows
                 elif rows != batch:
                     raise InferError.invalid(f"inputs of model '{self.name}' have different batch sizes "
-                                             f"({batch} and {rows})")
+                                             f"({batch} and {rows}), '{name}' has {rows}")
                 if rows < 1 or rows > self.max_batch_size:
                     raise InferError.invalid(f"inference request batch-size must be <= {self.max_batch_size} "
-                                             f"for '{self.name}', got {rows}")
-                item_shape = shape[1:]
-            else:
-                item_shape = shape
-            if not _shape_matches(item_shape, spec.dims):
-                want = (-1, *spec.dims) if self.max_batch_size > 0 else spec.dims
-                raise InferError.invalid(f"unexpected shape for input '{name}' for model '{self.name}'. "
-                                         f"Expected {_fmt(want)}, got {_fmt(shape)}")
+                                             f"for '{self.name}', got {rows} for input '{name}'")
             if spec.reshape is not None:
                 lead = (shape[0],) if self.max_batch_size > 0 else ()
                 try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import socket
 import struct
 from collections.abc import Iterator
 from typing import Any
@@ -106,7 +107,8 @@ def _with_input(index: int, **changes: Any) -> dict[str, Any]:
 
 BAD_JSON_REQUESTS = {
     "wrong_shape": (_with_input(0, shape=[1, 15], data=list(range(15))), ["INPUT0"]),
-    "wrong_rank": (_with_input(0, shape=[16], data=list(range(16))), ["INPUT0"]),
+    "wrong_rank": (_with_input(0, shape=[1, 16, 1]), ["INPUT0"]),
+    "batch_dimension_missing": (_with_input(0, shape=[16]), []),
     "wrong_datatype": (_with_input(1, datatype="FP32", data=[float(i) for i in range(16)]), ["INPUT1", "FP32"]),
     "batch_above_max": (_simple_request(9), ["batch"]),
     "batch_sizes_differ": (_with_input(1, shape=[2, 16], data=list(range(32))), []),
@@ -361,6 +363,25 @@ def test_chunked_body_over_max_input_size(small_server: ServerProcess) -> None:
 
     with _limit_client(small_server) as http:
         assert_error(http.post(f"/v2/models/{SIMPLE}/infer", content=chunks()), 413)
+        assert_still_serving(http)
+
+
+def test_chunked_body_over_max_input_size_sent_at_once(small_server: ServerProcess) -> None:
+    """The same, written in one piece, so the server may get the whole body in a single read."""
+    body = json.dumps(_simple_request(1, id="z" * 5000)).encode()
+    request = (f"POST /v2/models/{SIMPLE}/infer HTTP/1.1\r\nHost: {small_server.http_url}\r\n"
+               "Transfer-Encoding: chunked\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+               f"{len(body):x}\r\n").encode() + body + b"\r\n0\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", small_server.http_port), timeout=30) as sock:
+        sock.sendall(request)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    status_line, _, rest = reply.partition(b"\r\n")
+    assert status_line.split()[1] == b"413", reply[:300]
+    payload = rest.partition(b"\r\n\r\n")[2]
+    assert set(json.loads(payload)) == {"error"}
+    with _limit_client(small_server) as http:
         assert_still_serving(http)
 
 

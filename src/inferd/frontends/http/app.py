@@ -110,13 +110,7 @@ class HttpFrontend:
         except Exception as exc:  # a handler bug is a 500 for this request, never a dead server
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             status, payload, extra = _error(500, f"internal error: {type(exc).__name__}: {exc}")
-        response_headers = list(extra)
-        accept = headers.get(b"accept-encoding")
-        if accept and len(payload) >= COMPRESS_MIN_SIZE:
-            payload, encoding = _compress(payload, accept)
-            if encoding:
-                response_headers.append((b"content-encoding", encoding))
-        response_headers.append((b"content-length", str(len(payload)).encode()))
+        response_headers = [*extra, (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})
 
@@ -147,10 +141,14 @@ class HttpFrontend:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
-                    raise InferError(ErrorKind.TOO_LARGE, f"request body exceeds the limit of {limit} bytes "
-                                     "(--http-max-input-size)")
+                    break
                 chunks.append(chunk)
             body = b"".join(chunks)
+        else:
+            size = len(body)
+        if size > limit:
+            raise InferError(ErrorKind.TOO_LARGE, f"request body exceeds the limit of {limit} bytes "
+                             "(--http-max-input-size)")
         encoding = headers.get(b"content-encoding")
         if encoding:
             body = _decompress(body, encoding, limit)
@@ -234,10 +232,17 @@ class HttpFrontend:
             raise
         response = await self.server.infer_request(infer_request)
         body, json_length = encode_infer_response(response, options)
-        if json_length is None:
-            return 200, body, _JSON
-        return 200, body, [(b"content-type", b"application/octet-stream"),
-                           (b"inference-header-content-length", str(json_length).encode())]
+        headers = _JSON if json_length is None else [
+            (b"content-type", b"application/octet-stream"),
+            (b"inference-header-content-length", str(json_length).encode())]
+        # Like Triton, only inference responses are compressed (clients such as tritonclient's aio client send
+        # Accept-Encoding on every call but only decompress inference responses).
+        accept = request.headers.get(b"accept-encoding")
+        if accept and len(body) >= COMPRESS_MIN_SIZE:
+            body, encoding = _compress(body, accept)
+            if encoding:
+                headers = [*headers, (b"content-encoding", encoding)]
+        return 200, body, headers
 
     async def _repository_route(self, request: HttpRequest, rest: list[str]) -> Reply:
         bad = self._post(request.method)
