@@ -538,6 +538,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"building {repo} ...", file=sys.stderr, flush=True)
         subprocess.run([sys.executable, str(BUILD_SCRIPT), str(repo)], check=True, timeout=900)
     repo = repo.resolve()
+    missing = [m for m in args.models if not (repo / m).is_dir()]
+    if missing:
+        print(f"error: no model folder for {missing} in {repo}", file=sys.stderr)
+        return 2
     hey = None if args.no_hey else shutil.which("hey")
     http_loader = "hey" if hey else "python aiohttp loader, hey not found" if not args.no_hey else "python aiohttp"
     if args.port_base:

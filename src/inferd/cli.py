@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
 import time
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from . import __version__
@@ -156,31 +155,8 @@ def _run_event_loop(main: Coroutine[Any, Any, None]) -> None:
         uvloop.run(main)
 
 
-class _UvicornServer:
-    """uvicorn's server with its signal handling left to us (we stop HTTP and gRPC together)."""
-
-    def __init__(self, app: Any, host: str, port: int, exit_timeout: float) -> None:
-        import uvicorn
-
-        class _Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Iterator[None]:
-                yield
-
-        config = uvicorn.Config(app, host=host, port=port, loop="none", http="httptools", lifespan="off",
-                                access_log=False, log_level="warning", timeout_graceful_shutdown=int(exit_timeout),
-                                timeout_keep_alive=60)
-        self.server = _Server(config)
-
-    async def serve(self) -> None:
-        await self.server.serve()
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-
-
 async def _serve(server: Server, args: argparse.Namespace, started: float) -> None:
-    from .frontends.http import HttpFrontend
+    from .frontends.http import HttpFrontend, HttpServer
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -202,28 +178,23 @@ async def _serve(server: Server, args: argparse.Namespace, started: float) -> No
         metrics_address = args.metrics_address or args.http_address
         metrics_server = start_metrics_server(server.model_statistics, metrics_address, args.metrics_port)
         log.info("started Metrics Service at %s:%d", metrics_address, args.metrics_port)
-    tasks: list[asyncio.Task[None]] = []
     http = None
     if args.allow_http:
-        app = HttpFrontend(server, max_input_size=args.http_max_input_size)
-        http = _UvicornServer(app, args.http_address, args.http_port, args.exit_timeout_secs)
-        tasks.append(asyncio.create_task(http.serve()))
-        while not http.server.started and not tasks[0].done():
-            await asyncio.sleep(0.01)
-        log.info("started HTTPService at %s:%d", args.http_address, args.http_port)
+        http = HttpServer(HttpFrontend(server, max_input_size=args.http_max_input_size), args.http_address,
+                          args.http_port)
+        await http.start()
+        log.info("started HTTPService at %s:%d", args.http_address, http.port)
     log.info("inferd %s ready in %.2f s", __version__, time.perf_counter() - started)
-    waiter = asyncio.create_task(stop.wait())
-    await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    await stop.wait()
     log.info("shutting down: no new requests; waiting up to %.0f s for in-flight ones", args.exit_timeout_secs)
+    stops = []
     if http is not None:
-        http.stop()
+        stops.append(http.stop(args.exit_timeout_secs))
     if grpc_frontend is not None:
-        await asyncio.to_thread(grpc_frontend.stop, args.exit_timeout_secs)
-    if tasks:
-        await asyncio.wait(tasks, timeout=args.exit_timeout_secs + 1)
+        stops.append(asyncio.to_thread(grpc_frontend.stop, args.exit_timeout_secs))
+    await asyncio.gather(*stops)
     if metrics_server is not None:
         metrics_server.shutdown()
-    waiter.cancel()
     log.info("stopped")
 
 

@@ -146,6 +146,7 @@ class OnnxRuntimeBackend:
             self._session, self._probe = self._probe, None
         else:
             self._session = self._open(config, files, device)
+        _check_against_model(config, self._session)
         self._output_names = [o.name for o in self._session.get_outputs()]
         self._string_inputs = {i.name for i in self._session.get_inputs() if i.type == "tensor(string)"}
         log.debug("loaded %s on %s with %s", files, device, self._session.get_providers())
@@ -167,6 +168,27 @@ class OnnxRuntimeBackend:
     def unload(self) -> None:
         self._session = None
         self._probe = None
+
+
+def _check_against_model(config: ModelConfig, session: ort.InferenceSession) -> None:
+    """The config must describe the model file: same tensor names, data types and ranks (as Triton checks)."""
+    batch = 1 if config.max_batch_size > 0 else 0
+    for kind, declared, found in (("input", config.input, session.get_inputs()),
+                                  ("output", config.output, session.get_outputs())):
+        model = {t.name: t for t in found}
+        for tensor in declared:
+            actual = model.get(tensor.name)
+            if actual is None:
+                raise ConfigError(f"unexpected {kind} '{tensor.name}' in the model configuration: the model's "
+                                  f"{kind}s are {sorted(model)}")
+            expected = _ORT_TO_CONFIG.get(actual.type)
+            if expected is not None and DataType.Name(tensor.data_type) != expected:
+                raise ConfigError(f"unexpected datatype {DataType.Name(tensor.data_type)} for {kind} "
+                                  f"'{tensor.name}', the model provides {expected}")
+            shape = list(tensor.reshape.shape) if tensor.HasField("reshape") else list(tensor.dims)
+            if actual.shape is not None and len(actual.shape) != len(shape) + batch:
+                raise ConfigError(f"{kind} '{tensor.name}' has {len(shape)} dims plus {batch} batch dim(s) in the "
+                                  f"configuration but rank {len(actual.shape)} in the model")
 
 
 def _to_str(name: str, array: np.ndarray) -> np.ndarray:

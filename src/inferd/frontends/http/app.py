@@ -30,7 +30,8 @@ DEFAULT_MAX_INPUT_SIZE = 64 * 1024 * 1024  # Triton's --http-max-input-size defa
 COMPRESS_MIN_SIZE = 1024
 
 _JSON = [(b"content-type", b"application/json")]
-_WANTED_HEADERS = frozenset((b"content-length", b"content-encoding", b"accept-encoding",
+# The request headers the handlers read (others are not kept).
+WANTED_HEADERS = frozenset((b"content-length", b"content-encoding", b"accept-encoding",
                              b"inference-header-content-length"))
 
 
@@ -54,7 +55,7 @@ def _json_reply(status: int, value: Any) -> Reply:
     return status, orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY), _JSON
 
 
-def _error(status: int, message: str) -> Reply:
+def error_reply(status: int, message: str) -> Reply:
     return _json_reply(status, {"error": message})
 
 
@@ -94,22 +95,33 @@ class HttpFrontend:
         self.server = server
         self.max_input_size = max_input_size
 
+    async def handle(self, method: str, path: str, headers: dict[bytes, bytes], body: bytes) -> Reply:
+        """Answer one request (the body already read, within the size limit); never raises."""
+        try:
+            encoding = headers.get(b"content-encoding")
+            if encoding:
+                body = _decompress(body, encoding, self.max_input_size)
+            return await self._dispatch(HttpRequest(method, path.strip("/").split("/"), headers, body))
+        except InferError as exc:
+            return error_reply(exc.kind.http_status, exc.message)
+        except Exception as exc:  # a handler bug is a 500 for this request, never a dead server
+            log.exception("unhandled error on %s %s", method, path)
+            return error_reply(500, f"internal error: {type(exc).__name__}: {exc}")
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The same application as ASGI, for running under any ASGI server."""
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
-        headers = {k: v for k, v in scope["headers"] if k in _WANTED_HEADERS}
+        headers = {k: v for k, v in scope["headers"] if k in WANTED_HEADERS}
         try:
             body = await self._read_body(headers, receive)
-            request = HttpRequest(scope["method"], scope["path"].strip("/").split("/"), headers, body)
-            status, payload, extra = await self._dispatch(request)
         except InferError as exc:
-            status, payload, extra = _error(exc.kind.http_status, exc.message)
-        except Exception as exc:  # a handler bug is a 500 for this request, never a dead server
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            status, payload, extra = _error(500, f"internal error: {type(exc).__name__}: {exc}")
+            status, payload, extra = error_reply(exc.kind.http_status, exc.message)
+        else:
+            status, payload, extra = await self.handle(scope["method"], scope["path"], headers, body)
         response_headers = [*extra, (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})
@@ -149,15 +161,12 @@ class HttpFrontend:
         if size > limit:
             raise InferError(ErrorKind.TOO_LARGE, f"request body exceeds the limit of {limit} bytes "
                              "(--http-max-input-size)")
-        encoding = headers.get(b"content-encoding")
-        if encoding:
-            body = _decompress(body, encoding, limit)
         return body
 
     async def _dispatch(self, request: HttpRequest) -> Reply:
         parts = request.parts
         if not parts or parts[0] != "v2":
-            return _error(404, "Not Found")
+            return error_reply(404, "Not Found")
         if parts[1:] == ["models", "stats"]:
             return self._get(request.method) or _json_reply(200, self.server.statistics())
         if len(parts) >= 3 and parts[1] == "models":
@@ -175,29 +184,29 @@ class HttpFrontend:
                 return _EMPTY_OK if self.server.ready() else (400, b"", [])
         if parts[1] == "repository":
             return await self._repository_route(request, parts[2:])
-        return _error(404, "Not Found")
+        return error_reply(404, "Not Found")
 
     @staticmethod
     def _get(method: str) -> Reply | None:
         if method in ("GET", "HEAD"):
             return None
-        return _error(405, f"method {method} is not allowed here")
+        return error_reply(405, f"method {method} is not allowed here")
 
     @staticmethod
     def _post(method: str) -> Reply | None:
         if method == "POST":
             return None
-        return _error(405, f"method {method} is not allowed here (use POST)")
+        return error_reply(405, f"method {method} is not allowed here (use POST)")
 
     async def _model_route(self, request: HttpRequest, name: str, rest: list[str]) -> Reply:
         version = ""
         if rest and rest[0] == "versions":
             if len(rest) < 2:
-                return _error(404, "Not Found")
+                return error_reply(404, "Not Found")
             version, rest = rest[1], rest[2:]
         action = rest[0] if rest else ""
         if len(rest) > 1:
-            return _error(404, "Not Found")
+            return error_reply(404, "Not Found")
         server = self.server
         if action == "infer":
             bad = self._post(request.method)
@@ -215,7 +224,7 @@ class HttpFrontend:
             return _json_reply(200, server.model_config_json(name, version))
         if action == "stats":
             return _json_reply(200, server.statistics(name, version))
-        return _error(404, "Not Found")
+        return error_reply(404, "Not Found")
 
     async def _infer(self, request: HttpRequest, name: str, version: str) -> Reply:
         raw_length = request.headers.get(b"inference-header-content-length")
@@ -256,21 +265,21 @@ class HttpFrontend:
             name = rest[1]
             params = doc.get("parameters") or {}
             if not isinstance(params, dict):
-                return _error(400, "'parameters' must be a JSON object")
+                return error_reply(400, "'parameters' must be a JSON object")
             if rest[2] == "unload":
                 await _in_thread(server.unload, name)
                 return _EMPTY_OK
             if any(k.startswith("file:") for k in params):
-                return _error(400, "loading model files through 'file:' parameters is not supported yet")
+                return error_reply(400, "loading model files through 'file:' parameters is not supported yet")
             config = params.get("config")
             if config is not None and not isinstance(config, (str, dict)):
-                return _error(400, "parameter 'config' must be a JSON string holding the model configuration")
+                return error_reply(400, "parameter 'config' must be a JSON string holding the model configuration")
             try:
                 await _in_thread(server.load, name, config)
             except ConfigError as exc:
-                return _error(400, str(exc))
+                return error_reply(400, str(exc))
             return _EMPTY_OK
-        return _error(404, "Not Found")
+        return error_reply(404, "Not Found")
 
 
 async def _in_thread(func: Callable[..., Any], *args: Any) -> Any:
