@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+import pytest_asyncio
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aiogrpcclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -30,10 +31,9 @@ from models import (
 )
 from serving import ServerProcess
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-
-@pytest.fixture(params=["grpc", "grpc.aio"])
+# Created on the loop of the test that uses it (aiohttp and grpc.aio bind to the loop they start on).
+@pytest_asyncio.fixture(params=["grpc", "grpc.aio"], loop_scope="function")
 async def client(request: pytest.FixtureRequest, server: ServerProcess) -> AsyncIterator[Any]:
     """The blocking client (behind awaitable methods) and the asyncio client, each in turn."""
     if request.param == "grpc":

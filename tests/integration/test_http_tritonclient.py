@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import pytest_asyncio
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aiohttpclient
 from tritonclient.utils import InferenceServerException
@@ -26,10 +27,9 @@ from models import (
 )
 from serving import ServerProcess
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-
-@pytest.fixture(params=["http", "http.aio"])
+# Created on the loop of the test that uses it (aiohttp and grpc.aio bind to the loop they start on).
+@pytest_asyncio.fixture(params=["http", "http.aio"], loop_scope="function")
 async def client(request: pytest.FixtureRequest, server: ServerProcess) -> AsyncIterator[Any]:
     """The blocking client (behind awaitable methods) and the asyncio client, each in turn."""
     if request.param == "http":

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -35,7 +36,7 @@ def _simple(batch: int = 2) -> dict[str, np.ndarray]:
     return {"INPUT0": a, "INPUT1": np.full((batch, 16), 7, dtype=np.int32)}
 
 
-def _raises(kind: ErrorKind, call, *args, **kwargs) -> InferError:  # type: ignore[no-untyped-def]
+def _raises(kind: ErrorKind, call: Callable[..., Any], *args: Any, **kwargs: Any) -> InferError:
     with pytest.raises(InferError) as exc:
         call(*args, **kwargs)
     assert exc.value.kind is kind, exc.value.message

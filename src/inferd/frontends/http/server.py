@@ -76,6 +76,7 @@ class _Connection(asyncio.Protocol):
         self.busy = False
         self.waiting: collections.deque[_Request] = collections.deque()
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None
 
     # ---- asyncio.Protocol ----
 
@@ -95,6 +96,10 @@ class _Connection(asyncio.Protocol):
         self.transport = None
         if self.idle_timer is not None:
             self.idle_timer.cancel()
+        if self.task is not None:
+            # The client went away: a request still queued for its model leaves the queue without running.
+            self.task.cancel()
+        self.waiting.clear()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -165,10 +170,11 @@ class _Connection(asyncio.Protocol):
             self._answer(request, error_reply(413, f"request body exceeds the limit of {self.limit} bytes "
                                                    "(--http-max-input-size)"))
             return
-        self.loop.create_task(self._run(request))
+        self.task = self.loop.create_task(self._run(request))
 
     async def _run(self, request: _Request) -> None:
         reply = await self.frontend.handle(request.method, request.path, request.headers, request.body)
+        self.task = None
         self._answer(request, reply)
 
     def _answer(self, request: _Request, reply: Reply) -> None:
