@@ -219,6 +219,9 @@ output [
   {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] }},
   {{ name: "WORK" data_type: TYPE_FP32 dims: [ 1, 1 ] }}
 ]
+# Two single-threaded instances: two requests run side by side, each at a speed that depends little on the machine.
+instance_group [ {{ count: 2 kind: KIND_CPU }} ]
+parameters {{ key: "intra_op_thread_count" value {{ string_value: "1" }} }}
 """
 
 BROKEN_CONFIG = SIMPLE_CONFIG.replace('name: "simple"', 'name: "broken"\nnot_a_field: 1')

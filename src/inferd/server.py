@@ -17,7 +17,7 @@ from .manager import ModelManager
 from .model import ServedModel
 from .observability import FailureReason, ModelStatistics
 from .repository import ModelRepository
-from .scheduling import BackendFailure, DynamicBatcher, Job
+from .scheduling import BackendFailure, Job
 from .types import ErrorKind, InferenceRequest, InferenceResponse, InferError, RequestedOutput, datatype_of
 
 log = logging.getLogger("inferd.server")
@@ -203,10 +203,11 @@ class Server:
     def _admit(model: ServedModel, request: InferenceRequest) -> tuple[Job, list[str]]:
         feeds, rows = model.check_inputs(request)
         names = model.check_outputs(request)
-        job = Job(feeds, rows)
         params = request.parameters
-        if params and isinstance(model.scheduler, DynamicBatcher):
-            model.scheduler.prepare(job, _int_param(params, "priority"), _int_param(params, "timeout"))
+        if params:
+            job = model.scheduler.make_job(feeds, rows, _int_param(params, "priority"), _int_param(params, "timeout"))
+        else:
+            job = model.scheduler.make_job(feeds, rows, 0, 0)
         return job, names
 
     @staticmethod

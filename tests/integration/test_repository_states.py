@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -50,10 +51,10 @@ def _assert_unavailable(rows: dict[str, list[dict[str, str]]], name: str, *words
             assert word.lower() in row.get("reason", "").lower(), row
 
 
-def _simple_works(base_url: str) -> None:
+def _simple_works(base_url: str, batch: int = 4) -> None:
     client = httpclient.InferenceServerClient(base_url.removeprefix("http://"))
     try:
-        a, b = simple_data(4, seed=3)
+        a, b = simple_data(batch, seed=3)
         result = client.infer(SIMPLE, simple_inputs(httpclient, a, b))
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
         np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
@@ -184,6 +185,11 @@ def test_disable_auto_complete_config(tmp_path: Path, server_log: Path, own_serv
 
 # ---- shutdown ----
 
+# Rounds of the slow model: about 3 s on the (2-core) machine these tests were written on; far longer than the
+# pause before SIGTERM on any machine.
+SLOW_ROUNDS = 5000
+
+
 def _slow_inputs(module: Any, rounds: int, x: np.ndarray) -> list[Any]:
     return [make_input(module, "INPUT0", x, "FP32"),
             make_input(module, "DELAY", np.array([rounds], dtype=np.int64), "INT64")]
@@ -199,7 +205,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_cleanly(good_repository: 
         client = httpclient.InferenceServerClient(process.http_url, network_timeout=120)
         try:
             x = np.array([1, 2, 3, 4], dtype=np.float32)
-            results["http"] = (x, client.infer(SLOW, _slow_inputs(httpclient, 3000, x)).as_numpy("OUTPUT0"))
+            results["http"] = (x, client.infer(SLOW, _slow_inputs(httpclient, SLOW_ROUNDS, x)).as_numpy("OUTPUT0"))
         except Exception as exc:
             results["http"] = exc
         finally:
@@ -209,7 +215,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_cleanly(good_repository: 
         client = grpcclient.InferenceServerClient(process.grpc_url)
         try:
             x = np.array([5, 6, 7, 8], dtype=np.float32)
-            results["grpc"] = (x, client.infer(SLOW, _slow_inputs(grpcclient, 3000, x)).as_numpy("OUTPUT0"))
+            results["grpc"] = (x, client.infer(SLOW, _slow_inputs(grpcclient, SLOW_ROUNDS, x)).as_numpy("OUTPUT0"))
         except Exception as exc:
             results["grpc"] = exc
         finally:
@@ -218,8 +224,8 @@ def test_sigterm_finishes_in_flight_requests_and_exits_cleanly(good_repository: 
     threads = [threading.Thread(target=over_http), threading.Thread(target=over_grpc)]
     for thread in threads:
         thread.start()
-    time.sleep(0.5)  # let both requests reach the server (each then runs for about a second or more)
-    assert not results, f"the slow requests finished before SIGTERM was sent: {results}"
+    time.sleep(0.5)  # let both requests reach the server; each then runs for seconds
+    assert not results, f"too fast a machine: the slow requests finished before SIGTERM was sent: {results}"
     process.terminate()
     for thread in threads:
         thread.join(timeout=120)
@@ -231,3 +237,73 @@ def test_sigterm_finishes_in_flight_requests_and_exits_cleanly(good_repository: 
         sent, got = outcome
         np.testing.assert_array_equal(got, sent)
     assert code == 0, process.log()
+
+
+# ---- model control over the network ----
+
+def test_load_and_unload_are_refused_without_explicit_mode(server: ServerProcess) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        with pytest.raises(httpclient.InferenceServerException) as exc:
+            client.unload_model(SIMPLE)
+        assert exc.value.status() != "200"
+        assert exc.value.message()
+        assert client.is_model_ready(SIMPLE)
+    finally:
+        client.close()
+    _simple_works(server.base_url)
+
+
+def test_explicit_model_control(tmp_path: Path, server_log: Path, own_server: list[ServerProcess]) -> None:
+    repo = tmp_path / "models"
+    add_simple(repo)
+    add_auto(repo)
+    add_broken(repo)
+    process = start_server(repo, server_log, "--model-control-mode=explicit", "--load-model", SIMPLE)
+    own_server.append(process)
+    http = httpclient.InferenceServerClient(process.http_url)
+    grpc = grpcclient.InferenceServerClient(process.grpc_url)
+    try:
+        assert http.is_model_ready(SIMPLE)
+        assert not http.is_model_ready(AUTO)
+        assert httpx.get(f"{process.base_url}/v2/health/ready", timeout=30).status_code == 200
+
+        http.load_model(AUTO)
+        assert grpc.is_model_ready(AUTO)
+        x = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
+        np.testing.assert_array_equal(grpc.infer(AUTO, [make_input(grpcclient, "INPUT0", x, "FP32")])
+                                      .as_numpy("OUTPUT0"), -x)
+
+        grpc.unload_model(AUTO)
+        assert not http.is_model_ready(AUTO)
+        with pytest.raises(httpclient.InferenceServerException):
+            http.infer(AUTO, [make_input(httpclient, "INPUT0", x, "FP32")])
+
+        grpc.load_model(AUTO)
+        assert http.is_model_ready(AUTO)
+
+        with pytest.raises(httpclient.InferenceServerException) as exc:
+            http.load_model(BROKEN)
+        assert exc.value.status() == "400"
+        assert "not_a_field" in exc.value.message()
+        with pytest.raises(grpcclient.InferenceServerException) as grpc_exc:
+            grpc.load_model(BROKEN)
+        assert grpc_exc.value.status() == "StatusCode.INVALID_ARGUMENT"
+        with pytest.raises(httpclient.InferenceServerException) as exc:
+            http.load_model("no_such_model")
+        assert exc.value.status() in ("400", "404")
+
+        # A config override through the load API: a smaller max_batch_size.
+        config = http.get_model_config(SIMPLE)
+        config["max_batch_size"] = 2
+        http.load_model(SIMPLE, config=json.dumps(config))
+        assert http.get_model_config(SIMPLE)["max_batch_size"] == 2
+        a, b = simple_data(3)
+        with pytest.raises(httpclient.InferenceServerException) as exc:
+            http.infer(SIMPLE, simple_inputs(httpclient, a, b))
+        assert exc.value.status() == "400"
+        _simple_works(process.base_url, batch=2)
+    finally:
+        http.close()
+        grpc.close()
+

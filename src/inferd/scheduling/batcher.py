@@ -69,18 +69,18 @@ class DynamicBatcher:
 
     # ---- admission ----
 
-    def prepare(self, job: Job, priority: int, timeout_us: int) -> None:
-        """Place the job's priority level and deadline from the request parameters and the queue policy."""
+    def make_job(self, feeds: Tensors, rows: int, priority: int, timeout_us: int) -> Job:
+        """A job with its priority level and deadline from the request parameters and the queue policy.
+
+        As in Triton, a priority outside 1..priority_levels gets the default level, and a request's own timeout
+        counts only where the level's policy allows overrides, and only to shorten the default.
+        """
         level = priority if 1 <= priority <= self.levels else self.default_level
-        if priority and not 1 <= priority <= self.levels:
-            raise InferError.invalid(f"priority {priority} is out of range: model '{self.name}' has "
-                                     f"{self.levels} priority level(s)")
-        job.priority = level
         policy = self.policies[level - 1]
-        timeout = timeout_us if (timeout_us and policy.allow_timeout_override) else policy.default_timeout_us
-        if timeout_us and not policy.default_timeout_us and not policy.allow_timeout_override:
-            timeout = timeout_us  # no policy timeout to protect: honour the client's
-        job.deadline_ns = job.enqueued_ns + timeout * 1000 if timeout > 0 else 0
+        timeout = policy.default_timeout_us
+        if policy.allow_timeout_override and timeout_us > 0 and (timeout == 0 or timeout_us < timeout):
+            timeout = timeout_us
+        return Job(feeds, rows, level, timeout * 1000)
 
     def _enqueue(self, jobs: list[Job]) -> None:
         with self._cond:
@@ -244,9 +244,6 @@ class DynamicBatcher:
             if rows >= limit:
                 break
         return batch
-
-    def pending(self) -> int:
-        return self._queued + len(self._delayed) + sum(len(v) for v in self._inline.values())
 
     def close(self) -> None:
         with self._cond:

@@ -20,6 +20,10 @@ class DirectScheduler:
         self.pool = pool
         self._executor = ThreadPoolExecutor(max_workers=len(pool.instances), thread_name_prefix=f"inferd-{name}")
 
+    def make_job(self, feeds: Tensors, rows: int, priority: int, timeout_us: int) -> Job:
+        """Without a queue, priority and queue timeouts have nothing to order or expire."""
+        return Job(feeds, rows)
+
     def _run_blocking(self, job: Job) -> Tensors:
         return unwrap(self.pool.execute(self.pool.idle.get(), [job])[0])
 
