@@ -6,7 +6,8 @@ import contextlib
 import enum
 import logging
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from .backends import BACKENDS, Backend, create_backend, resolve_backend
 from .config import ConfigError, ModelConfig, ModelInstanceGroup, read_config, validate_config
 from .model import ServedModel
 from .observability import ModelStatistics
-from .repository import ModelRepository, select_versions, version_dirs
+from .repository import ModelRepository, safe_join, select_versions, version_dirs
 from .scheduling import DirectScheduler, DynamicBatcher, InstancePool, Scheduler
 from .types import InferError
 
@@ -48,6 +49,8 @@ class ModelEntry:
     config: ModelConfig | None = None
     # Newest ready version first; rebuilt whenever versions change (the hot path only reads it).
     ready: list[ServedModel] = field(default_factory=list)
+    fingerprint: tuple[tuple[str, int, int], ...] = ()
+    override: Path | None = None  # folder of files given with the last load request
 
     def refresh(self) -> None:
         self.ready = sorted((v.served for v in self.versions.values() if v.served is not None),
@@ -55,11 +58,13 @@ class ModelEntry:
 
 
 class ModelManager:
-    def __init__(self, repository: ModelRepository, *, autocomplete: bool = True) -> None:
+    def __init__(self, repository: ModelRepository, *, autocomplete: bool = True, unload_timeout: float = 30.0) -> None:
         self.repository = repository
         self.autocomplete = autocomplete
+        self.unload_timeout = unload_timeout
         self._models: dict[str, ModelEntry] = {}
         self._lock = threading.RLock()
+        self._load_locks: dict[str, threading.Lock] = {}
 
     # ---- queries (hot path: plain dict reads) ----
 
@@ -151,20 +156,31 @@ class ModelManager:
             entry = self._models.setdefault(name, ModelEntry(name))
             entry.reason = reason
 
-    def load(self, name: str, config: ModelConfig | None = None) -> None:
-        """Load (or reload) a model's versions. Raises INVALID_ARGUMENT / NOT_FOUND with the reason on failure."""
-        model_dir = self.repository.find(name)
+    def load(self, name: str, config: ModelConfig | None = None, files: Mapping[str, bytes] | None = None) -> None:
+        """Load (or reload) a model's versions. Raises INVALID_ARGUMENT / NOT_FOUND with the reason on failure.
+
+        A reload brings the new versions to READY before the old ones stop taking requests; requests already
+        queued on the old ones finish there. A reload that fails leaves what was serving as it was.
+        `files` (relative path -> content) replace the model's folder, as Triton's `file:` load parameters do.
+        """
+        with self._load_locks.setdefault(name, threading.Lock()):
+            self._load_locked(name, config, files)
+
+    def _load_locked(self, name: str, config: ModelConfig | None, files: Mapping[str, bytes] | None) -> None:
+        model_dir = self._write_override(name, files) if files else self.repository.find(name)
         if model_dir is None:
             raise InferError.not_found(f"failed to load '{name}', failed to poll from model repository")
+        fingerprint = fingerprint_of(model_dir)
         try:
             config, backend, versions = self._prepare(name, model_dir, config)
         except ConfigError as exc:
             reason = str(exc)
-            self._record_failure(name, reason)
             with self._lock:
-                entry = self._models[name]
+                entry = self._models.setdefault(name, ModelEntry(name))
+                entry.fingerprint = fingerprint
                 if not entry.ready:  # a failed reload leaves a serving model as it was
-                    entry.versions.clear()
+                    entry.reason = reason
+                    entry.versions = {}
                     entry.refresh()
             log.error("model '%s' is UNAVAILABLE: %s", name, reason)
             raise InferError.invalid(f"failed to load '{name}': {reason}") from None
@@ -178,18 +194,43 @@ class ModelManager:
                 reason = exc.message if isinstance(exc, InferError) else str(exc)
                 loaded[version] = VersionStatus(ModelState.UNAVAILABLE, reason)
                 log.error("model '%s' version %d is UNAVAILABLE: %s", name, version, reason)
+        failed = [f"version {v}: {s.reason}" for v, s in loaded.items() if s.state != ModelState.READY]
 
         with self._lock:
             entry = self._models.setdefault(name, ModelEntry(name))
-            old = entry.versions
-            entry.versions, entry.reason, entry.config = loaded, "", config
-            entry.refresh()
-        for status in old.values():
+            entry.fingerprint = fingerprint
+            keep_old = bool(entry.ready) and not any(s.served for s in loaded.values())
+            if keep_old:
+                old, retired = {}, loaded
+            else:
+                old, retired = entry.versions, {}
+                entry.versions, entry.reason, entry.config = loaded, "", config
+                entry.override = model_dir if files else None
+                entry.refresh()
+        for status in retired.values():
             if status.served is not None:
-                status.served.scheduler.close()
-        failed = [f"version {v}: {s.reason}" for v, s in loaded.items() if s.state != ModelState.READY]
+                _retire(status.served, 0)
+        if old:
+            # The old versions stop taking requests now; those in flight finish on them, off this thread.
+            threading.Thread(target=_retire_all, args=(old, self.unload_timeout), daemon=True,
+                             name=f"inferd-retire-{name}").start()
         if failed:
             raise InferError.invalid(f"failed to load '{name}': " + "; ".join(failed))
+
+    def _write_override(self, name: str, files: Mapping[str, bytes]) -> Path:
+        """Model files given with the load request go to a folder of their own (never into the repository)."""
+        import tempfile
+
+        root = Path(tempfile.mkdtemp(prefix="inferd-load-")) / name
+        root.mkdir()
+        for relative, content in files.items():
+            try:
+                target = safe_join(root, relative)
+            except ValueError as exc:
+                raise InferError.invalid(f"failed to load '{name}': {exc}") from None
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        return root
 
     def _prepare(self, name: str, model_dir: Path,
                  override: ModelConfig | None) -> tuple[ModelConfig, str, dict[int, Path]]:
@@ -243,6 +284,7 @@ class ModelManager:
         return ServedModel(name, version, config, config.platform or backend_name, scheduler, stats)
 
     def unload(self, name: str) -> None:
+        """Stop taking requests for the model, wait for those in flight (up to `unload_timeout`), free it."""
         with self._lock:
             entry = self._models.get(name)
             if entry is None:
@@ -251,17 +293,46 @@ class ModelManager:
             entry.versions = {}
             entry.refresh()
             entry.reason = "unloaded"
-        for status in old.values():
-            if status.served is not None:
-                status.served.scheduler.close()
+        _retire_all(old, self.unload_timeout)
         log.info("unloaded model '%s'", name)
 
     def close(self) -> None:
-        for name in self.names():
-            entry = self._models[name]
-            for status in entry.versions.values():
-                if status.served is not None:
-                    status.served.scheduler.close()
+        with self._lock:
+            entries = list(self._models.values())
+        for entry in entries:
+            _retire_all(entry.versions, self.unload_timeout)
+
+
+def _retire(served: ServedModel, timeout: float) -> None:
+    """Wait (up to `timeout` s) for a version's requests in flight, then stop its scheduler and free its instances."""
+    deadline = time.monotonic() + timeout
+    while served.stats.pending > 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    served.scheduler.close()
+    for instance in served.scheduler.pool.instances:
+        try:
+            instance.unload()
+        except Exception:  # a backend that fails to clean up must not stop the others
+            log.exception("model '%s' version %d: unload failed", served.name, served.version)
+
+
+def _retire_all(versions: Mapping[int, VersionStatus], timeout: float) -> None:
+    for status in versions.values():
+        if status.served is not None:
+            _retire(status.served, timeout)
+
+
+def fingerprint_of(model_dir: Path) -> tuple[tuple[str, int, int], ...]:
+    """What polling compares: every file of the model folder with its size and modification time."""
+    found = []
+    for path in sorted(model_dir.rglob("*")):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        if path.is_file():
+            found.append((str(path.relative_to(model_dir)), st.st_size, st.st_mtime_ns))
+    return tuple(found)
 
 
 def _devices(group: ModelInstanceGroup) -> list[str]:

@@ -37,11 +37,18 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class TensorData:
-    """One input tensor of one request; plain numpy so it pickles to `--processes` workers."""
+    """One input tensor of one request; plain numpy so it pickles to `--processes` workers.
+
+    With `--shared-memory system` the data also lies in a registered region and requests name the region instead
+    of carrying the bytes.
+    """
 
     name: str
     datatype: str
     array: np.ndarray
+    shm_region: str | None = None
+    shm_byte_size: int = 0
+    shm_offset: int = 0
 
 
 def parse_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:

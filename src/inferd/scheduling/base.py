@@ -126,6 +126,10 @@ class InstancePool:
         return results
 
 
+def unloading_error(name: str) -> InferError:
+    return InferError.unavailable(f"model '{name}' is unloading and takes no new requests")
+
+
 class BackendFailure(Exception):
     """The model itself raised while executing."""
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..types import InferError
-from .base import InstancePool, Job, Tensors, settle, settle_from_thread, unwrap
+from .base import InstancePool, Job, Tensors, settle, settle_from_thread, unloading_error, unwrap
 
 _REJECT, _DELAY = 0, 1  # ModelQueuePolicy.TimeoutAction
 
@@ -84,6 +84,9 @@ class DynamicBatcher:
 
     def _enqueue(self, jobs: list[Job]) -> None:
         with self._cond:
+            if self._stopping:
+                settle_from_thread(jobs, [unloading_error(self.name)] * len(jobs))
+                return
             for job in jobs:
                 q = self._queues[job.priority - 1]
                 limit = self.policies[job.priority - 1].max_queue_size
@@ -96,6 +99,8 @@ class DynamicBatcher:
             self._cond.notify()
 
     async def run(self, job: Job) -> Tensors:
+        if self._stopping:
+            raise unloading_error(self.name)
         loop = asyncio.get_running_loop()
         job.loop = loop
         future: asyncio.Future[Tensors] = loop.create_future()

@@ -12,13 +12,15 @@ import asyncio
 import queue
 from concurrent.futures import ThreadPoolExecutor
 
-from .base import InstancePool, Job, Tensors, unwrap
+from .base import InstancePool, Job, Tensors, unloading_error, unwrap
 
 
 class DirectScheduler:
     def __init__(self, pool: InstancePool, name: str) -> None:
         self.pool = pool
+        self.name = name
         self._executor = ThreadPoolExecutor(max_workers=len(pool.instances), thread_name_prefix=f"inferd-{name}")
+        self._closed = False
 
     def make_job(self, feeds: Tensors, rows: int, priority: int, timeout_us: int) -> Job:
         """Without a queue, priority and queue timeouts have nothing to order or expire."""
@@ -28,9 +30,13 @@ class DirectScheduler:
         return unwrap(self.pool.execute(self.pool.idle.get(), [job])[0])
 
     def run_sync(self, job: Job) -> Tensors:
+        if self._closed:
+            raise unloading_error(self.name)
         return self._run_blocking(job)
 
     async def run(self, job: Job) -> Tensors:
+        if self._closed:
+            raise unloading_error(self.name)
         pool = self.pool
         if pool.cheap:
             try:
@@ -42,4 +48,5 @@ class DirectScheduler:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._run_blocking, job)
 
     def close(self) -> None:
+        self._closed = True
         self._executor.shutdown(wait=True)
