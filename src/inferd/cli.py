@@ -58,6 +58,8 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none")
     serve.add_argument("--load-model", action="append", default=[], metavar="NAME",
                        help="with --model-control-mode=explicit: load this model at start-up ('*' for all)")
+    serve.add_argument("--repository-poll-secs", type=float, default=15.0,
+                       help="with --model-control-mode=poll: seconds between repository scans")
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--metrics-port", type=int, default=8002)
@@ -127,6 +129,7 @@ def serve(args: argparse.Namespace) -> int:
             model_control_mode=args.model_control_mode,
             load_models=args.load_model,
             strict_readiness=args.strict_readiness,
+            repository_poll_secs=args.repository_poll_secs,
             autocomplete=not (args.disable_auto_complete_config or args.strict_model_config),
             server_name=args.server_name,
         )

@@ -147,6 +147,26 @@ class ModelManager:
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(wanted) or 1))) as pool:
             list(pool.map(self._load_quietly, wanted))
 
+    def poll(self) -> None:
+        """Apply what changed in the repository while serving: new, changed and removed models and versions."""
+        models, problems = self.repository.scan()
+        for name, reason in problems.items():
+            self._record_failure(name, reason)
+        with self._lock:
+            known = dict(self._models)
+        for name, path in models.items():
+            if name in problems:
+                continue
+            entry = known.get(name)
+            if entry is None or (entry.override is None and fingerprint_of(path) != entry.fingerprint):
+                log.info("repository poll: %s model '%s'", "loading new" if entry is None else "reloading changed",
+                         name)
+                self._load_quietly(name)
+        for name, entry in known.items():
+            if name not in models and entry.override is None and entry.versions:
+                log.info("repository poll: model '%s' was removed from the repository", name)
+                self.unload(name)
+
     def _load_quietly(self, name: str) -> None:
         with contextlib.suppress(InferError):  # already recorded as the model's state and logged
             self.load(name)

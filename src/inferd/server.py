@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -50,6 +51,7 @@ class Server:
         load_models: Iterable[str] = (),
         strict_readiness: bool = True,
         autocomplete: bool = True,
+        repository_poll_secs: float = 15.0,
         server_name: str = "inferd",
         start: bool = True,
     ) -> None:
@@ -61,7 +63,10 @@ class Server:
         self.load_models = list(load_models)
         self.strict_readiness = strict_readiness
         self.server_name = server_name
+        self.repository_poll_secs = repository_poll_secs
         self._live = False
+        self._stop_polling = threading.Event()
+        self._poller: threading.Thread | None = None
         if start:
             self.start()
 
@@ -75,10 +80,23 @@ class Server:
                 self.manager.load_all(names)
         else:
             self.manager.load_all()
+        if self.model_control_mode == "poll":
+            self._poller = threading.Thread(target=self._poll, name="inferd-repository-poll", daemon=True)
+            self._poller.start()
         self._live = True
+
+    def _poll(self) -> None:
+        while not self._stop_polling.wait(self.repository_poll_secs):
+            try:
+                self.manager.poll()
+            except Exception:  # a bad poll (a folder removed mid-scan) must not end polling
+                log.exception("repository poll failed")
 
     def close(self) -> None:
         self._live = False
+        self._stop_polling.set()
+        if self._poller is not None:
+            self._poller.join(timeout=self.repository_poll_secs + 5)
         self.manager.close()
 
     def __enter__(self) -> Server:
@@ -143,23 +161,26 @@ class Server:
         rows = self.manager.index()
         return [r for r in rows if r.get("state") == "READY"] if ready_only else rows
 
-    def load(self, name: str, config: ModelConfig | str | Mapping[str, Any] | None = None) -> None:
-        """Load or reload a model; `config` overrides its config.pbtxt (a ModelConfig, or JSON text/dict)."""
-        if self.model_control_mode == "none":
-            raise InferError.unavailable("explicit model load / unload is not allowed if polling is enabled "
-                                         "or model control mode is none")
+    def load(self, name: str, config: ModelConfig | str | Mapping[str, Any] | None = None,
+             files: Mapping[str, bytes] | None = None) -> None:
+        """Load or reload a model; `config` overrides its config.pbtxt (a ModelConfig, or JSON text/dict);
+        `files` (path relative to the model folder, e.g. "1/model.onnx" -> content) replace the model's folder."""
+        self._check_explicit()
         if config is not None and not isinstance(config, ModelConfig):
             try:
                 config = config_from_json(dict(config) if isinstance(config, Mapping) else config)
             except ConfigError as exc:
                 raise InferError.invalid(str(exc)) from None
-        self.manager.load(name, config)
+        self.manager.load(name, config, files)
 
     def unload(self, name: str) -> None:
-        if self.model_control_mode == "none":
+        self._check_explicit()
+        self.manager.unload(name)
+
+    def _check_explicit(self) -> None:
+        if self.model_control_mode != "explicit":
             raise InferError.unavailable("explicit model load / unload is not allowed if polling is enabled "
                                          "or model control mode is none")
-        self.manager.unload(name)
 
     # ---- inference ----
 

@@ -14,16 +14,19 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Barrier
 from typing import Any, Literal
 
 import numpy as np
 
 from ._inputs import TensorData
 
-__all__ = ["LoadClient", "StepPlan", "StepSample", "Target", "new_event_loop", "run_step"]
+__all__ = ["LoadClient", "StepPlan", "StepSample", "Target", "new_event_loop", "run_step", "worker_main"]
 
 Mode = Literal["concurrency", "rate"]
 _PROGRESS_INTERVAL_S = 0.1
+_BARRIER_TIMEOUT_S = 120.0
 _MESSAGE_LIMIT = 300
 
 
@@ -37,7 +40,7 @@ class Target:
     version: str = ""
     ssl: bool = False
     binary: bool = True  # HTTP tensor encoding: binary extension, or JSON lists
-    outputs: tuple[str, ...] = ()  # names to ask for as JSON when not binary
+    outputs: tuple[str, ...] = ()  # the model's outputs, asked for as JSON when not binary
     request_timeout_s: float = 60.0
 
 
@@ -119,17 +122,21 @@ class LoadClient:
         if target.protocol == "http":
             self._client = self._module.InferenceServerClient(
                 target.url, conn_limit=0, conn_timeout=target.request_timeout_s, ssl=target.ssl)
-            self._outputs = (None if target.binary else
-                             [self._module.InferRequestedOutput(n, binary_data=False) for n in target.outputs])
         else:
             self._client = self._module.InferenceServerClient(target.url, ssl=target.ssl)
-            self._outputs = None
+        self._outputs: list[Any] | None = None
         self._inputs: list[list[Any]] = []
 
-    def prepare(self, input_sets: Sequence[Sequence[TensorData]]) -> None:
-        """Build every request's `InferInput`s now (binary data serialized once), not per request."""
+    def prepare(self, input_sets: Sequence[Sequence[TensorData]], outputs: Sequence[str] = ()) -> None:
+        """Build every request's `InferInput`s now (binary data serialized once), not per request.
+
+        `outputs` are the model's output names, asked for explicitly as JSON when HTTP tensors are not binary
+        (otherwise the server sends every output in binary).
+        """
         if not input_sets:
             raise ValueError("no input data")
+        if self.target.protocol == "http" and not self.target.binary:
+            self._outputs = [self._module.InferRequestedOutput(n, binary_data=False) for n in outputs]
         self._inputs = [[self._infer_input(t) for t in tensors] for tensors in input_sets]
 
     def _infer_input(self, tensor: TensorData) -> Any:
@@ -272,3 +279,40 @@ async def _open_loop(client: LoadClient, plan: StepPlan, state: _StepState, star
         scheduled += rng.expovariate(1.0) * gap_ns if plan.distribution == "poisson" else gap_ns
     if pending:
         await asyncio.gather(*pending)
+
+
+def worker_main(pipe: Connection, index: int, target: Target, input_sets: list[list[TensorData]],
+                barrier: Barrier, counts: Any) -> None:
+    """A `--processes` worker: one client for the whole run, one step per plan received, None to stop.
+
+    Steps start together behind `barrier`; `counts[index]` carries this worker's completed requests to the
+    parent's progress bar.
+    """
+    loop = new_event_loop(target.protocol)
+    asyncio.set_event_loop(loop)
+
+    async def open_client() -> LoadClient:
+        client = LoadClient(target)
+        client.prepare(input_sets, target.outputs)
+        return client
+
+    def report(completed: int) -> None:
+        counts[index] = completed
+
+    def ready() -> None:
+        barrier.wait(_BARRIER_TIMEOUT_S)
+
+    client = loop.run_until_complete(open_client())
+    try:
+        while (plan := pipe.recv()) is not None:
+            try:
+                sample = loop.run_until_complete(run_step(client, plan, ready=ready, progress=report))
+            except Exception as exc:  # sent to the parent, which stops the run with this message
+                barrier.abort()
+                sample = StepSample(np.empty(0, np.int64), Counter(), 0, 0.0, failure=f"{type(exc).__name__}: {exc}")
+            pipe.send(sample)
+    except (EOFError, KeyboardInterrupt):
+        pass
+    finally:
+        loop.run_until_complete(client.close())
+        loop.close()

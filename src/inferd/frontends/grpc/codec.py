@@ -21,7 +21,7 @@ __all__ = [
     "decode_parameters",
     "encode_infer_response",
     "encode_parameters",
-    "load_config_override",
+    "load_parameters",
     "model_metadata_response",
     "repository_index_response",
     "server_metadata_response",
@@ -182,13 +182,11 @@ def repository_index_response(rows: Iterable[Mapping[str, str]]) -> Any:
     ])
 
 
-def load_config_override(request: Any) -> str | None:
-    """The JSON config override of a `RepositoryModelLoadRequest` (its `config` parameter), if any.
-
-    Model files sent in the request (`file:<path>` parameters) are refused: loading them needs a place to put
-    them that the repository layer does not offer yet, and silently ignoring them would load the wrong model.
-    """
+def load_parameters(request: Any) -> tuple[str | None, dict[str, bytes]]:
+    """The JSON config override (`config` parameter) and the model files (`file:<path>` bytes parameters) of a
+    `RepositoryModelLoadRequest`."""
     config: str | None = None
+    files: dict[str, bytes] = {}
     for key, param in request.parameters.items():
         if key == "config":
             if param.WhichOneof("parameter_choice") != "string_param":
@@ -196,6 +194,8 @@ def load_config_override(request: Any) -> str | None:
                                          "a string holding the model configuration as JSON")
             config = param.string_param
         elif key.startswith("file:"):
-            raise InferError.invalid(f"failed to load '{request.model_name}': model files in the load request "
-                                     f"('{key}') are not supported")
-    return config
+            if param.WhichOneof("parameter_choice") != "bytes_param":
+                raise InferError.invalid(f"failed to load '{request.model_name}': parameter '{key}' must hold the "
+                                         "file content as bytes_param")
+            files[key[len("file:"):]] = param.bytes_param
+    return config, files

@@ -22,7 +22,7 @@ from ...types import InferError
 from .codec import (
     decode_infer_request,
     encode_infer_response,
-    load_config_override,
+    load_parameters,
     model_metadata_response,
     repository_index_response,
     server_metadata_response,
@@ -170,9 +170,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         async with status_on_error(context, "RepositoryModelLoad"):
             if request.repository_name:
                 raise InferError.invalid("'repository_name' specification is not supported")
-            config = load_config_override(request)
+            config, files = load_parameters(request)
             # Loading reads files and builds runtime sessions: seconds, so never on the event loop.
-            await asyncio.to_thread(self._server.load, request.model_name, config)
+            await asyncio.to_thread(self._server.load, request.model_name, config, files or None)
             return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:

@@ -7,6 +7,8 @@ throughput on small models. Routing is a split of the path; handlers translate w
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
@@ -269,13 +271,20 @@ class HttpFrontend:
             if rest[2] == "unload":
                 await _in_thread(server.unload, name)
                 return _EMPTY_OK
-            if any(k.startswith("file:") for k in params):
-                return error_reply(400, "loading model files through 'file:' parameters is not supported yet")
+            files: dict[str, bytes] = {}
+            for key, value in params.items():
+                if key.startswith("file:"):
+                    if not isinstance(value, str):
+                        return error_reply(400, f"parameter '{key}' must hold the file content in base64")
+                    try:
+                        files[key[len("file:"):]] = base64.b64decode(value, validate=True)
+                    except binascii.Error:
+                        return error_reply(400, f"parameter '{key}' is not valid base64")
             config = params.get("config")
             if config is not None and not isinstance(config, (str, dict)):
                 return error_reply(400, "parameter 'config' must be a JSON string holding the model configuration")
             try:
-                await _in_thread(server.load, name, config)
+                await _in_thread(server.load, name, config, files or None)
             except ConfigError as exc:
                 return error_reply(400, str(exc))
             return _EMPTY_OK
