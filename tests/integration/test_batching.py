@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,7 +59,8 @@ def batching_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
     write_model(repo, CHEAP, simple_model(), cheap_config)
     add_busy(repo, PREFERRED, FAST_TRIPS,
              dynamic_batching="preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 5000000")
-    add_busy(repo, LONE, FAST_TRIPS, dynamic_batching="preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 200000")
+    add_busy(repo, LONE, FAST_TRIPS,
+             dynamic_batching="preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 200000")
     add_busy(repo, GREEDY, SLOW_TRIPS, dynamic_batching="")
     add_busy(repo, VARDIMS, FAST_TRIPS, dims=-1,
              dynamic_batching="preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 300000")
@@ -470,7 +470,3 @@ async def test_a_backlog_is_split_into_batches_of_at_most_max_batch_size(recordi
     assert stats["inference_count"] == 11
     assert stats["execution_count"] == 4
     assert batch_counts(stats) == {1: 1, 2: 1, 4: 2}
-
-
-def _unused(path: Path) -> None:  # pragma: no cover - keeps Path imported for type hints in fixtures
-    del path

@@ -200,6 +200,9 @@ def _decode_value(value: Any, spec: InputSpec, shape: tuple[int, ...], where: st
         if spec.datatype == "BYTES":
             flat = _object_array([raw])
         else:
+            if len(raw) % dtype.itemsize:
+                raise ValueError(f"{where}: input '{spec.name}': {len(raw)} b64 bytes are not a whole number of "
+                                 f"{spec.datatype} elements")
             flat = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
     else:
         content = value.get("content") if isinstance(value, dict) else value
@@ -207,9 +210,12 @@ def _decode_value(value: Any, spec: InputSpec, shape: tuple[int, ...], where: st
             raise ValueError(f"{where}: input '{spec.name}' needs a list, 'content' or 'b64'")
         if spec.datatype == "BYTES":
             items = np.asarray(content, dtype=np.object_).reshape(-1).tolist()
-            flat = _object_array([i.encode() if isinstance(i, str) else bytes(i) for i in items])
+            flat = _object_array([i if isinstance(i, bytes) else str(i).encode() for i in items])
         else:
-            flat = np.asarray(content, dtype=dtype).reshape(-1)
+            try:
+                flat = np.asarray(content, dtype=dtype).reshape(-1)
+            except (ValueError, TypeError, OverflowError) as exc:
+                raise ValueError(f"{where}: input '{spec.name}' is not {spec.datatype} data: {exc}") from None
     if any(d < 0 for d in shape):
         known = math.prod(d for d in shape if d >= 0)
         if sum(d < 0 for d in shape) > 1 or known == 0 or flat.size % known:

@@ -285,8 +285,8 @@ def worker_main(pipe: Connection, index: int, target: Target, input_sets: list[l
                 barrier: Barrier, counts: Any) -> None:
     """A `--processes` worker: one client for the whole run, one step per plan received, None to stop.
 
-    Steps start together behind `barrier`; `counts[index]` carries this worker's completed requests to the
-    parent's progress bar.
+    Steps start together behind `barrier`; `counts[index]` carries this worker's completed requests (plus one, so
+    that 0 means "not started") to the parent's progress bar.
     """
     loop = new_event_loop(target.protocol)
     asyncio.set_event_loop(loop)
@@ -297,7 +297,7 @@ def worker_main(pipe: Connection, index: int, target: Target, input_sets: list[l
         return client
 
     def report(completed: int) -> None:
-        counts[index] = completed
+        counts[index] = completed + 1  # 0 stays "not started yet" for the parent's progress bar
 
     def ready() -> None:
         barrier.wait(_BARRIER_TIMEOUT_S)

@@ -199,17 +199,24 @@ def write_csv(path: Path, results: Sequence[StepResult]) -> None:
 # ---- progress ----
 
 class ProgressBar:
-    """A one-line bar on a terminal, redrawn in place and erased when the step ends (no dependency)."""
+    """A one-line bar on a terminal, redrawn in place and erased when the step ends (no dependency).
+
+    Its clock starts at the first `update`, which the load loop sends when its step starts (after warm-up and, with
+    `--processes`, after the workers have spawned).
+    """
 
     def __init__(self, stream: TextIO, label: str, duration_s: float, max_requests: int | None) -> None:
         self._stream = stream
         self._label = label
         self._duration_s = duration_s
         self._max_requests = max_requests
-        self._start = time.monotonic()
+        self._start: float | None = None
 
     def update(self, completed: int) -> None:
-        elapsed = time.monotonic() - self._start
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        elapsed = now - self._start
         fraction = elapsed / self._duration_s if self._duration_s > 0 else 0.0
         if self._max_requests:
             fraction = max(fraction, completed / self._max_requests)

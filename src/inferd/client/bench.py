@@ -39,6 +39,7 @@ __all__ = ["BenchOptions", "add_bench_parser", "bench", "build_parser", "main", 
 
 _DESCRIPTION = "Measure a model's throughput and latency on a running V2 (KServe / Triton) inference server."
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
+_PROTOCOL_NAMES = {"http": "HTTP", "grpc": "gRPC"}
 MAX_STEPS = 1000  # a typo such as 1:100000 should fail fast, not run for a day
 _EXAMPLES = """\
 ranges (perf_analyzer's syntax, plus two forms of our own):
@@ -331,7 +332,7 @@ async def _model_inputs(client: LoadClient, options: BenchOptions) -> tuple[list
     try:
         live = await api.is_server_live()
     except Exception as exc:
-        raise BenchError(f"cannot reach {target.url} over {target.protocol.upper()}: {exc}") from None
+        raise BenchError(f"cannot reach {target.url} over {_PROTOCOL_NAMES[target.protocol]}: {exc}") from None
     if not live:
         raise BenchError(f"the server at {target.url} is not live")
     try:
@@ -435,7 +436,9 @@ class _ProcessRunner(_StepRunner):
             pipe.send(plan)
         receiving = [asyncio.create_task(asyncio.to_thread(pipe.recv)) for pipe in self._pipes]
         while progress is not None and not all(task.done() for task in receiving):
-            progress.update(sum(self._counts))
+            counts = list(self._counts)
+            if any(counts):  # a worker writes completed + 1 once its step has started
+                progress.update(sum(max(c - 1, 0) for c in counts))
             await asyncio.wait(receiving, timeout=0.1)
         try:
             samples: list[StepSample] = await asyncio.gather(*receiving)

@@ -37,8 +37,7 @@ class Job:
         self.enqueued_ns = time.perf_counter_ns()
         self.deadline_ns = self.enqueued_ns + timeout_ns if timeout_ns > 0 else 0
         self.delayed = False
-        # Requests batch together only when every input has the same non-batch shape and dtype.
-        self.signature = tuple((k, v.shape[1:], v.dtype.str) for k, v in feeds.items())
+        self.signature: tuple[object, ...] = ()  # set by the batcher: what must match to batch together
         self.future: asyncio.Future[Tensors] | concurrent.futures.Future[Tensors] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -111,7 +110,9 @@ class InstancePool:
             finally:
                 done = time.perf_counter_ns()
                 self.idle.put(instance)
-                self.exec_ns += (done - ready - self.exec_ns) * _EWMA_WEIGHT
+                # Clamped, so one run slowed by a busy machine cannot push a fast model off the event loop.
+                sample = min(done - ready, 2 * INLINE_BUDGET_NS)
+                self.exec_ns += (sample - self.exec_ns) * _EWMA_WEIGHT
             results = _split(outputs, jobs)
         except InferError as exc:
             return [exc] * len(jobs)

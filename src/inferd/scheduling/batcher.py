@@ -80,7 +80,10 @@ class DynamicBatcher:
         timeout = policy.default_timeout_us
         if policy.allow_timeout_override and timeout_us > 0 and (timeout == 0 or timeout_us < timeout):
             timeout = timeout_us
-        return Job(feeds, rows, level, timeout * 1000)
+        job = Job(feeds, rows, level, timeout * 1000)
+        # Requests batch together only when every input has the same non-batch shape and dtype.
+        job.signature = tuple((k, v.shape[1:], v.dtype.str) for k, v in feeds.items())
+        return job
 
     def _enqueue(self, jobs: list[Job]) -> None:
         with self._cond:
