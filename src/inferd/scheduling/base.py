@@ -25,6 +25,29 @@ INLINE_BUDGET_NS = 300_000
 _EWMA_WEIGHT = 0.1
 
 
+class Arrivals:
+    """Per event loop, how many requests a frontend has read whose handling has not started yet.
+
+    The batcher uses it to tell a lone request (run it now) from one that others will join within the same
+    loop iteration (gather them into one batch). A loop whose frontend does not report counts as busy.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[asyncio.AbstractEventLoop, int] = {}
+
+    def get(self, loop: asyncio.AbstractEventLoop) -> int | None:
+        return self._waiting.get(loop)
+
+    def arrived(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._waiting[loop] = self._waiting.get(loop, 0) + 1
+
+    def started(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._waiting[loop] -= 1
+
+
+ARRIVALS = Arrivals()
+
+
 class Job:
     """One request waiting for (or in) an execution."""
 

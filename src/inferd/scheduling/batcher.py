@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import queue
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from ..types import InferError
-from .base import InstancePool, Job, Tensors, settle, settle_from_thread, unloading_error, unwrap
+from .base import ARRIVALS, InstancePool, Job, Tensors, settle, settle_from_thread, unloading_error, unwrap
 
 _REJECT, _DELAY = 0, 1  # ModelQueuePolicy.TimeoutAction
 
@@ -105,17 +106,28 @@ class DynamicBatcher:
         if self._stopping:
             raise unloading_error(self.name)
         loop = asyncio.get_running_loop()
-        job.loop = loop
-        future: asyncio.Future[Tensors] = loop.create_future()
-        job.future = future
         if self.delay_ns == 0 and self.pool.cheap:
             pending = self._inline.get(loop)
+            if not pending and ARRIVALS.get(loop) == 0:
+                # Nothing else has arrived that could join a batch: run now rather than a loop iteration later.
+                try:
+                    instance = self.pool.idle.get_nowait()
+                except queue.Empty:
+                    pass
+                else:
+                    return unwrap(self.pool.execute(instance, [job])[0])
+            job.loop = loop
+            future: asyncio.Future[Tensors] = loop.create_future()
+            job.future = future
             if pending is None:
                 pending = self._inline[loop] = []
             pending.append(job)
             if len(pending) == 1:
                 loop.call_soon(self._flush_inline, loop)
         else:
+            job.loop = loop
+            future = loop.create_future()
+            job.future = future
             self._enqueue([job])
         return await future
 
@@ -133,7 +145,7 @@ class DynamicBatcher:
             batch, jobs = self._take_compatible(jobs, self.max_batch_size)
             try:
                 instance = self.pool.idle.get_nowait()
-            except Exception:  # every instance busy: the batch joins the shared queue
+            except queue.Empty:  # every instance busy: the batch joins the shared queue
                 self._enqueue(batch)
                 continue
             settle(batch, self.pool.execute(instance, batch))

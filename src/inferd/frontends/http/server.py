@@ -20,6 +20,7 @@ from typing import Any
 
 import httptools
 
+from ...scheduling import ARRIVALS
 from .app import WANTED_HEADERS, HttpFrontend, Reply, error_reply
 
 log = logging.getLogger("inferd.http")
@@ -77,6 +78,7 @@ class _Connection(asyncio.Protocol):
         self.waiting: collections.deque[_Request] = collections.deque()
         self.idle_timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
+        self.task_started = False
 
     # ---- asyncio.Protocol ----
 
@@ -98,6 +100,8 @@ class _Connection(asyncio.Protocol):
             self.idle_timer.cancel()
         if self.task is not None:
             # The client went away: a request still queued for its model leaves the queue without running.
+            if not self.task_started:
+                ARRIVALS.started(self.loop)
             self.task.cancel()
         self.waiting.clear()
 
@@ -170,9 +174,13 @@ class _Connection(asyncio.Protocol):
             self._answer(request, error_reply(413, f"request body exceeds the limit of {self.limit} bytes "
                                                    "(--http-max-input-size)"))
             return
+        ARRIVALS.arrived(self.loop)
+        self.task_started = False
         self.task = self.loop.create_task(self._run(request))
 
     async def _run(self, request: _Request) -> None:
+        self.task_started = True
+        ARRIVALS.started(self.loop)
         reply = await self.frontend.handle(request.method, request.path, request.headers, request.body)
         self.task = None
         self._answer(request, reply)
