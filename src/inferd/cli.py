@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a model repository over HTTP and gRPC")
     add_serve_arguments(serve)
+    serve.set_defaults(func=serve_command)
+    from .client import add_bench_parser
+
+    add_bench_parser(commands)
     return parser
 
 
@@ -117,7 +121,7 @@ def status_table(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=_log_level(args), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for flag in _IGNORED_TRITON_FLAGS:
         if getattr(args, flag.lstrip("-").replace("-", "_"), None):
@@ -206,9 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0].startswith("--") and argv[0] not in ("--help", "-h", "--version"):
         argv.insert(0, "serve")  # `inferd --model-repository=...` reads like `tritonserver --model-repository=...`
     args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        return serve(args)
-    return 2
+    return int(args.func(args))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,6 @@ They talk to any server of the V2 protocol (inferd, Triton, KServe runtimes) thr
 clients, so nothing here imports the server.
 """
 
-from .bench import BenchOptions, add_bench_parser, bench, run_bench
+from .bench import BenchError, BenchOptions, add_bench_parser, benchmark, run_bench
 
-__all__ = ["BenchOptions", "add_bench_parser", "bench", "run_bench"]
+__all__ = ["BenchError", "BenchOptions", "add_bench_parser", "benchmark", "run_bench"]

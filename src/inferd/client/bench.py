@@ -20,22 +20,23 @@ import asyncio
 import contextlib
 import dataclasses
 import math
-import multiprocessing as mp
-import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-import numpy as np
-
 from ._inputs import InputSpec, TensorData, build_input_sets, input_specs, parse_shapes
-from ._loadgen import LoadClient, Mode, StepPlan, StepSample, Target, new_event_loop, run_step, worker_main
+from ._loadgen import BenchError, LoadClient, Mode, StepPlan, Target, new_event_loop
 from ._report import ProgressBar, StepResult, histogram, merge_samples, step_table, summary_table, write_csv
+from ._runners import LocalRunner, ProcessRunner, StepRunner
+from ._shm import system_shared_memory
 
-__all__ = ["BenchOptions", "add_bench_parser", "bench", "build_parser", "main", "parse_range", "run_bench"]
+__all__ = [
+    "BenchError", "BenchOptions", "add_bench_parser", "benchmark", "build_parser", "main", "options_from_args",
+    "parse_range", "run_bench",
+]
 
 _DESCRIPTION = "Measure a model's throughput and latency on a running V2 (KServe / Triton) inference server."
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
@@ -57,10 +58,6 @@ examples:
 The exit status is 0 when every request succeeded, 1 when some failed or the benchmark could not start, and 2 for a
 wrong command line.
 """
-
-
-class BenchError(Exception):
-    """The benchmark cannot run (server unreachable, model unknown, inputs impossible); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +110,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument("-u", "--url", default=None,
                         help="server as host:port (http:// or https:// allowed; default localhost:8000 for HTTP, "
                         "localhost:8001 for gRPC)")
-    target.add_argument("-i", "--protocol", type=str.lower, choices=["http", "grpc"], default="http")
+    target.add_argument("-i", "--protocol", type=str.lower, choices=["http", "grpc"], default="http",
+                        help="protocol (default http)")
     target.add_argument("--request-timeout", type=float, default=60.0, metavar="SECONDS",
                         help="a request slower than this counts as an error (default 60)")
 
@@ -127,14 +125,15 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     kind.add_argument("--request-rate", type=float, metavar="N", help="open loop at one rate (requests/s)")
     load.add_argument("--request-distribution", choices=["constant", "poisson"], default="constant",
                       help="open loop: gaps between sends (default constant)")
-    load.add_argument("--duration", type=float, default=10.0, metavar="SECONDS", help="length of each step")
+    load.add_argument("--duration", type=float, default=10.0, metavar="SECONDS",
+                      help="length of each step (default 10)")
     load.add_argument("--max-requests", type=int, default=None, metavar="N",
                       help="also end each step after N requests")
     load.add_argument("--processes", type=int, default=1, metavar="N",
                       help="spread the load over N client processes, when one process is the bottleneck")
 
     data = parser.add_argument_group("data")
-    data.add_argument("-b", "--batch-size", type=int, default=1)
+    data.add_argument("-b", "--batch-size", type=int, default=1, help="batch size of each request (default 1)")
     data.add_argument("--input-data", default="random",
                       help="random, zero, or a perf_analyzer JSON file {\"data\": [{\"INPUT0\": [...]}, ...]}")
     data.add_argument("--shape", action="append", default=[], metavar="NAME:D1,D2",
@@ -258,7 +257,7 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"inferd bench: error: {exc}", file=sys.stderr)
         return 2
     try:
-        results = bench(options)
+        results = benchmark(options)
     except BenchError as exc:
         print(f"inferd bench: {exc}", file=sys.stderr)
         return 1
@@ -275,14 +274,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # ---- the run ----
 
-def bench(options: BenchOptions, out: TextIO | None = None, err: TextIO | None = None) -> list[StepResult]:
-    """Run every step and print as it goes; returns the results (also written to `options.csv`)."""
+def benchmark(options: BenchOptions, out: TextIO | None = None, err: TextIO | None = None) -> list[StepResult]:
+    """Run every step and print as it goes; returns the results (also written to `options.csv`).
+
+    Ctrl-C ends the run early, like hey: the steps already measured are still summarized and written, then
+    KeyboardInterrupt propagates.
+    """
     out = out or sys.stdout
     err = err or sys.stderr
     loop = new_event_loop(options.target.protocol)
+    task = loop.create_task(_bench(options, out, err))
+
+    def interrupt() -> None:
+        loop.remove_signal_handler(signal.SIGINT)  # a second Ctrl-C is a plain KeyboardInterrupt
+        task.cancel()
+
+    handled = False
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # Windows, or not the main thread
+        loop.add_signal_handler(signal.SIGINT, interrupt)
+        handled = True
     try:
-        return loop.run_until_complete(_bench(options, out, err))
+        return loop.run_until_complete(task)
     finally:
+        if handled:
+            loop.remove_signal_handler(signal.SIGINT)
         with contextlib.suppress(Exception):
             loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
@@ -290,27 +305,34 @@ def bench(options: BenchOptions, out: TextIO | None = None, err: TextIO | None =
 
 async def _bench(options: BenchOptions, out: TextIO, err: TextIO) -> list[StepResult]:
     target = options.target
-    client = LoadClient(target)
+    try:
+        client = LoadClient(target)
+    except ImportError as exc:
+        raise BenchError(str(exc)) from None
+    results: list[StepResult] = []
+    interrupted = False
     try:
         specs, outputs, max_batch_size = await _model_inputs(client, options)
         target = dataclasses.replace(target, outputs=outputs)
         input_sets = build_input_sets(specs, options.input_data, batched=max_batch_size > 0,
                                       string_length=options.string_length, seed=options.seed)
-        async with _shared_memory(client, options, input_sets) as input_sets:
+        async with _input_memory(client, options, input_sets) as input_sets:
             _print_header(options, specs, len(input_sets), out)
             if options.processes == 1:
                 client.prepare(input_sets, outputs)
-                runner: _StepRunner = _LocalRunner(client)
+                runner: StepRunner = LocalRunner(client)
             else:
-                runner = _ProcessRunner(target, input_sets, options.processes)
-            results: list[StepResult] = []
+                runner = ProcessRunner(target, input_sets, options.processes)
             try:
                 for value in options.steps:
                     result = await _run_one_step(runner, options, value, err)
                     results.append(result)
                     _print_step(result, options, out)
+            except asyncio.CancelledError:
+                interrupted = True
+                print(f"\ninterrupted; {len(results)} of {len(options.steps)} step(s) measured", file=out)
             finally:
-                await runner.close()
+                await runner.close(now=interrupted)
     except ValueError as exc:
         raise BenchError(str(exc)) from None
     finally:
@@ -318,10 +340,12 @@ async def _bench(options: BenchOptions, out: TextIO, err: TextIO) -> list[StepRe
     if len(results) > 1:
         print(f"\nSummary: {options.target.model} over {_protocol_label(options)}", file=out)
         print(summary_table(results), file=out)
-    if options.csv is not None:
+    if options.csv is not None and results:
         write_csv(options.csv, results)
         print(f"wrote {options.csv}", file=out)
     out.flush()
+    if interrupted:
+        raise KeyboardInterrupt
     return results
 
 
@@ -352,118 +376,22 @@ async def _model_inputs(client: LoadClient, options: BenchOptions) -> tuple[list
 
 
 @contextlib.asynccontextmanager
-async def _shared_memory(client: LoadClient, options: BenchOptions, input_sets: list[list[TensorData]]) -> Any:
-    """With `--shared-memory system`: every input in one registered region, unregistered and freed at the end."""
+async def _input_memory(client: LoadClient, options: BenchOptions,
+                        input_sets: list[list[TensorData]]) -> AsyncIterator[list[list[TensorData]]]:
+    """The input sets as they are, or placed in system shared memory for the run."""
     if options.shared_memory == "none":
         yield input_sets
         return
-    api = client.client
-    metadata = await api.get_server_metadata(as_json=True) if options.target.protocol == "grpc" else \
-        await api.get_server_metadata()
-    extensions = set(metadata.get("extensions", []))
-    if "system_shared_memory" not in extensions:
-        raise BenchError(f"the server at {options.target.url} does not offer system shared memory (its extensions: "
-                         f"{', '.join(sorted(extensions)) or 'none'})")
-    from tritonclient.utils import serialized_byte_size
-    from tritonclient.utils import shared_memory as shm
-
-    sizes = [[int(serialized_byte_size(t.array)) if t.datatype == "BYTES" else t.array.nbytes for t in tensors]
-             for tensors in input_sets]
-    total = sum(sum(row) for row in sizes)
-    name = f"inferd_bench_{os.getpid()}"
-    handle = shm.create_shared_memory_region(name, f"/{name}", max(total, 1))
-    placed: list[list[TensorData]] = []
-    try:
-        offset = 0
-        for tensors, row in zip(input_sets, sizes, strict=True):
-            placed_row = []
-            for tensor, size in zip(tensors, row, strict=True):
-                shm.set_shared_memory_region(handle, [np.ascontiguousarray(tensor.array)], offset=offset)
-                placed_row.append(dataclasses.replace(tensor, shm_region=name, shm_byte_size=size, shm_offset=offset))
-                offset += size
-            placed.append(placed_row)
-        await api.register_system_shared_memory(name, f"/{name}", max(total, 1))
-        try:
-            yield placed
-        finally:
-            with contextlib.suppress(Exception):
-                await api.unregister_system_shared_memory(name)
-    finally:
-        shm.destroy_shared_memory_region(handle)
-
-
-# ---- steps, in this process or in workers ----
-
-class _StepRunner:
-    async def run(self, plans: list[StepPlan], progress: ProgressBar | None) -> list[StepSample]:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        """Nothing to release by default."""
-
-
-class _LocalRunner(_StepRunner):
-    """Steps in the benchmark's own event loop (the default: one process is enough up to thousands of req/s)."""
-
-    def __init__(self, client: LoadClient) -> None:
-        self._client = client
-
-    async def run(self, plans: list[StepPlan], progress: ProgressBar | None) -> list[StepSample]:
-        return [await run_step(self._client, plans[0], progress=progress.update if progress else None)]
-
-
-class _ProcessRunner(_StepRunner):
-    """`--processes N`: N spawned workers, each with its own client and event loop, started together per step."""
-
-    def __init__(self, target: Target, input_sets: list[list[TensorData]], count: int) -> None:
-        context = mp.get_context("spawn")  # fork would copy gRPC's threads and the parent's loop
-        self._barrier = context.Barrier(count)
-        self._counts = context.RawArray("q", count)
-        self._pipes: list[Connection] = []
-        self._processes = []
-        for index in range(count):
-            parent, child = context.Pipe()
-            process = context.Process(target=worker_main, name=f"inferd-bench-{index}", daemon=True,
-                                      args=(child, index, target, input_sets, self._barrier, self._counts))
-            process.start()
-            child.close()
-            self._pipes.append(parent)
-            self._processes.append(process)
-
-    async def run(self, plans: list[StepPlan], progress: ProgressBar | None) -> list[StepSample]:
-        for index, (pipe, plan) in enumerate(zip(self._pipes, plans, strict=True)):
-            self._counts[index] = 0
-            pipe.send(plan)
-        receiving = [asyncio.create_task(asyncio.to_thread(pipe.recv)) for pipe in self._pipes]
-        while progress is not None and not all(task.done() for task in receiving):
-            counts = list(self._counts)
-            if any(counts):  # a worker writes completed + 1 once its step has started
-                progress.update(sum(max(c - 1, 0) for c in counts))
-            await asyncio.wait(receiving, timeout=0.1)
-        try:
-            samples: list[StepSample] = await asyncio.gather(*receiving)
-        except EOFError:
-            raise BenchError("a --processes worker exited unexpectedly") from None
-        failures = [s.failure for s in samples if s.failure]
-        if failures:
-            raise BenchError(f"a --processes worker failed: {failures[0]}")
-        return samples
-
-    async def close(self) -> None:
-        for pipe in self._pipes:
-            with contextlib.suppress(OSError):
-                pipe.send(None)
-        for process in self._processes:
-            await asyncio.to_thread(process.join, 10)
-            if process.is_alive():
-                process.terminate()
+    async with system_shared_memory(client.client, options.target.protocol, options.target.url,
+                                    input_sets) as placed:
+        yield placed
 
 
 def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-async def _run_one_step(runner: _StepRunner, options: BenchOptions, value: float, err: TextIO) -> StepResult:
+async def _run_one_step(runner: StepRunner, options: BenchOptions, value: float, err: TextIO) -> StepResult:
     count = options.processes
     if options.mode == "concurrency":
         concurrencies = _split(int(value), count)
