@@ -92,7 +92,7 @@ def grpc_rate(label: str, command: list[str], url: str, duration: int, cwd: Path
                 break
             time.sleep(1)
         subprocess.run([*INFERD, "bench", "-m", "mlp", "-u", url, "-i", "grpc", "--concurrency-range", "8",
-                        "--duration", str(duration), "--no-progress", "--csv", str(csv)],
+                        "--processes", "2", "--duration", str(duration), "--no-progress", "--csv", str(csv)],
                        capture_output=True, text=True, timeout=duration + 120, check=True)
         rows = csv.read_text().splitlines()
         header, values = rows[0].split(","), rows[1].split(",")
