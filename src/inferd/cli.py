@@ -137,7 +137,7 @@ def serve_command(args: argparse.Namespace) -> int:
             autocomplete=not (args.disable_auto_complete_config or args.strict_model_config),
             server_name=args.server_name,
         )
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:  # a missing or unreachable repository
         log.error("%s", exc)
         return 1
     rows = server.repository_index()

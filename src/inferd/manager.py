@@ -149,6 +149,7 @@ class ModelManager:
 
     def poll(self) -> None:
         """Apply what changed in the repository while serving: new, changed and removed models and versions."""
+        self.repository.refresh()
         models, problems = self.repository.scan()
         for name, reason in problems.items():
             self._record_failure(name, reason)
@@ -183,6 +184,7 @@ class ModelManager:
         queued on the old ones finish there. A reload that fails leaves what was serving as it was.
         `files` (relative path -> content) replace the model's folder, as Triton's `file:` load parameters do.
         """
+        check_model_name(name)
         with self._load_locks.setdefault(name, threading.Lock()):
             self._load_locked(name, config, files)
 
@@ -239,17 +241,20 @@ class ModelManager:
 
     def _write_override(self, name: str, files: Mapping[str, bytes]) -> Path:
         """Model files given with the load request go to a folder of their own (never into the repository)."""
+        import shutil
         import tempfile
 
-        root = Path(tempfile.mkdtemp(prefix="inferd-load-")) / name
-        root.mkdir()
-        for relative, content in files.items():
-            try:
+        base = Path(tempfile.mkdtemp(prefix="inferd-load-"))
+        root = base / name  # the name was checked: one plain path component
+        try:
+            root.mkdir()
+            for relative, content in files.items():
                 target = safe_join(root, relative)
-            except ValueError as exc:
-                raise InferError.invalid(f"failed to load '{name}': {exc}") from None
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(content)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content)
+        except (ValueError, OSError) as exc:
+            shutil.rmtree(base, ignore_errors=True)
+            raise InferError.invalid(f"failed to load '{name}': {exc}") from None
         return root
 
     def _prepare(self, name: str, model_dir: Path,
@@ -305,6 +310,7 @@ class ModelManager:
 
     def unload(self, name: str) -> None:
         """Stop taking requests for the model, wait for those in flight (up to `unload_timeout`), free it."""
+        check_model_name(name)
         with self._lock:
             entry = self._models.get(name)
             if entry is None:
@@ -323,8 +329,21 @@ class ModelManager:
             _retire_all(entry.versions, self.unload_timeout)
 
 
+def check_model_name(name: str) -> None:
+    """A model name is one plain path component: it can never lead outside the repository or a load folder."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise InferError.invalid(f"invalid model name '{name}': a model name is a folder name, without '/' or "
+                                 "'\\', and not '.' or '..'")
+
+
+# A request that looked up a version just before it was swapped out reaches its scheduler within microseconds;
+# retiring waits this long before trusting "nothing pending".
+_RETIRE_GRACE_S = 0.1
+
+
 def _retire(served: ServedModel, timeout: float) -> None:
     """Wait (up to `timeout` s) for a version's requests in flight, then stop its scheduler and free its instances."""
+    time.sleep(_RETIRE_GRACE_S)
     deadline = time.monotonic() + timeout
     while served.stats.pending > 0 and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -47,6 +47,7 @@ OVERRIDE_SHORT = "busy_override_short"  # queue timeout 50 ms, REJECT, the reque
 
 FAST_TRIPS = 150  # about 20 ms of work per execution on a laptop core
 SLOW_TRIPS = 1200  # about 150 ms: long enough that a whole burst of requests arrives while one executes
+SLOWER_TRIPS = 2500  # where a test needs every request of a burst queued behind the one executing
 
 ONE_AT_A_TIME = {"max_batch_size": 1}  # every execution is one request, so finishing order is execution order
 
@@ -64,18 +65,18 @@ def batching_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
     add_busy(repo, GREEDY, SLOW_TRIPS, dynamic_batching="")
     add_busy(repo, VARDIMS, FAST_TRIPS, dims=-1,
              dynamic_batching="preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 300000")
-    add_busy(repo, PRIORITY, SLOW_TRIPS, **ONE_AT_A_TIME,
+    add_busy(repo, PRIORITY, SLOWER_TRIPS, **ONE_AT_A_TIME,
              dynamic_batching="priority_levels: 2 default_priority_level: 2")
     add_busy(repo, BOUNDED, SLOW_TRIPS, **ONE_AT_A_TIME,
              dynamic_batching="default_queue_policy { max_queue_size: 2 }")
-    add_busy(repo, REJECT, SLOW_TRIPS, **ONE_AT_A_TIME,
+    add_busy(repo, REJECT, SLOWER_TRIPS, **ONE_AT_A_TIME,
              dynamic_batching="default_queue_policy { timeout_action: REJECT default_timeout_microseconds: 50000 }")
     add_busy(repo, DELAY, SLOW_TRIPS, **ONE_AT_A_TIME,
              dynamic_batching="default_queue_policy { timeout_action: DELAY default_timeout_microseconds: 50000 }")
-    add_busy(repo, OVERRIDE, SLOW_TRIPS, **ONE_AT_A_TIME,
+    add_busy(repo, OVERRIDE, SLOWER_TRIPS, **ONE_AT_A_TIME,
              dynamic_batching="default_queue_policy { timeout_action: REJECT default_timeout_microseconds: 10000000 "
                               "allow_timeout_override: true }")
-    add_busy(repo, OVERRIDE_SHORT, SLOW_TRIPS, **ONE_AT_A_TIME,
+    add_busy(repo, OVERRIDE_SHORT, SLOWER_TRIPS, **ONE_AT_A_TIME,
              dynamic_batching="default_queue_policy { timeout_action: REJECT default_timeout_microseconds: 50000 "
                               "allow_timeout_override: true }")
     process = start_server(repo, tmp_path_factory.mktemp("logs") / "inferd-batching.log")

@@ -5,11 +5,14 @@ Nothing here runs on the request path: a scrape reads the per-model counters tha
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator
-from wsgiref.simple_server import WSGIServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client.core import Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
 from .statistics import LATENCY_BUCKETS_US, FailureReason, ModelStatistics
 
@@ -107,9 +110,54 @@ def build_registry(source: Callable[[], Iterable[ModelStatistics]]) -> Collector
     return registry
 
 
-def start_metrics_server(source: Callable[[], Iterable[ModelStatistics]], address: str, port: int) -> WSGIServer:
-    """Serve `/metrics` on its own thread (prometheus-client's WSGI server); returns the server to shut down."""
-    from prometheus_client import start_http_server
+def render(registry: CollectorRegistry) -> bytes:
+    """Prometheus text format (0.0.4), with each family declared under its samples' own name.
 
-    server, _thread = start_http_server(port, addr=address, registry=build_registry(source))
+    prometheus-client's writer declares every counter as `<name>_total`; Triton's counters have no suffix
+    (`nv_inference_request_success`), and Prometheus matches HELP/TYPE to samples by name.
+    """
+    lines: list[str] = []
+    for metric in registry.collect():
+        name = metric.name
+        if metric.type == "counter" and metric.samples and all(s.name == name + "_total" for s in metric.samples):
+            name += "_total"
+        doc = metric.documentation.replace("\\", "\\\\").replace("\n", "\\n")
+        lines.append(f"# HELP {name} {doc}")
+        lines.append(f"# TYPE {name} {metric.type if metric.type != 'unknown' else 'untyped'}")
+        for sample in metric.samples:
+            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels.items())
+            lines.append(f"{sample.name}{{{labels}}} {floatToGoString(sample.value)}" if labels
+                         else f"{sample.name} {floatToGoString(sample.value)}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    registry: CollectorRegistry
+
+    def do_GET(self) -> None:
+        if self.path.split("?")[0] not in ("/metrics", "/"):
+            self.send_error(404)
+            return
+        body = render(self.registry)
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # scrapes are not worth a log line each
+        pass
+
+
+def start_metrics_server(source: Callable[[], Iterable[ModelStatistics]], address: str,
+                         port: int) -> ThreadingHTTPServer:
+    """Serve `/metrics` on its own thread; returns the server (call `shutdown()` to stop it)."""
+    handler = type("MetricsHandler", (_MetricsHandler,), {"registry": build_registry(source)})
+    server = ThreadingHTTPServer((address, port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="inferd-metrics", daemon=True).start()
     return server

@@ -34,10 +34,24 @@ def select_versions(config: ModelConfig, available: list[int]) -> list[int]:
 
 
 class ModelRepository:
-    """One or more repository folders; a model name must be unique across them."""
+    """One or more repository folders; a model name must be unique across them.
+
+    A remote repository (`s3://`, `gs://`, `az://`, `https://` archive, `file://`, `pvc://`) is mirrored into a
+    local cache by `RemoteRepository`; `refresh()` brings the mirrors up to date (at start and on every poll).
+    """
 
     def __init__(self, paths: list[str | Path]) -> None:
-        self.paths = [Path(p) for p in paths]
+        from .remote import RemoteRepository, is_remote
+
+        self.remotes: dict[int, RemoteRepository] = {
+            i: RemoteRepository(str(p)) for i, p in enumerate(paths) if isinstance(p, str) and is_remote(p)}
+        self.paths = [Path(p) if i not in self.remotes else Path() for i, p in enumerate(paths)]
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Sync remote repositories into their local mirrors (cheap when nothing changed)."""
+        for i, remote in self.remotes.items():
+            self.paths[i] = remote.sync()
 
     def scan(self) -> tuple[dict[str, Path], dict[str, str]]:
         """Model folders by name, and names that cannot be served with the reason (duplicates, bad roots)."""
