@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backends import BACKENDS, Backend, create_backend, resolve_backend
+from .classification import read_labels
 from .config import ConfigError, ModelConfig, ModelInstanceGroup, read_config, validate_config
 from .model import ServedModel
 from .observability import ModelStatistics
 from .repository import ModelRepository, safe_join, select_versions, version_dirs
 from .scheduling import DirectScheduler, DynamicBatcher, InstancePool, Scheduler
+from .scheduling.process import ProcessInstance
 from .types import InferError
 
 log = logging.getLogger("inferd.manager")
@@ -194,7 +196,8 @@ class ModelManager:
             raise InferError.not_found(f"failed to load '{name}', failed to poll from model repository")
         fingerprint = fingerprint_of(model_dir)
         try:
-            config, backend, versions = self._prepare(name, model_dir, config)
+            config, backend, versions, probe = self._prepare(name, model_dir, config)
+            labels = read_labels(model_dir, config)
         except ConfigError as exc:
             reason = str(exc)
             with self._lock:
@@ -210,7 +213,10 @@ class ModelManager:
         loaded: dict[int, VersionStatus] = {}
         for version, path in versions.items():
             try:
-                served = self._load_version(name, version, path, config, backend)
+                # The backend that auto-completed the config from this version's file serves as its first instance.
+                first = probe if probe is not None and path == probe[0] else None
+                served = self._load_version(name, version, path, config, backend, first[1] if first else None)
+                served.labels = labels
                 loaded[version] = VersionStatus(ModelState.READY, served=served)
             except (ConfigError, InferError, OSError) as exc:
                 reason = exc.message if isinstance(exc, InferError) else str(exc)
@@ -258,7 +264,7 @@ class ModelManager:
         return root
 
     def _prepare(self, name: str, model_dir: Path,
-                 override: ModelConfig | None) -> tuple[ModelConfig, str, dict[int, Path]]:
+                 override: ModelConfig | None) -> tuple[ModelConfig, str, dict[int, Path], tuple[Path, Backend] | None]:
         config = override if override is not None else read_config(model_dir)
         if config is None:
             if not self.autocomplete:
@@ -269,8 +275,11 @@ class ModelManager:
         available = version_dirs(model_dir)
         backend = resolve_backend(config, model_dir, list(available.values()))
         selected = select_versions(config, list(available))
+        probe: tuple[Path, Backend] | None = None
         if self.autocomplete and selected:
-            create_backend(backend).autocomplete(config, available[selected[-1]])
+            prober = create_backend(backend)
+            prober.autocomplete(config, available[selected[-1]])
+            probe = (available[selected[-1]], prober)
         if not config.backend:
             config.backend = backend
         if not config.platform and BACKENDS[backend].platforms:
@@ -286,17 +295,31 @@ class ModelManager:
             if group.kind == ModelInstanceGroup.KIND_AUTO:
                 group.kind = ModelInstanceGroup.KIND_CPU
         validate_config(config, name)
-        return config, backend, {v: available[v] for v in selected}
+        return config, backend, {v: available[v] for v in selected}, probe
 
     def _load_version(self, name: str, version: int, path: Path, config: ModelConfig,
-                      backend_name: str) -> ServedModel:
+                      backend_name: str, first: Backend | None = None) -> ServedModel:
         instances: list[Backend] = []
-        for group in config.instance_group:
-            devices = _devices(group)
-            for i in range(group.count):
-                backend = create_backend(backend_name)
-                backend.load(config, path, devices[i % len(devices)])
-                instances.append(backend)
+        try:
+            for group in config.instance_group:
+                devices = _devices(group)
+                for i in range(group.count):
+                    backend = first if first is not None else create_backend(backend_name)
+                    first = None
+                    if backend.releases_gil:
+                        backend.load(config, path, devices[i % len(devices)])
+                    else:  # GIL-bound code runs in a process of its own; the instances load at the same time
+                        backend = ProcessInstance(BACKENDS[backend_name].target, config, path,
+                                                  devices[i % len(devices)])
+                    instances.append(backend)
+            for instance in instances:
+                if isinstance(instance, ProcessInstance):
+                    instance.wait_loaded()
+        except BaseException:
+            for instance in instances:  # what did load must not linger (instance processes above all)
+                with contextlib.suppress(Exception):
+                    instance.unload()
+            raise
         stats = ModelStatistics(name, str(version))
         pool = InstancePool(instances, stats)
         scheduler: Scheduler
