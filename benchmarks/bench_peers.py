@@ -48,6 +48,20 @@ def inferd_repository(batching: bool) -> Path:
     return out
 
 
+def mlserver_with_metadata() -> Path:
+    """The harness's MLServer folder with the models' input metadata declared (MLServer lists no inputs
+    otherwise, and a load generator has to know what to send); serving is unchanged."""
+    out = PEERS / "mlserver-meta"
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(HARNESS / "servers" / "mlserver", out)
+    for model, name, shape in (("mlp", "INPUT0", [-1, 64]), ("resnet50", "input", [-1, 3, 224, 224])):
+        path = out / model / "model-settings.json"
+        settings = json.loads(path.read_text())
+        settings["inputs"] = [{"name": name, "datatype": "FP32", "shape": shape}]
+        path.write_text(json.dumps(settings))
+    return out
+
+
 def servers() -> dict[str, list[str]]:
     s = HARNESS / "servers"
     floor = [str(PEERS / "base/bin/uvicorn"), "floor_server:app", "--host", "127.0.0.1", "--port", "8000",
@@ -146,7 +160,7 @@ def main() -> int:
                                               "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1"],
                                    "127.0.0.1:8031", args.duration)
         grpc["mlserver"] = grpc_rate("mlserver", [str(PEERS / "mlserver/bin/mlserver"), "start", "."],
-                                     "127.0.0.1:8101", args.duration, cwd=HARNESS / "servers" / "mlserver")
+                                     "127.0.0.1:8101", args.duration, cwd=mlserver_with_metadata())
     ort = {} if args.skip_ort else raw_ort(results)
     report(runs, grpc, ort, results, args.duration)
     return 0

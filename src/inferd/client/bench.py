@@ -359,16 +359,26 @@ async def _model_inputs(client: LoadClient, options: BenchOptions) -> tuple[list
         raise BenchError(f"cannot reach {target.url} over {_PROTOCOL_NAMES[target.protocol]}: {exc}") from None
     if not live:
         raise BenchError(f"the server at {target.url} is not live")
+    grpc = target.protocol == "grpc"
     try:
-        if target.protocol == "grpc":
+        if grpc:
             metadata = await api.get_model_metadata(target.model, target.version, as_json=True)
-            config = (await api.get_model_config(target.model, target.version, as_json=True)).get("config", {})
         else:
             metadata = await api.get_model_metadata(target.model, target.version)
-            config = await api.get_model_config(target.model, target.version)
     except Exception as exc:
         raise BenchError(f"model '{target.model}': {exc}") from None
-    max_batch_size = int(config.get("max_batch_size", 0))
+    try:
+        if grpc:
+            config = (await api.get_model_config(target.model, target.version, as_json=True)).get("config", {})
+        else:
+            config = await api.get_model_config(target.model, target.version)
+        max_batch_size = int(config.get("max_batch_size", 0))
+    except Exception:
+        # Servers without Triton's model-configuration extension (MLServer, KServe): a leading -1 in every
+        # input's shape is the batch dimension.
+        shapes = [list(i.get("shape", [])) for i in metadata.get("inputs", [])]
+        batched = bool(shapes) and all(s and int(s[0]) == -1 for s in shapes)
+        max_batch_size = 2**31 - 1 if batched else 0
     specs = input_specs(metadata, max_batch_size, options.batch_size, dict(options.shapes),
                         variable_ok=options.input_data not in ("random", "zero"))
     outputs = tuple(str(o["name"]) for o in metadata.get("outputs", []))
