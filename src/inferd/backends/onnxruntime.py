@@ -79,7 +79,17 @@ def session_options(config: ModelConfig) -> ort.SessionOptions:
             setattr(options, attr, bool(flag))
     level = config.optimization.graph.level if config.HasField("optimization") else 0
     options.graph_optimization_level = _GRAPH_LEVELS.get(level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    # Idle intra-op threads do not spin by default: in a server the cores they would burn belong to the
+    # network frontends and to other models. Any ORT session config entry can be set as a parameter
+    # (`parameters { key: "session.intra_op.allow_spinning" value { string_value: "1" } }`).
+    entries = {_SPINNING: "0", **{k: str(v.string_value) for k, v in config.parameters.items()
+                                  if k.startswith("session.")}}
+    for key, value in entries.items():
+        options.add_session_config_entry(key, value)
     return options
+
+
+_SPINNING = "session.intra_op.allow_spinning"
 
 
 def _providers(device: str) -> list[Any]:
