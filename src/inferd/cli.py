@@ -12,6 +12,9 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from . import __version__
+from .limits import DEFAULT_MAX_INPUTS, DEFAULT_MAX_TENSOR_ELEMENTS
+from .observability import LOG_CONTROL, Tracer
+from .observability.tracing import parse_trace_config
 from .server import Server
 
 log = logging.getLogger("inferd")
@@ -21,9 +24,9 @@ log = logging.getLogger("inferd")
 _IGNORED_TRITON_FLAGS = (
     "--backend-config", "--backend-directory", "--repoagent-directory", "--cache-config", "--cache-directory",
     "--http-thread-count", "--grpc-infer-allocation-pool-size", "--pinned-memory-pool-byte-size",
-    "--cuda-memory-pool-byte-size", "--min-supported-compute-capability", "--id", "--log-format",
+    "--cuda-memory-pool-byte-size", "--min-supported-compute-capability", "--id",
     "--rate-limit", "--rate-limit-resource", "--buffer-manager-thread-count", "--model-load-thread-count",
-    "--host-policy", "--grpc-keepalive-time", "--grpc-keepalive-timeout", "--trace-config",
+    "--host-policy", "--grpc-keepalive-time", "--grpc-keepalive-timeout",
 )
 
 
@@ -85,24 +88,26 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--grpc-max-message-size", type=int, default=2**31 - 1,
                        help="largest gRPC message in bytes (default 2 GiB - 1, as Triton; gRPC's own 4 MB is "
                        "too small for tensors)")
+    serve.add_argument("--max-tensor-elements", type=int, default=DEFAULT_MAX_TENSOR_ELEMENTS, metavar="N",
+                       help="most elements one input tensor may declare; larger requests get INVALID_ARGUMENT "
+                       f"before their data is read (default {DEFAULT_MAX_TENSOR_ELEMENTS})")
+    serve.add_argument("--max-inputs", type=int, default=DEFAULT_MAX_INPUTS, metavar="N",
+                       help=f"most inputs one request may name (default {DEFAULT_MAX_INPUTS})")
+    _bool_flag(serve, "--allow-client-shm", True, "let clients register system shared memory regions and place "
+               "inputs and outputs in them (Triton 26.04+ defaults to false; clients must be on this host)")
     serve.add_argument("--server-name", default="inferd",
                        help="name in server metadata ('triton' for scripts that check it)")
     serve.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL")
     _bool_flag(serve, "--log-info", True, "log informational messages")
     _bool_flag(serve, "--log-warning", True, "log warnings")
     _bool_flag(serve, "--log-error", True, "log errors")
+    serve.add_argument("--log-file", default="", metavar="PATH", help="write the log to this file (default: stderr)")
+    serve.add_argument("--log-format", choices=["default", "ISO8601"], default="default")
+    serve.add_argument("--trace-config", action="append", default=[], metavar="[MODE,]SETTING=VALUE",
+                       help="Triton's trace settings: level=OFF|TIMESTAMPS|TENSORS, rate=N, count=N, "
+                       "file=PATH, log-frequency=N (optionally prefixed 'triton,', e.g. triton,file=trace.json)")
     for flag in _IGNORED_TRITON_FLAGS:
         serve.add_argument(flag, action="append", default=None, help=argparse.SUPPRESS)
-
-
-def _log_level(args: argparse.Namespace) -> int:
-    if args.log_verbose > 0:
-        return logging.DEBUG
-    if args.log_info:
-        return logging.INFO
-    if args.log_warning:
-        return logging.WARNING
-    return logging.ERROR if args.log_error else logging.CRITICAL
 
 
 def status_table(rows: list[dict[str, str]]) -> str:
@@ -122,7 +127,17 @@ def status_table(rows: list[dict[str, str]]) -> str:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=_log_level(args), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        LOG_CONTROL.install(verbose=args.log_verbose, info=args.log_info, warning=args.log_warning,
+                            error=args.log_error, file=args.log_file, format=args.log_format)
+    except OSError as exc:
+        print(f"inferd: cannot open the log file: {exc}", file=sys.stderr)
+        return 1
+    try:
+        tracer = Tracer(parse_trace_config(args.trace_config))
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 1
     for flag in _IGNORED_TRITON_FLAGS:
         if getattr(args, flag.lstrip("-").replace("-", "_"), None):
             log.warning("%s is accepted for Triton compatibility and ignored", flag)
@@ -136,6 +151,10 @@ def serve_command(args: argparse.Namespace) -> int:
             repository_poll_secs=args.repository_poll_secs,
             autocomplete=not (args.disable_auto_complete_config or args.strict_model_config),
             server_name=args.server_name,
+            tracer=tracer,
+            allow_client_shm=args.allow_client_shm,
+            max_tensor_elements=args.max_tensor_elements,
+            max_inputs=args.max_inputs,
         )
     except (OSError, ValueError, ImportError) as exc:  # a missing or unreachable repository
         log.error("%s", exc)

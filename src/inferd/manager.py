@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backends import BACKENDS, Backend, create_backend, resolve_backend
+from .classification import read_labels
 from .config import ConfigError, ModelConfig, ModelInstanceGroup, read_config, validate_config
 from .model import ServedModel
 from .observability import ModelStatistics
@@ -196,6 +197,7 @@ class ModelManager:
         fingerprint = fingerprint_of(model_dir)
         try:
             config, backend, versions, probe = self._prepare(name, model_dir, config)
+            labels = read_labels(model_dir, config)
         except ConfigError as exc:
             reason = str(exc)
             with self._lock:
@@ -214,6 +216,7 @@ class ModelManager:
                 # The backend that auto-completed the config from this version's file serves as its first instance.
                 first = probe if probe is not None and path == probe[0] else None
                 served = self._load_version(name, version, path, config, backend, first[1] if first else None)
+                served.labels = labels
                 loaded[version] = VersionStatus(ModelState.READY, served=served)
             except (ConfigError, InferError, OSError) as exc:
                 reason = exc.message if isinstance(exc, InferError) else str(exc)

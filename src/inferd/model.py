@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .classification import class_count, top_classes
 from .config import ModelConfig, v2_datatype
 from .observability import ModelStatistics
 from .scheduling import Scheduler
@@ -73,6 +74,7 @@ class ServedModel:
         self.inputs = _specs(config.input)
         self.outputs = _specs(config.output)
         self._required = [s.name for s in self.inputs.values() if not s.optional]
+        self.labels: dict[str, list[str]] = {}  # per output, from its label_filename (set when the model loads)
         batching = self.max_batch_size > 0
         self._metadata_io = (
             [s.metadata(batching) for s in self.inputs.values()],
@@ -139,6 +141,24 @@ class ServedModel:
                 raise InferError.invalid(f"unexpected inference output '{out.name}' for model '{self.name}'")
             names.append(out.name)
         return names
+
+    @staticmethod
+    def classifications(request: InferenceRequest) -> dict[str, int]:
+        """The outputs the client asked for as top-k classes (the `classification` parameter), with their k."""
+        classes: dict[str, int] = {}
+        for out in request.outputs or ():
+            if out.parameters:
+                k = class_count(out.name, out.parameters)
+                if k:
+                    classes[out.name] = k
+        return classes
+
+    def classify(self, outputs: Tensors, classes: dict[str, int]) -> None:
+        """Replace each output asked for as classes by its top-k strings (Triton's classification extension)."""
+        batched = self.max_batch_size > 0
+        for name, k in classes.items():
+            if name in outputs:
+                outputs[name] = top_classes(name, outputs[name], k, batched, self.labels.get(name, ()))
 
     def shape_outputs(self, results: Tensors, names: list[str], batch: int) -> Tensors:
         """The outputs the client asked for, in the config's declared shapes."""

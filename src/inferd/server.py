@@ -14,9 +14,19 @@ import numpy as np
 
 from . import __version__
 from .config import ConfigError, ModelConfig, config_from_json, config_to_json
+from .limits import DEFAULT_MAX_INPUTS, DEFAULT_MAX_TENSOR_ELEMENTS, RequestLimits
 from .manager import ModelManager
+from .memory import (
+    SHM_BYTE_SIZE,
+    SHM_OFFSET,
+    SHM_REGION,
+    CudaSharedMemory,
+    SharedMemoryLease,
+    SystemSharedMemory,
+    shared_memory_ref,
+)
 from .model import ServedModel
-from .observability import FailureReason, ModelStatistics
+from .observability import LOG_CONTROL, FailureReason, ModelStatistics, Tracer
 from .repository import ModelRepository
 from .scheduling import BackendFailure, Job
 from .types import ErrorKind, InferenceRequest, InferenceResponse, InferError, RequestedOutput, datatype_of
@@ -31,6 +41,9 @@ EXTENSIONS = [
     "parameters",
     "statistics",
     "schedule_policy",
+    "trace",
+    "logging",
+    "classification",
 ]
 
 CONTROL_MODES = ("none", "poll", "explicit")
@@ -53,17 +66,28 @@ class Server:
         autocomplete: bool = True,
         repository_poll_secs: float = 15.0,
         server_name: str = "inferd",
+        tracer: Tracer | None = None,
+        allow_client_shm: bool = True,
+        max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS,
+        max_inputs: int = DEFAULT_MAX_INPUTS,
         start: bool = True,
     ) -> None:
         paths = [model_repository] if isinstance(model_repository, (str, Path)) else list(model_repository)
         if model_control_mode not in CONTROL_MODES:
             raise ValueError(f"model_control_mode must be one of {', '.join(CONTROL_MODES)}")
+        self.limits = RequestLimits(max_tensor_elements, max_inputs)
+        # Client memory (Triton's shared-memory extensions), shared by every frontend.
+        self.shared_memory = SystemSharedMemory(enabled=allow_client_shm)
+        self.cuda_shared_memory = CudaSharedMemory()
         self.manager = ModelManager(ModelRepository(paths), autocomplete=autocomplete)
         self.model_control_mode = model_control_mode
         self.load_models = list(load_models)
         self.strict_readiness = strict_readiness
         self.server_name = server_name
         self.repository_poll_secs = repository_poll_secs
+        self.tracer = tracer or Tracer()
+        self.logs = LOG_CONTROL
+        self.tracer.log_requests(self.logs.debug)
         self._live = False
         self._stop_polling = threading.Event()
         self._poller: threading.Thread | None = None
@@ -98,6 +122,8 @@ class Server:
         if self._poller is not None:
             self._poller.join(timeout=self.repository_poll_secs + 5)
         self.manager.close()
+        self.tracer.close()
+        self.shared_memory.close()  # after the models: no request uses a region any more
 
     def __enter__(self) -> Server:
         return self
@@ -117,7 +143,10 @@ class Server:
         return self.manager.all_ready() if self.strict_readiness else True
 
     def metadata(self) -> dict[str, Any]:
-        return {"name": self.server_name, "version": __version__, "extensions": list(EXTENSIONS)}
+        extensions = list(EXTENSIONS)
+        if self.shared_memory.enabled:
+            extensions.append("system_shared_memory")
+        return {"name": self.server_name, "version": __version__, "extensions": extensions}
 
     def model(self, name: str, version: str = "") -> ServedModel:
         return self.manager.get(name, version)
@@ -182,60 +211,153 @@ class Server:
             raise InferError.unavailable("explicit model load / unload is not allowed if polling is enabled "
                                          "or model control mode is none")
 
+    # ---- trace and log settings (Triton's trace and logging extensions) ----
+
+    def trace_settings(self, model_name: str = "") -> dict[str, Any]:
+        """The trace settings in force, globally or for one model (Triton's form: strings and string lists)."""
+        self._check_traced_model(model_name)
+        return self.tracer.settings(model_name)
+
+    def update_trace_settings(self, settings: Mapping[str, Any], model_name: str = "") -> dict[str, Any]:
+        """Change trace settings (see `Tracer.update`); returns the settings now in force."""
+        self._check_traced_model(model_name)
+        return self.tracer.update(settings, model_name)
+
+    def _check_traced_model(self, model_name: str) -> None:
+        if model_name and not self.manager.is_ready(model_name):
+            raise InferError.invalid(f"Request for unknown model : {model_name}")
+
+    def log_settings(self) -> dict[str, Any]:
+        return self.logs.settings()
+
+    def update_log_settings(self, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """Change log settings (see `LogControl.update`); verbose logging adds a debug line per request."""
+        current = self.logs.update(settings)
+        self.tracer.log_requests(self.logs.debug)
+        return current
+
     # ---- inference ----
 
     async def infer_request(self, request: InferenceRequest) -> InferenceResponse:
         """Run one request (the frontends' entry point). Raises InferError."""
         start = time.perf_counter_ns()
         model = self.manager.get(request.model_name, request.model_version)
+        trace = self.tracer.begin(model.name, model.version, request.id, start) if self.tracer.enabled else None
         stats = model.stats
         stats.enter()
+        admitted: _Admitted | None = None
         try:
-            job, names = self._admit(model, request)
+            job, admitted = self._admit(model, request)
+            job.trace = trace
             results = await model.scheduler.run(job)
-            response = self._respond(request, model, results, names, job.rows)
-        except asyncio.CancelledError:
+            response = self._respond(request, model, results, admitted, job.rows)
+        except asyncio.CancelledError as exc:
             stats.record_request(time.perf_counter_ns() - start, FailureReason.CANCELED)
+            if trace is not None:
+                self.tracer.end(trace, time.perf_counter_ns(), exc)
             raise
         except Exception as exc:
             error, reason = _classify(model, exc)
             stats.record_request(time.perf_counter_ns() - start, reason)
-            raise error from None
+            if trace is not None:
+                self.tracer.end(trace, time.perf_counter_ns(), error)
+            try:
+                raise error from None
+            finally:
+                del error  # no frame-traceback cycle: a failed request's tensors go now, not at the next GC
+        finally:
+            if admitted is not None and admitted.lease is not None:
+                admitted.lease.release()
         stats.record_request(time.perf_counter_ns() - start)
+        if trace is not None:
+            self.tracer.end(trace, time.perf_counter_ns())
         return response
 
     def infer_request_sync(self, request: InferenceRequest) -> InferenceResponse:
         start = time.perf_counter_ns()
         model = self.manager.get(request.model_name, request.model_version)
+        trace = self.tracer.begin(model.name, model.version, request.id, start) if self.tracer.enabled else None
         stats = model.stats
         stats.enter()
+        admitted: _Admitted | None = None
         try:
-            job, names = self._admit(model, request)
+            job, admitted = self._admit(model, request)
+            job.trace = trace
             results = model.scheduler.run_sync(job)
-            response = self._respond(request, model, results, names, job.rows)
+            response = self._respond(request, model, results, admitted, job.rows)
         except Exception as exc:
             error, reason = _classify(model, exc)
             stats.record_request(time.perf_counter_ns() - start, reason)
-            raise error from None
+            if trace is not None:
+                self.tracer.end(trace, time.perf_counter_ns(), error)
+            try:
+                raise error from None
+            finally:
+                del error  # no frame-traceback cycle: a failed request's tensors go now, not at the next GC
+        finally:
+            if admitted is not None and admitted.lease is not None:
+                admitted.lease.release()
         stats.record_request(time.perf_counter_ns() - start)
+        if trace is not None:
+            self.tracer.end(trace, time.perf_counter_ns())
         return response
 
-    @staticmethod
-    def _admit(model: ServedModel, request: InferenceRequest) -> tuple[Job, list[str]]:
-        feeds, rows = model.check_inputs(request)
-        names = model.check_outputs(request)
-        params = request.parameters
-        if params:
-            job = model.scheduler.make_job(feeds, rows, _int_param(params, "priority"), _int_param(params, "timeout"))
-        else:
-            job = model.scheduler.make_job(feeds, rows, 0, 0)
-        return job, names
+    def _admit(self, model: ServedModel, request: InferenceRequest) -> tuple[Job, _Admitted]:
+        self._check_limits(request)
+        lease = self._bind_shared_memory(request) if _uses_shared_memory(request) else None
+        try:
+            feeds, rows = model.check_inputs(request)
+            names = model.check_outputs(request)
+            classes = model.classifications(request) if request.outputs else {}
+            params = request.parameters
+            if params:
+                job = model.scheduler.make_job(feeds, rows, _int_param(params, "priority"),
+                                               _int_param(params, "timeout"))
+            else:
+                job = model.scheduler.make_job(feeds, rows, 0, 0)
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
+        return job, _Admitted(names, classes, lease)
+
+    def _check_limits(self, request: InferenceRequest) -> None:
+        """The request limits, for requests built in-process (frontends check them before decoding)."""
+        limits = self.limits
+        limits.check_input_count(len(request.inputs) + len(request.shared_inputs))
+        for name, array in request.inputs.items():
+            limits.check_count(name, array.size)
+        for name, (shape, _) in request.shared_inputs.items():
+            limits.check_elements(name, shape)
+
+    def _bind_shared_memory(self, request: InferenceRequest) -> SharedMemoryLease:
+        """Hold the regions the request names: its shared inputs become views of them, its placed outputs are
+        checked before the model runs."""
+        lease = SharedMemoryLease(self.shared_memory)
+        try:
+            for name, (shape, ref) in request.shared_inputs.items():
+                if name in request.inputs:
+                    raise InferError.invalid(f"input '{name}' is given more than once")
+                request.inputs[name] = lease.read_input(name, request.datatypes.get(name, ""), shape, ref)
+            for out in request.outputs or ():
+                placed = shared_memory_ref(f"output '{out.name}'", out.parameters) if out.parameters else None
+                if placed is not None:
+                    lease.place_output(out.name, placed)
+        except BaseException:
+            lease.release()
+            raise
+        return lease
 
     @staticmethod
     def _respond(request: InferenceRequest, model: ServedModel, results: dict[str, np.ndarray],
-                 names: list[str], batch: int) -> InferenceResponse:
-        outputs = model.shape_outputs(results, names, batch)
-        return InferenceResponse(model.name, model.version_str, outputs, request.id)
+                 admitted: _Admitted, batch: int) -> InferenceResponse:
+        outputs = model.shape_outputs(results, admitted.names, batch)
+        if admitted.classes:
+            model.classify(outputs, admitted.classes)
+        response = InferenceResponse(model.name, model.version_str, outputs, request.id)
+        if admitted.lease is not None:
+            response.shared_outputs = admitted.lease.finish(outputs)
+        return response
 
     def infer(self, model_name: str, inputs: Mapping[str, Any], *, version: str = "",
               outputs: Iterable[str] | None = None, request_id: str = "") -> InferenceResponse:
@@ -245,6 +367,27 @@ class Server:
     async def infer_async(self, model_name: str, inputs: Mapping[str, Any], *, version: str = "",
                           outputs: Iterable[str] | None = None, request_id: str = "") -> InferenceResponse:
         return await self.infer_request(build_request(model_name, inputs, version, outputs, request_id))
+
+
+class _Admitted:
+    """What admitting a request decided beyond its job: the outputs to return, those to return as classes, and
+    the shared-memory regions it holds."""
+
+    __slots__ = ("classes", "lease", "names")
+
+    def __init__(self, names: list[str], classes: dict[str, int], lease: SharedMemoryLease | None) -> None:
+        self.names = names
+        self.classes = classes
+        self.lease = lease
+
+
+_SHM_PARAMETERS = frozenset((SHM_REGION, SHM_OFFSET, SHM_BYTE_SIZE))
+
+
+def _uses_shared_memory(request: InferenceRequest) -> bool:
+    if request.shared_inputs:
+        return True
+    return any(out.parameters and not _SHM_PARAMETERS.isdisjoint(out.parameters) for out in request.outputs or ())
 
 
 def _classify(model: ServedModel, exc: Exception) -> tuple[InferError, FailureReason]:

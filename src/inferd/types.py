@@ -17,6 +17,7 @@ __all__ = [
     "InferenceRequest",
     "InferenceResponse",
     "RequestedOutput",
+    "SharedMemoryRef",
     "datatype_of",
     "numpy_dtype",
 ]
@@ -35,6 +36,7 @@ class ErrorKind(enum.Enum):
     TOO_LARGE = (413, "RESOURCE_EXHAUSTED")
     CANCELLED = (499, "CANCELLED")
     DEADLINE_EXCEEDED = (504, "DEADLINE_EXCEEDED")
+    UNSUPPORTED = (400, "UNIMPLEMENTED")  # a feature this server lacks (as Triton: 400 over HTTP)
 
     @property
     def http_status(self) -> int:
@@ -127,6 +129,15 @@ def datatype_of(array: np.ndarray) -> str:
     raise InferError.internal(f"no V2 datatype for numpy dtype {array.dtype}")
 
 
+@dataclass(slots=True, frozen=True)
+class SharedMemoryRef:
+    """Where a tensor's bytes lie in a registered shared-memory region (Triton's `shared_memory_*` parameters)."""
+
+    region: str
+    byte_size: int
+    offset: int = 0
+
+
 @dataclass(slots=True)
 class RequestedOutput:
     name: str
@@ -148,6 +159,8 @@ class InferenceRequest:
     id: str = ""
     outputs: list[RequestedOutput] | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    # Inputs whose data lies in shared memory (their shape and where), read by the core into `inputs`.
+    shared_inputs: dict[str, tuple[tuple[int, ...], SharedMemoryRef]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -157,3 +170,5 @@ class InferenceResponse:
     outputs: dict[str, np.ndarray]
     id: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
+    # Outputs the core wrote into shared memory: frontends send their datatype and shape, not their data.
+    shared_outputs: dict[str, SharedMemoryRef] = field(default_factory=dict)

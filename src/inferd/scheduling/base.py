@@ -15,14 +15,19 @@ from typing import Protocol
 import numpy as np
 
 from ..backends import Backend
-from ..observability import ModelStatistics
+from ..observability import ModelStatistics, Trace
 from ..types import InferError
 
 Tensors = dict[str, np.ndarray]
 
 # A model whose batches take less than this runs on the event loop: a thread hand-off would cost more than the model.
 INLINE_BUDGET_NS = 300_000
-_EWMA_WEIGHT = 0.1
+# An execution this slow is the model's own cost, not a busy machine's: leave the event loop at once.
+_SLOW_NS = 10 * INLINE_BUDGET_NS
+# The estimate follows the fastest recent executions (what the model costs on an idle core) and drifts up by
+# this factor per execution while none is that fast, so contention on a shared box does not push a 10 µs model
+# off the loop, while a model that really became slower leaves it after a few dozen executions.
+_DRIFT = 1.02
 
 
 class Arrivals:
@@ -51,7 +56,8 @@ ARRIVALS = Arrivals()
 class Job:
     """One request waiting for (or in) an execution."""
 
-    __slots__ = ("deadline_ns", "delayed", "enqueued_ns", "feeds", "future", "loop", "priority", "rows", "signature")
+    __slots__ = ("deadline_ns", "delayed", "enqueued_ns", "feeds", "future", "loop", "priority", "rows", "signature",
+                 "trace")
 
     def __init__(self, feeds: Tensors, rows: int, priority: int = 0, timeout_ns: int = 0) -> None:
         self.feeds = feeds
@@ -63,6 +69,7 @@ class Job:
         self.signature: tuple[object, ...] = ()  # set by the batcher: what must match to batch together
         self.future: asyncio.Future[Tensors] | concurrent.futures.Future[Tensors] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.trace: Trace | None = None  # set by the server for a traced request
 
     def abandoned(self) -> bool:
         """The caller went away (its future was cancelled): the job leaves the queue without running."""
@@ -111,8 +118,8 @@ class InstancePool:
             self.idle.put(instance)
         self.stats = stats
         self.releases_gil = all(i.releases_gil for i in instances)
-        # Unknown cost: start by offloading; the first measurements decide.
-        self.exec_ns = float(INLINE_BUDGET_NS * 10)
+        # Unknown cost: the first execution runs off the loop and its measurement decides.
+        self.exec_ns = float(_SLOW_NS)
 
     @property
     def cheap(self) -> bool:
@@ -133,9 +140,8 @@ class InstancePool:
             finally:
                 done = time.perf_counter_ns()
                 self.idle.put(instance)
-                # Clamped, so one run slowed by a busy machine cannot push a fast model off the event loop.
-                sample = min(done - ready, 2 * INLINE_BUDGET_NS)
-                self.exec_ns += (sample - self.exec_ns) * _EWMA_WEIGHT
+                sample = done - ready
+                self.exec_ns = sample if sample >= _SLOW_NS else min(sample, self.exec_ns * _DRIFT)
             results = _split(outputs, jobs)
         except InferError as exc:
             return [exc] * len(jobs)
@@ -147,7 +153,19 @@ class InstancePool:
             queue_ns = sum(start - j.enqueued_ns for j in jobs)
             self.stats.record_execution(sum(j.rows for j in jobs), len(jobs), ready - start, done - ready,
                                         end - done, queue_ns)
+        for job in jobs:
+            if job.trace is not None:
+                _trace_batch(jobs, results, start, ready, done, end)
+                break
         return results
+
+
+def _trace_batch(jobs: Sequence[Job], results: Sequence[Tensors | BaseException], start: int, ready: int,
+                 done: int, end: int) -> None:
+    """Tell the traced requests of a batch when it ran."""
+    for job, result in zip(jobs, results, strict=True):
+        if job.trace is not None:
+            job.trace.computed(job.enqueued_ns, start, ready, done, end, job.feeds, result)
 
 
 def unloading_error(name: str) -> InferError:

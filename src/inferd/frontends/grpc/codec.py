@@ -13,10 +13,13 @@ from typing import Any
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
-from ...types import InferenceRequest, InferenceResponse, InferError, RequestedOutput, datatype_of
+from ...limits import DEFAULT_LIMITS, RequestLimits
+from ...memory import shared_memory_parameters, shared_memory_ref
+from ...types import InferenceRequest, InferenceResponse, InferError, RequestedOutput, SharedMemoryRef, datatype_of
 from ..tensors import check_shape, decode_list, decode_raw, encode_raw
 
 __all__ = [
+    "cuda_shared_memory_status_response",
     "decode_infer_request",
     "decode_parameters",
     "encode_infer_response",
@@ -25,6 +28,7 @@ __all__ = [
     "model_metadata_response",
     "repository_index_response",
     "server_metadata_response",
+    "system_shared_memory_status_response",
 ]
 
 # The typed `InferTensorContents` field each datatype's elements travel in (model_config / grpc_service.proto).
@@ -44,7 +48,6 @@ _CONTENTS_FIELD: dict[str, str] = {
     "BYTES": "bytes_contents",
 }
 _RAW_ONLY = ("FP16", "BF16")
-_SHM_REGION = "shared_memory_region"
 _INT64_MAX = 2**63 - 1
 
 
@@ -80,42 +83,56 @@ def encode_parameters(values: Mapping[str, Any], target: Any) -> None:
 
 # ---- inference ----
 
-def decode_infer_request(request: Any) -> InferenceRequest:
-    """A `ModelInferRequest` as the core's request. Raises INVALID_ARGUMENT in Triton's words."""
+def decode_infer_request(request: Any, limits: RequestLimits = DEFAULT_LIMITS) -> InferenceRequest:
+    """A `ModelInferRequest` as the core's request. Raises INVALID_ARGUMENT in Triton's words.
+
+    `limits` are checked on the declared shapes before any data is decoded. Inputs placed in shared memory have no
+    raw_input_contents entry (as tritonclient sends them) and are left for the core to read (`shared_inputs`).
+    """
     model = request.model_name
+    limits.check_input_count(len(request.inputs))
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise InferError.invalid(f"expected {len(request.inputs)} raw_input_contents for model '{model}' "
-                                 f"(one per input, in input order), got {len(raw)}")
+    raw_index = 0
     inputs: dict[str, np.ndarray] = {}
     datatypes: dict[str, str] = {}
-    for index, tensor in enumerate(request.inputs):
+    shared: dict[str, tuple[tuple[int, ...], SharedMemoryRef]] = {}
+    for tensor in request.inputs:
         name, datatype = tensor.name, tensor.datatype
-        if name in inputs:
+        if name in inputs or name in shared:
             raise InferError.invalid(f"input '{name}' appears more than once in the request for model '{model}'")
-        if _SHM_REGION in tensor.parameters:
-            raise InferError.invalid(f"input '{name}' for model '{model}' uses shared memory, which this server "
-                                     "does not support; send its data in the request")
         shape = check_shape(name, list(tensor.shape))
+        limits.check_elements(name, shape)
         contents = tensor.contents.ListFields() if tensor.HasField("contents") else []
-        if raw:
+        datatypes[name] = datatype
+        ref = shared_memory_ref(f"input '{name}'", decode_parameters(tensor.parameters)) if tensor.parameters else None
+        if ref is not None:
+            if contents:
+                raise InferError.invalid(f"input '{name}' for model '{model}' is in shared memory: its contents "
+                                         "field must not be set")
+            shared[name] = (shape, ref)
+        elif raw:
             if contents:
                 raise InferError.invalid(f"contents field must not be specified when using raw_input_contents "
                                          f"for '{name}' for model '{model}'")
-            inputs[name] = decode_raw(name, datatype, shape, raw[index])
+            if raw_index >= len(raw):
+                raise _raw_count_error(request, len(shared))
+            inputs[name] = decode_raw(name, datatype, shape, raw[raw_index])
+            raw_index += 1
         else:
             inputs[name] = _decode_contents(model, name, datatype, shape, contents)
-        datatypes[name] = datatype
+    if raw and raw_index != len(raw):
+        raise _raw_count_error(request, len(shared))
     outputs = None
     if request.outputs:
-        outputs = []
-        for out in request.outputs:
-            if _SHM_REGION in out.parameters:
-                raise InferError.invalid(f"output '{out.name}' for model '{model}' asks for shared memory, which "
-                                         "this server does not support")
-            outputs.append(RequestedOutput(out.name, decode_parameters(out.parameters)))
+        outputs = [RequestedOutput(out.name, decode_parameters(out.parameters)) for out in request.outputs]
     return InferenceRequest(model, inputs, datatypes, request.model_version, request.id, outputs,
-                            decode_parameters(request.parameters))
+                            decode_parameters(request.parameters), shared)
+
+
+def _raw_count_error(request: Any, shared: int) -> InferError:
+    expected = len(request.inputs) - shared
+    return InferError.invalid(f"expected {expected} raw_input_contents for model '{request.model_name}' (one per "
+                              f"input not in shared memory, in input order), got {len(request.raw_input_contents)}")
 
 
 def _decode_contents(model: str, name: str, datatype: str, shape: tuple[int, ...],
@@ -144,9 +161,15 @@ def encode_infer_response(response: InferenceResponse) -> Any:
     """A `ModelInferResponse`; outputs always as raw_output_contents, as Triton sends them and tritonclient reads."""
     message = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version,
                                     id=response.id)
+    shared = response.shared_outputs
     for name, array in response.outputs.items():
-        message.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-        message.raw_output_contents.append(encode_raw(array))
+        output = message.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+        if shared and name in shared:
+            # The data is in the client's region; an empty entry keeps the others at their output's index.
+            encode_parameters(shared_memory_parameters(shared[name]), output.parameters)
+            message.raw_output_contents.append(b"")
+        else:
+            message.raw_output_contents.append(encode_raw(array))
     if response.parameters:
         encode_parameters(response.parameters, message.parameters)
     return message
@@ -180,6 +203,22 @@ def repository_index_response(rows: Iterable[Mapping[str, str]]) -> Any:
                                               state=row.get("state", ""), reason=row.get("reason", ""))
         for row in rows
     ])
+
+
+def system_shared_memory_status_response(regions: Iterable[Mapping[str, Any]]) -> Any:
+    response = pb.SystemSharedMemoryStatusResponse()
+    for region in regions:
+        response.regions[region["name"]].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(
+            name=region["name"], key=region["key"], offset=region["offset"], byte_size=region["byte_size"]))
+    return response
+
+
+def cuda_shared_memory_status_response(regions: Iterable[Mapping[str, Any]]) -> Any:
+    response = pb.CudaSharedMemoryStatusResponse()
+    for region in regions:
+        response.regions[region["name"]].CopyFrom(pb.CudaSharedMemoryStatusResponse.RegionStatus(
+            name=region["name"], device_id=region["device_id"], byte_size=region["byte_size"]))
+    return response
 
 
 def load_parameters(request: Any) -> tuple[str | None, dict[str, bytes]]:

@@ -1,18 +1,16 @@
 """`inference.GRPCInferenceService`: Triton's V2 gRPC API over the core `Server`.
 
 Each RPC only translates messages (see `codec`) and calls the core; errors become gRPC status codes through
-`ErrorKind.grpc_code_name` alone. RPCs of extensions the core does not have yet (shared memory,
-trace, logging) answer UNIMPLEMENTED.
+`ErrorKind.grpc_code_name` alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
@@ -20,28 +18,21 @@ from tritonclient.grpc import service_pb2_grpc
 from ...server import Server
 from ...types import InferError
 from .codec import (
+    cuda_shared_memory_status_response,
     decode_infer_request,
     encode_infer_response,
     load_parameters,
     model_metadata_response,
     repository_index_response,
     server_metadata_response,
+    system_shared_memory_status_response,
 )
+from .settings import log_setting_values, log_settings_response, trace_setting_response, trace_setting_values
 from .status import status_on_error
 
 log = logging.getLogger("inferd.grpc")
 
 __all__ = ["InferenceServicer"]
-
-
-def _unsupported(rpc: str) -> Callable[[Any, Any, Any], Awaitable[Any]]:
-    """An RPC of an extension the core lacks. The generated base class would answer UNIMPLEMENTED too, but by
-    raising NotImplementedError, which grpc.aio logs as a server error with a traceback on every call."""
-
-    async def handler(self: Any, request: Any, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{rpc} is not supported by this server")
-
-    return handler
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -57,15 +48,36 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self._server = server
         self._stream_window = stream_window
 
-    # Extensions the core does not have yet.
-    SystemSharedMemoryStatus = _unsupported("SystemSharedMemoryStatus")
-    SystemSharedMemoryRegister = _unsupported("SystemSharedMemoryRegister")
-    SystemSharedMemoryUnregister = _unsupported("SystemSharedMemoryUnregister")
-    CudaSharedMemoryStatus = _unsupported("CudaSharedMemoryStatus")
-    CudaSharedMemoryRegister = _unsupported("CudaSharedMemoryRegister")
-    CudaSharedMemoryUnregister = _unsupported("CudaSharedMemoryUnregister")
-    TraceSetting = _unsupported("TraceSetting")
-    LogSettings = _unsupported("LogSettings")
+    # ---- shared memory (regions live in the core; CUDA registration is refused there) ----
+
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        async with status_on_error(context, "SystemSharedMemoryStatus"):
+            return system_shared_memory_status_response(self._server.shared_memory.status(request.name))
+
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        async with status_on_error(context, "SystemSharedMemoryRegister"):
+            self._server.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+            return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        async with status_on_error(context, "SystemSharedMemoryUnregister"):
+            self._server.shared_memory.unregister(request.name)
+            return pb.SystemSharedMemoryUnregisterResponse()
+
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        async with status_on_error(context, "CudaSharedMemoryStatus"):
+            return cuda_shared_memory_status_response(self._server.cuda_shared_memory.status(request.name))
+
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        async with status_on_error(context, "CudaSharedMemoryRegister"):
+            self._server.cuda_shared_memory.register(request.name, request.raw_handle, request.device_id,
+                                                     request.byte_size)
+            return pb.CudaSharedMemoryRegisterResponse()
+
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        async with status_on_error(context, "CudaSharedMemoryUnregister"):
+            self._server.cuda_shared_memory.unregister(request.name)
+            return pb.CudaSharedMemoryUnregisterResponse()
 
     # ---- health and metadata ----
 
@@ -100,7 +112,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         async with status_on_error(context, "ModelInfer"):
-            response = await self._server.infer_request(decode_infer_request(request))
+            response = await self._server.infer_request(decode_infer_request(request, self._server.limits))
             return encode_infer_response(response)
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
@@ -145,7 +157,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _stream_answer(self, request: Any) -> Any:
         try:
-            response = await self._server.infer_request(decode_infer_request(request))
+            response = await self._server.infer_request(decode_infer_request(request, self._server.limits))
             return pb.ModelStreamInferResponse(infer_response=encode_infer_response(response))
         except InferError as err:
             message = err.message
@@ -155,6 +167,24 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         # The id tells the client which request failed.
         return pb.ModelStreamInferResponse(error_message=message,
                                            infer_response=pb.ModelInferResponse(id=request.id))
+
+    # ---- trace and log settings ----
+
+    async def TraceSetting(self, request: Any, context: Any) -> Any:
+        """No settings in the request: read them; otherwise change the given ones (globally or for one model)."""
+        async with status_on_error(context, "TraceSetting"):
+            values = trace_setting_values(request)
+            if values:
+                settings = self._server.update_trace_settings(values, request.model_name)
+            else:
+                settings = self._server.trace_settings(request.model_name)
+            return trace_setting_response(settings)
+
+    async def LogSettings(self, request: Any, context: Any) -> Any:
+        async with status_on_error(context, "LogSettings"):
+            values = log_setting_values(request)
+            settings = self._server.update_log_settings(values) if values else self._server.log_settings()
+            return log_settings_response(settings)
 
     # ---- model repository ----
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 from typing import Any
 
 import grpc
@@ -16,15 +15,34 @@ log = logging.getLogger("inferd.grpc")
 __all__ = ["status_on_error"]
 
 
-@asynccontextmanager
-async def status_on_error(context: Any, rpc: str) -> AsyncIterator[None]:
-    """End the RPC with the failure's status: an InferError by its kind, anything else INTERNAL (and logged)."""
-    try:
-        yield
-    except InferError as err:
-        await context.abort(grpc.StatusCode[err.kind.grpc_code_name], err.message)
-    except grpc.aio.AbortError:
-        raise
-    except Exception as exc:
-        log.exception("gRPC %s failed", rpc)
-        await context.abort(grpc.StatusCode.INTERNAL, f"{rpc} failed: {type(exc).__name__}: {exc}")
+class status_on_error:  # lower case: it reads as the function it was, `async with status_on_error(ctx, "Rpc"):`
+    """End the RPC with the failure's status: an InferError by its kind, anything else INTERNAL (and logged).
+
+    A plain class rather than `contextlib.asynccontextmanager`: grpc keeps the abort's exception in a reference
+    cycle, and a generator-based manager would keep the failure's traceback in it too, with the frames of the
+    request (and its tensors, views of client shared memory among them) alive until the next garbage collection.
+    Here the traceback is dropped before aborting.
+    """
+
+    __slots__ = ("_context", "_rpc")
+
+    def __init__(self, context: Any, rpc: str) -> None:
+        self._context = context
+        self._rpc = rpc
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool:
+        if exc is None or isinstance(exc, grpc.aio.AbortError) or not isinstance(exc, Exception):
+            return False
+        if isinstance(exc, InferError):
+            code, message = grpc.StatusCode[exc.kind.grpc_code_name], exc.message
+        else:
+            log.error("gRPC %s failed", self._rpc, exc_info=(type(exc), exc, tb))
+            code, message = grpc.StatusCode.INTERNAL, f"{self._rpc} failed: {type(exc).__name__}: {exc}"
+        exc.__traceback__ = None
+        del exc, tb
+        await self._context.abort(code, message)
+        return False  # not reached: abort raises

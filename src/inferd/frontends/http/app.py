@@ -19,6 +19,8 @@ import orjson
 from ...config import ConfigError
 from ...server import Server
 from ...types import ErrorKind, InferError
+from .openapi import static_reply
+from .shm import SHARED_MEMORY_ROUTES, shared_memory_route
 from .v2 import decode_infer_request, encode_infer_response, load_json_object
 
 log = logging.getLogger("inferd.http")
@@ -168,9 +170,16 @@ class HttpFrontend:
     async def _dispatch(self, request: HttpRequest) -> Reply:
         parts = request.parts
         if not parts or parts[0] != "v2":
-            return error_reply(404, "Not Found")
+            static = static_reply(parts)  # /openapi.json and /docs
+            if static is None:
+                return error_reply(404, "Not Found")
+            return self._get(request.method) or static
         if parts[1:] == ["models", "stats"]:
             return self._get(request.method) or _json_reply(200, self.server.statistics())
+        if parts[1:] == ["trace", "setting"]:
+            return self._trace_setting(request, "")
+        if parts[1:] == ["logging"]:
+            return self._logging(request)
         if len(parts) >= 3 and parts[1] == "models":
             return await self._model_route(request, parts[2], parts[3:])
         method = request.method
@@ -186,6 +195,9 @@ class HttpFrontend:
                 return _EMPTY_OK if self.server.ready() else (400, b"", [])
         if parts[1] == "repository":
             return await self._repository_route(request, parts[2:])
+        if parts[1] in SHARED_MEMORY_ROUTES:
+            status, value = shared_memory_route(self.server, method, parts[1], parts[2:], request.body)
+            return _EMPTY_OK if value is None else _json_reply(status, value)
         return error_reply(404, "Not Found")
 
     @staticmethod
@@ -201,6 +213,8 @@ class HttpFrontend:
         return error_reply(405, f"method {method} is not allowed here (use POST)")
 
     async def _model_route(self, request: HttpRequest, name: str, rest: list[str]) -> Reply:
+        if rest == ["trace", "setting"]:
+            return self._trace_setting(request, name)
         version = ""
         if rest and rest[0] == "versions":
             if len(rest) < 2:
@@ -228,6 +242,16 @@ class HttpFrontend:
             return _json_reply(200, server.statistics(name, version))
         return error_reply(404, "Not Found")
 
+    def _trace_setting(self, request: HttpRequest, model: str) -> Reply:
+        if request.method == "POST":
+            return _json_reply(200, self.server.update_trace_settings(load_json_object(request.body), model))
+        return self._get(request.method) or _json_reply(200, self.server.trace_settings(model))
+
+    def _logging(self, request: HttpRequest) -> Reply:
+        if request.method == "POST":
+            return _json_reply(200, self.server.update_log_settings(load_json_object(request.body)))
+        return self._get(request.method) or _json_reply(200, self.server.log_settings())
+
     async def _infer(self, request: HttpRequest, name: str, version: str) -> Reply:
         raw_length = request.headers.get(b"inference-header-content-length")
         header_length = None
@@ -237,7 +261,8 @@ class HttpFrontend:
             except ValueError:
                 raise InferError.invalid("Inference-Header-Content-Length must be an integer") from None
         try:
-            infer_request, options = decode_infer_request(request.body, header_length, name, version)
+            infer_request, options = decode_infer_request(request.body, header_length, name, version,
+                                                          self.server.limits)
         except InferError:
             self.server.model(name, version)  # an unknown model is the clearer error
             raise

@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ...types import InferenceRequest, InferenceResponse, InferError, RequestedOutput, datatype_of
+from ...limits import DEFAULT_LIMITS, RequestLimits
+from ...memory import SHM_REGION, shared_memory_parameters, shared_memory_ref
+from ...types import InferenceRequest, InferenceResponse, InferError, RequestedOutput, SharedMemoryRef, datatype_of
 from ..tensors import check_shape, decode_list, decode_raw, encode_raw
 
 
@@ -54,8 +56,10 @@ def load_json_object(body: bytes) -> dict[str, Any]:
     return value
 
 
-def decode_infer_request(body: bytes, header_length: int | None, model_name: str,
-                         model_version: str) -> tuple[InferenceRequest, OutputOptions]:
+def decode_infer_request(body: bytes, header_length: int | None, model_name: str, model_version: str,
+                         limits: RequestLimits = DEFAULT_LIMITS) -> tuple[InferenceRequest, OutputOptions]:
+    """The core's request from a V2 body. `limits` are checked on the declared shapes before any data is decoded;
+    inputs placed in shared memory are left for the core to read (`shared_inputs`)."""
     header: bytes | memoryview = body
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
@@ -68,10 +72,12 @@ def decode_infer_request(body: bytes, header_length: int | None, model_name: str
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list):
         raise InferError.invalid("the inference request must have an 'inputs' list")
+    limits.check_input_count(len(raw_inputs))
     offset = header_length or 0
     view = memoryview(body)
     inputs: dict[str, np.ndarray] = {}
     datatypes: dict[str, str] = {}
+    shared: dict[str, tuple[tuple[int, ...], SharedMemoryRef]] = {}
     for item in raw_inputs:
         if not isinstance(item, dict):
             raise InferError.invalid("each entry of 'inputs' must be a JSON object")
@@ -79,11 +85,20 @@ def decode_infer_request(body: bytes, header_length: int | None, model_name: str
         datatype = item.get("datatype")
         if not isinstance(name, str) or not isinstance(datatype, str):
             raise InferError.invalid("each input needs a string 'name' and 'datatype'")
-        if name in inputs:
+        if name in inputs or name in shared:
             raise InferError.invalid(f"input '{name}' is given more than once")
         shape = check_shape(name, item.get("shape"))
+        limits.check_elements(name, shape)
         params = item.get("parameters") or {}
         size = params.get("binary_data_size") if isinstance(params, dict) else None
+        ref = shared_memory_ref(f"input '{name}'", params) if isinstance(params, dict) and params else None
+        if ref is not None:
+            if size is not None or "data" in item:
+                raise InferError.invalid(f"input '{name}' is in shared memory ('{SHM_REGION}'): it must not have "
+                                         "'data' or a 'binary_data_size' parameter too")
+            shared[name] = (shape, ref)
+            datatypes[name] = datatype
+            continue
         if size is not None:
             if header_length is None:
                 raise InferError.invalid(f"input '{name}' has binary_data_size but the request has no "
@@ -111,7 +126,8 @@ def decode_infer_request(body: bytes, header_length: int | None, model_name: str
         raise InferError.invalid("request 'parameters' must be a JSON object")
     request_id = doc.get("id", "")
     request = InferenceRequest(model_name, inputs, datatypes, model_version,
-                               request_id if isinstance(request_id, str) else str(request_id), requested, params)
+                               request_id if isinstance(request_id, str) else str(request_id), requested, params,
+                               shared)
     return request, options
 
 
@@ -170,9 +186,12 @@ def encode_infer_response(response: InferenceResponse, options: OutputOptions) -
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     json_floats: list[np.ndarray] = []
+    shared = response.shared_outputs
     for name, array in response.outputs.items():
         entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
-        if options.is_binary(name):
+        if shared and name in shared:  # the data is in the client's region already
+            entry["parameters"] = shared_memory_parameters(shared[name])
+        elif options.is_binary(name):
             blob = encode_raw(array)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
