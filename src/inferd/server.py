@@ -242,64 +242,44 @@ class Server:
         """Run one request (the frontends' entry point). Raises InferError."""
         start = time.perf_counter_ns()
         model = self.manager.get(request.model_name, request.model_version)
-        trace = self.tracer.begin(model.name, model.version, request.id, start) if self.tracer.enabled else None
-        stats = model.stats
-        stats.enter()
-        admitted: _Admitted | None = None
+        call = _Call(self.tracer, model, request.id, start)
         try:
-            job, admitted = self._admit(model, request)
-            job.trace = trace
+            job, call.admitted = self._admit(model, request)
+            job.trace = call.trace
             results = await model.scheduler.run(job)
-            response = self._respond(request, model, results, admitted, job.rows)
+            response = self._respond(request, model, results, call.admitted, job.rows)
         except asyncio.CancelledError as exc:
-            stats.record_request(time.perf_counter_ns() - start, FailureReason.CANCELED)
-            if trace is not None:
-                self.tracer.end(trace, time.perf_counter_ns(), exc)
+            call.cancelled(exc)
             raise
         except Exception as exc:
-            error, reason = _classify(model, exc)
-            stats.record_request(time.perf_counter_ns() - start, reason)
-            if trace is not None:
-                self.tracer.end(trace, time.perf_counter_ns(), error)
+            error = call.failed(exc)
             try:
                 raise error from None
             finally:
                 del error  # no frame-traceback cycle: a failed request's tensors go now, not at the next GC
         finally:
-            if admitted is not None and admitted.lease is not None:
-                admitted.lease.release()
-        stats.record_request(time.perf_counter_ns() - start)
-        if trace is not None:
-            self.tracer.end(trace, time.perf_counter_ns())
+            call.release()
+        call.succeeded()
         return response
 
     def infer_request_sync(self, request: InferenceRequest) -> InferenceResponse:
         start = time.perf_counter_ns()
         model = self.manager.get(request.model_name, request.model_version)
-        trace = self.tracer.begin(model.name, model.version, request.id, start) if self.tracer.enabled else None
-        stats = model.stats
-        stats.enter()
-        admitted: _Admitted | None = None
+        call = _Call(self.tracer, model, request.id, start)
         try:
-            job, admitted = self._admit(model, request)
-            job.trace = trace
+            job, call.admitted = self._admit(model, request)
+            job.trace = call.trace
             results = model.scheduler.run_sync(job)
-            response = self._respond(request, model, results, admitted, job.rows)
+            response = self._respond(request, model, results, call.admitted, job.rows)
         except Exception as exc:
-            error, reason = _classify(model, exc)
-            stats.record_request(time.perf_counter_ns() - start, reason)
-            if trace is not None:
-                self.tracer.end(trace, time.perf_counter_ns(), error)
+            error = call.failed(exc)
             try:
                 raise error from None
             finally:
-                del error  # no frame-traceback cycle: a failed request's tensors go now, not at the next GC
+                del error
         finally:
-            if admitted is not None and admitted.lease is not None:
-                admitted.lease.release()
-        stats.record_request(time.perf_counter_ns() - start)
-        if trace is not None:
-            self.tracer.end(trace, time.perf_counter_ns())
+            call.release()
+        call.succeeded()
         return response
 
     def _admit(self, model: ServedModel, request: InferenceRequest) -> tuple[Job, _Admitted]:
@@ -367,6 +347,43 @@ class Server:
     async def infer_async(self, model_name: str, inputs: Mapping[str, Any], *, version: str = "",
                           outputs: Iterable[str] | None = None, request_id: str = "") -> InferenceResponse:
         return await self.infer_request(build_request(model_name, inputs, version, outputs, request_id))
+
+
+class _Call:
+    """One request's bookkeeping, the same for the sync and async paths: statistics (pending count, outcome,
+    duration), its trace if sampled, and the shared-memory regions it holds."""
+
+    __slots__ = ("admitted", "model", "start", "trace", "tracer")
+
+    def __init__(self, tracer: Tracer, model: ServedModel, request_id: str, start: int) -> None:
+        self.tracer = tracer
+        self.model = model
+        self.start = start
+        self.trace = tracer.begin(model.name, model.version, request_id, start) if tracer.enabled else None
+        self.admitted: _Admitted | None = None
+        model.stats.enter()
+
+    def _end(self, reason: FailureReason | None, error: BaseException | None) -> None:
+        now = time.perf_counter_ns()
+        self.model.stats.record_request(now - self.start, reason)
+        if self.trace is not None:
+            self.tracer.end(self.trace, now, error)
+
+    def succeeded(self) -> None:
+        self._end(None, None)
+
+    def cancelled(self, exc: BaseException) -> None:
+        self._end(FailureReason.CANCELED, exc)
+
+    def failed(self, exc: Exception) -> InferError:
+        """The error the caller gets (see `_classify`), recorded under its failure reason."""
+        error, reason = _classify(self.model, exc)
+        self._end(reason, error)
+        return error
+
+    def release(self) -> None:
+        if self.admitted is not None and self.admitted.lease is not None:
+            self.admitted.lease.release()
 
 
 class _Admitted:
