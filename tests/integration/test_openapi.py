@@ -121,13 +121,21 @@ def _templates() -> dict[tuple[str, ...], set[str]]:
             for path, item in DOCUMENT["paths"].items()}
 
 
+# A path parameter; it may share its segment with a literal, as in TF-Serving's `{model_name}:predict`.
+PARAMETER = re.compile(r"\{(\w+)\}")
+
+
 def _instantiate(template: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(PLACEHOLDERS[s[1:-1]] if s.startswith("{") else s for s in template)
+    return tuple(PARAMETER.sub(lambda m: PLACEHOLDERS[m.group(1)], s) for s in template)
+
+
+def _segment_matches(segment: str, template: str) -> bool:
+    literals = PARAMETER.split(template)[::2]  # split() puts the parameter names at the odd places
+    return re.fullmatch(".*".join(re.escape(lit) for lit in literals), segment, re.DOTALL) is not None
 
 
 def _matches(path: tuple[str, ...], template: tuple[str, ...]) -> bool:
-    return len(path) == len(template) and all(t.startswith("{") or t == p for p, t in zip(path, template,
-                                                                                         strict=True))
+    return len(path) == len(template) and all(_segment_matches(p, t) for p, t in zip(path, template, strict=True))
 
 
 def _vocabulary() -> list[str]:

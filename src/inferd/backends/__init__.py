@@ -18,10 +18,13 @@ __all__ = ["BACKENDS", "Backend", "BackendSpec", "create_backend", "resolve_back
 class BackendSpec:
     """Where a backend class lives and which files and platform names belong to it."""
 
-    def __init__(self, target: str, default_filename: str, platforms: tuple[str, ...] = ()) -> None:
+    def __init__(self, target: str, default_filename: str, platforms: tuple[str, ...] = (),
+                 other_filenames: tuple[str, ...] = ()) -> None:
         self.target = target
         self.default_filename = default_filename
         self.platforms = platforms
+        # Further model files that also mean this backend when no config names one (PyTorch's model.pt2).
+        self.filenames = (default_filename, *other_filenames)
 
     def load_class(self) -> Callable[[], Backend]:
         module_name, _, attr = self.target.partition(":")
@@ -34,6 +37,11 @@ class BackendSpec:
 
 BACKENDS: dict[str, BackendSpec] = {
     "onnxruntime": BackendSpec("inferd.backends.onnxruntime:OnnxRuntimeBackend", "model.onnx", ("onnxruntime_onnx",)),
+    "pytorch": BackendSpec("inferd.backends.pytorch:PyTorchBackend", "model.pt", ("pytorch_libtorch",), ("model.pt2",)),
+    # Classic ML (FIL's tensor names input__0 / output__0); `parameters { key: "method" ... }` picks predict_proba.
+    "sklearn": BackendSpec("inferd.backends.sklearn:SklearnBackend", "model.joblib", (), ("model.pkl",)),
+    "xgboost": BackendSpec("inferd.backends.xgboost:XGBoostBackend", "model.json", (), ("model.ubj",)),
+    "lightgbm": BackendSpec("inferd.backends.lightgbm:LightGBMBackend", "model.txt"),
 }
 
 
@@ -49,8 +57,8 @@ def resolve_backend(config: ModelConfig, model_dir: Path, version_dirs: list[Pat
                 return name
         raise ConfigError(f"unknown platform '{config.platform}'")
     for name, spec in BACKENDS.items():
-        filename = config.default_model_filename or spec.default_filename
-        if any((d / filename).exists() for d in version_dirs):
+        filenames = [config.default_model_filename] if config.default_model_filename else spec.filenames
+        if any((d / filename).exists() for d in version_dirs for filename in filenames):
             return name
     raise ConfigError("config specifies no 'backend' or 'platform' and no known model file was found")
 

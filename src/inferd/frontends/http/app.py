@@ -21,6 +21,7 @@ from ...server import Server
 from ...types import ErrorKind, InferError
 from .openapi import static_reply
 from .shm import SHARED_MEMORY_ROUTES, shared_memory_route
+from .v1 import v1_route
 from .v2 import decode_infer_request, encode_infer_response, load_json_object
 
 log = logging.getLogger("inferd.http")
@@ -170,6 +171,9 @@ class HttpFrontend:
     async def _dispatch(self, request: HttpRequest) -> Reply:
         parts = request.parts
         if not parts or parts[0] != "v2":
+            if parts[0] == "v1":  # TF-Serving's REST API (KServe V1)
+                status, value = await v1_route(self.server, request.method, parts, request.body)
+                return _json_reply(status, value)
             static = static_reply(parts)  # /openapi.json and /docs
             if static is None:
                 return error_reply(404, "Not Found")

@@ -1,0 +1,265 @@
+"""TF-Serving's REST API (KServe's V1 protocol has the same shape) for every model, whatever its backend.
+
+- `POST /v1/models/{m}[/versions/{v}]:predict` with `{"instances": [...]}` (row form: one entry per instance,
+  stacked along a new first dimension) or `{"inputs": ...}` (columnar form: whole tensors), inputs named
+  (`{name: value}`) or, for a one-input model, unnamed; `{"b64": "..."}` gives bytes to BYTES inputs.
+- `GET /v1/models/{m}[/versions/{v}]` the versions' status, `.../metadata` the signature in TF-Serving's shape.
+
+Only the wire format lives here: the core's `InferenceRequest` and `Server.infer_request` run the call, so the
+checks, limits, statistics and error texts are the V2 ones; errors go back as `{"error": "..."}`.
+
+BYTES outputs: an output comes back as `{"b64": ...}` values when its name ends with `_bytes` (TF-Serving's rule) or
+when any of its elements is not valid UTF-8; otherwise as strings.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import numpy as np
+
+from ...model import ServedModel, TensorSpec
+from ...server import Server
+from ...types import ErrorKind, InferenceRequest, InferError, numpy_dtype
+from .v2 import load_json_object
+
+__all__ = ["DEFAULT_SIGNATURE", "v1_route"]
+
+DEFAULT_SIGNATURE = "serving_default"
+_PREDICT_METHOD = "tensorflow/serving/predict"
+_MAX_DIMS = 64  # as numpy's arrays
+_NOT_FOUND = InferError(ErrorKind.NOT_FOUND, "Not Found")
+
+# V2 datatype names -> TensorFlow's DataType enum names (for the metadata's signature).
+_TF_DTYPES = {
+    "BOOL": "DT_BOOL", "UINT8": "DT_UINT8", "UINT16": "DT_UINT16", "UINT32": "DT_UINT32", "UINT64": "DT_UINT64",
+    "INT8": "DT_INT8", "INT16": "DT_INT16", "INT32": "DT_INT32", "INT64": "DT_INT64", "FP16": "DT_HALF",
+    "FP32": "DT_FLOAT", "FP64": "DT_DOUBLE", "BYTES": "DT_STRING", "BF16": "DT_BFLOAT16",
+}
+# The manager's version states in TF-Serving's words (its enum has no "unavailable": a failed version has ENDed).
+_TF_STATES = {"READY": "AVAILABLE", "LOADING": "LOADING", "UNLOADING": "UNLOADING", "UNAVAILABLE": "END"}
+
+Answer = tuple[int, Any]
+
+
+async def v1_route(server: Server, method: str, parts: list[str], body: bytes) -> Answer:
+    """The status and JSON document for a `/v1/...` path (split on "/"); raises InferError for errors."""
+    if len(parts) < 3 or parts[1] != "models":
+        raise _NOT_FOUND
+    rest = parts[2:]
+    head, colon, verb = rest[-1].rpartition(":")
+    if colon:
+        rest = [*rest[:-1], head]
+    name, version = rest[0], ""
+    if len(rest) >= 3 and rest[1] == "versions":
+        version, rest = rest[2], [name, *rest[3:]]
+    if not name or (len(rest) > 1 and (colon or rest[1:] != ["metadata"])):
+        raise _NOT_FOUND
+    if colon:
+        if verb not in ("predict", "classify", "regress"):
+            raise _NOT_FOUND
+        if method != "POST":
+            return 405, {"error": f"method {method} is not allowed here (use POST)"}
+        if verb != "predict":
+            raise InferError(ErrorKind.UNSUPPORTED, f"the :{verb} API is not supported (it needs TensorFlow "
+                             "Example protos): use :predict")
+        return 200, await _predict(server, name, version, body)
+    if method not in ("GET", "HEAD"):
+        return 405, {"error": f"method {method} is not allowed here"}
+    if len(rest) > 1:
+        return 200, _metadata(server.model(name, version))
+    return 200, _status(server, name, version)
+
+
+# ---- status and metadata ----
+
+def _status(server: Server, name: str, version: str) -> dict[str, Any]:
+    entry = server.manager.entry(name)
+    if entry is None:
+        server.model(name, version)  # raises the core's "unknown model" error
+        raise InferError.not_found(f"Request for unknown model: '{name}' is not found")
+    versions = sorted(list(entry.versions.items()), reverse=True)
+    if version:
+        if not version.isdigit():
+            raise InferError.invalid(f"model version must be a non-negative integer, got '{version}'")
+        versions = [(v, s) for v, s in versions if v == int(version)]
+        if not versions:
+            raise InferError.not_found(f"Request for unknown model: '{name}' version {version} is not found")
+    elif not versions:
+        reason = f": {entry.reason}" if entry.reason else ""
+        raise InferError.not_found(f"Request for unknown model: '{name}' has no versions{reason}")
+    rows = []
+    for number, status in versions:
+        state = status.state.value
+        failed = state == "UNAVAILABLE"
+        rows.append({"version": str(number), "state": _TF_STATES.get(state, "UNKNOWN"),
+                     "status": {"error_code": "UNAVAILABLE" if failed else "OK",
+                                "error_message": status.reason if failed else ""}})
+    return {"model_version_status": rows}
+
+
+def _tensor_info(spec: TensorSpec, batching: bool) -> dict[str, Any]:
+    dims = ([-1] if batching else []) + list(spec.dims)
+    return {"dtype": _TF_DTYPES.get(spec.datatype, "DT_INVALID"),
+            "tensor_shape": {"dim": [{"size": str(d)} for d in dims]}, "name": spec.name}
+
+
+def _metadata(served: ServedModel) -> dict[str, Any]:
+    batching = served.max_batch_size > 0
+    signature = {
+        "inputs": {n: _tensor_info(s, batching) for n, s in served.inputs.items()},
+        "outputs": {n: _tensor_info(s, batching) for n, s in served.outputs.items()},
+        "method_name": _PREDICT_METHOD,
+    }
+    return {"model_spec": {"name": served.name, "signature_name": "", "version": served.version_str},
+            "metadata": {"signature_def": {"signature_def": {_signature_of(served): signature}}}}
+
+
+def _signature_of(served: ServedModel) -> str:
+    """The model's one signature: a backend may name it in the config's `signature_name` parameter."""
+    param = served.config.parameters.get("signature_name") if served.config.parameters else None
+    return param.string_value if param is not None and param.string_value else DEFAULT_SIGNATURE
+
+
+# ---- predict ----
+
+async def _predict(server: Server, name: str, version: str, body: bytes) -> dict[str, Any]:
+    served = server.model(name, version)  # an unknown model is the first error
+    doc = load_json_object(body)
+    signature = doc.get("signature_name", "")
+    if not isinstance(signature, str):
+        raise InferError.invalid("'signature_name' must be a string")
+    if signature and signature not in (DEFAULT_SIGNATURE, _signature_of(served)):
+        raise InferError.invalid(f"model '{name}' has no signature '{signature}' (it has "
+                                 f"'{_signature_of(served)}')")
+    has_rows, has_columns = "instances" in doc, "inputs" in doc
+    if has_rows == has_columns:
+        raise InferError.invalid("the request must have exactly one of 'instances' (row form) or 'inputs' "
+                                 "(columnar form)")
+    if has_rows:
+        inputs, rows = _row_inputs(served, doc["instances"]), True
+    else:
+        inputs, rows = _columnar_inputs(served, doc["inputs"]), False
+    server.limits.check_input_count(len(inputs))
+    for input_name, array in inputs.items():
+        server.limits.check_elements(input_name, array.shape)
+    datatypes = {n: served.inputs[n].datatype for n in inputs}
+    response = await server.infer_request(InferenceRequest(name, inputs, datatypes, version))
+    outputs = {n: _output_value(n, a) for n, a in response.outputs.items()}
+    if rows:
+        return {"predictions": _split_rows(outputs, len(doc["instances"]))}
+    return {"outputs": next(iter(outputs.values())) if len(outputs) == 1 else outputs}
+
+
+def _is_b64(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and "b64" in value
+
+
+def _spec(served: ServedModel, name: str) -> TensorSpec:
+    spec = served.inputs.get(name)
+    if spec is None:
+        raise InferError.invalid(f"unexpected inference input '{name}' for model '{served.name}'")
+    return spec
+
+
+def _only_input(served: ServedModel, form: str) -> TensorSpec:
+    if len(served.inputs) != 1:
+        raise InferError.invalid(f"model '{served.name}' has {len(served.inputs)} inputs "
+                                 f"({', '.join(served.inputs)}): {form} must name them in an object")
+    return next(iter(served.inputs.values()))
+
+
+def _row_inputs(served: ServedModel, instances: Any) -> dict[str, np.ndarray]:
+    if not isinstance(instances, list) or not instances:
+        raise InferError.invalid("'instances' must be a non-empty list, one entry per instance")
+    named = [isinstance(i, dict) and not _is_b64(i) for i in instances]
+    if not any(named):
+        spec = _only_input(served, "each instance")
+        return {spec.name: _to_array(spec, instances, "instances")}
+    if not all(named):
+        raise InferError.invalid("'instances' mixes named (objects) and unnamed instances")
+    names = list(instances[0])
+    for index, instance in enumerate(instances[1:], 1):
+        if set(instance) != set(names):
+            raise InferError.invalid(f"instance {index} has inputs {sorted(instance)} but instance 0 has "
+                                     f"{sorted(names)}: every instance must give the same inputs")
+    return {n: _to_array(_spec(served, n), [i[n] for i in instances], "instances") for n in names}
+
+
+def _columnar_inputs(served: ServedModel, value: Any) -> dict[str, np.ndarray]:
+    if isinstance(value, dict) and not _is_b64(value):
+        return {n: _to_array(_spec(served, n), v, "inputs") for n, v in value.items()}
+    spec = _only_input(served, "'inputs'")
+    return {spec.name: _to_array(spec, value, "inputs")}
+
+
+def _to_array(spec: TensorSpec, value: Any, form: str) -> np.ndarray:
+    """The tensor of a JSON value (nested lists) in the input's configured datatype."""
+    if spec.datatype == "BYTES":
+        leaves: list[bytes] = []
+        shape = _walk(spec.name, value, leaves, form, 0)
+        array = np.empty(len(leaves), dtype=np.object_)
+        array[:] = leaves
+        return array.reshape(shape)
+    try:
+        array = np.asarray(value, dtype=numpy_dtype(spec.datatype))
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InferError.invalid(f"input '{spec.name}': {form} cannot be read as a {spec.datatype} tensor (values "
+                                 f"must be numbers, in lists of equal lengths): {exc}") from None
+    return array
+
+
+def _walk(name: str, value: Any, leaves: list[bytes], form: str, depth: int) -> tuple[int, ...]:
+    """Collect the byte strings of nested lists into `leaves`; their shape (lists of one level must agree)."""
+    if isinstance(value, list):
+        if depth >= _MAX_DIMS:
+            raise InferError.invalid(f"input '{name}': {form} nest lists deeper than {_MAX_DIMS} levels")
+        shapes = {_walk(name, item, leaves, form, depth + 1) for item in value}
+        if len(shapes) > 1:
+            raise InferError.invalid(f"input '{name}': {form} have lists of different lengths at one level")
+        inner = shapes.pop() if shapes else ()
+        return (len(value), *inner)
+    if isinstance(value, str):
+        leaves.append(value.encode("utf-8"))
+    elif _is_b64(value) and isinstance(value["b64"], str):
+        try:
+            leaves.append(base64.b64decode(value["b64"], validate=True))
+        except binascii.Error:
+            raise InferError.invalid(f"input '{name}': a 'b64' value is not valid base64") from None
+    else:
+        raise InferError.invalid(f"input '{name}' is BYTES: its values must be strings or {{\"b64\": \"...\"}}, "
+                                 f"got {type(value).__name__}")
+    return ()
+
+
+def _output_value(name: str, array: np.ndarray) -> Any:
+    """An output as orjson writes it: numeric arrays as they are, BYTES as nested lists of str or {"b64"}."""
+    if array.dtype == np.object_:
+        items = [v if isinstance(v, bytes) else str(v).encode() for v in array.ravel()]
+        as_b64 = name.endswith("_bytes")
+        if not as_b64:
+            try:
+                text = [v.decode("utf-8") for v in items]
+            except UnicodeDecodeError:
+                as_b64 = True
+        leaves: list[Any] = ([{"b64": base64.b64encode(v).decode("ascii")} for v in items] if as_b64 else text)
+        nested = np.empty(len(leaves), dtype=np.object_)
+        nested[:] = leaves
+        return nested.reshape(array.shape).tolist()
+    if array.dtype == np.float16:
+        array = array.astype(np.float32)
+    return np.ascontiguousarray(array)
+
+
+def _split_rows(outputs: dict[str, Any], instances: int) -> list[Any]:
+    """One prediction per instance: each output's rows along the first dimension."""
+    for name, value in outputs.items():
+        rows = len(value) if isinstance(value, list) or np.ndim(value) else 0
+        if rows != instances:
+            raise InferError.invalid(f"output '{name}' has {rows} rows for {instances} instances: the row form "
+                                     "needs one output row per instance (use the columnar 'inputs' form)")
+    if len(outputs) == 1:
+        return list(next(iter(outputs.values())))
+    return [{n: v[i] for n, v in outputs.items()} for i in range(instances)]
