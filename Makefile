@@ -11,11 +11,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+# Serving the examples needs only the server and ONNX (plus onnx to build the models); the tests need every extra.
+$(VENV)/.installed-serve: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[onnx]' 'onnx>=1.16'
 	touch $@
 
-examples: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed-serve
+
+examples: $(VENV)/.installed-serve
 	$(BIN)/python examples/build_repository.py $(REPO)
 
 serve: examples
@@ -33,7 +38,7 @@ test: lint typecheck
 unit: $(VENV)/.installed
 	$(BIN)/pytest tests/unit
 
-bench: examples
+bench: examples $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_core.py
 
 clean:
