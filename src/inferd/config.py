@@ -25,6 +25,7 @@ __all__ = [
     "ModelInstanceGroup",
     "config_from_json",
     "config_to_json",
+    "int_parameter",
     "parse_config",
     "read_config",
     "string_parameter",
@@ -120,6 +121,17 @@ def string_parameter(config: ModelConfig, key: str, default: str = "") -> str:
     if key in config.parameters:
         return str(config.parameters[key].string_value)
     return default
+
+
+def int_parameter(config: ModelConfig, key: str) -> int | None:
+    """An integer `parameters` entry of the config (None when absent); a non-integer is a config error."""
+    value = string_parameter(config, key)
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"parameter '{key}' must be an integer, got '{value}'") from None
 
 
 def _check_dims(where: str, dims: Any, *, allow_empty: bool) -> None:

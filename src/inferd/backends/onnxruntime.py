@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from ..config import ConfigError, DataType, ModelConfig, string_parameter
+from ..config import ConfigError, DataType, ModelConfig, int_parameter
 from ..types import InferError
 
 log = logging.getLogger("inferd.onnxruntime")
@@ -52,29 +52,19 @@ def _model_path(config: ModelConfig, files: Path) -> Path:
     return path
 
 
-def _int_parameter(config: ModelConfig, key: str) -> int | None:
-    value = string_parameter(config, key)
-    if not value:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(f"parameter '{key}' must be an integer, got '{value}'") from None
-
-
 def session_options(config: ModelConfig) -> ort.SessionOptions:
     """Session options from the config, using the parameter names of Triton's ORT backend."""
     options = ort.SessionOptions()
-    intra = _int_parameter(config, "intra_op_thread_count")
+    intra = int_parameter(config, "intra_op_thread_count")
     if intra is not None:
         options.intra_op_num_threads = intra
-    inter = _int_parameter(config, "inter_op_thread_count")
+    inter = int_parameter(config, "inter_op_thread_count")
     if inter is not None:
         options.inter_op_num_threads = inter
-    if _int_parameter(config, "execution_mode") == 1:
+    if int_parameter(config, "execution_mode") == 1:
         options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
     for key, attr in (("enable_mem_arena", "enable_cpu_mem_arena"), ("enable_mem_pattern", "enable_mem_pattern")):
-        flag = _int_parameter(config, key)
+        flag = int_parameter(config, key)
         if flag is not None:
             setattr(options, attr, bool(flag))
     level = config.optimization.graph.level if config.HasField("optimization") else 0

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ConfigError, DataType, ModelConfig, string_parameter
+from ..config import ConfigError, DataType, ModelConfig, int_parameter, string_parameter
 from ..types import InferError
 
 log = logging.getLogger("inferd.pytorch")
@@ -93,21 +93,11 @@ def _is_export(path: Path) -> bool:
     return path.suffix == ".pt2"
 
 
-def _int_parameter(config: ModelConfig, key: str) -> int | None:
-    value = string_parameter(config, key)
-    if not value:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(f"parameter '{key}' must be an integer, got '{value}'") from None
-
-
 def _apply_threads(config: ModelConfig) -> None:
-    intra = _int_parameter(config, "INTRA_OP_THREAD_COUNT")
+    intra = int_parameter(config, "INTRA_OP_THREAD_COUNT")
     if intra is not None and intra > 0:
         torch.set_num_threads(intra)
-    inter = _int_parameter(config, "INTER_OP_THREAD_COUNT")
+    inter = int_parameter(config, "INTER_OP_THREAD_COUNT")
     if inter is not None and inter > 0 and inter != torch.get_num_interop_threads():
         try:
             torch.set_num_interop_threads(inter)
