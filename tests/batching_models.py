@@ -13,22 +13,12 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from models import _value, make_model, write_model
+from models import _value, make_model, matmul_loop_body, write_model
 
 
 def busy_model(trips: int, size: int = 128) -> bytes:
     """FP32 [batch, n] -> OUTPUT0 = 2 * INPUT0, OUTPUT1 = INPUT0 + 1, after `trips` matrix products."""
-    weight = numpy_helper.from_array(np.eye(size, dtype=np.float32) * np.float32(0.5), "W")
-    body = helper.make_graph(
-        [helper.make_node("MatMul", ["acc", "W"], ["product"]),
-         helper.make_node("Tanh", ["product"], ["acc_out"]),
-         helper.make_node("Identity", ["cond"], ["cond_out"])],
-        "body",
-        [_value("i", TensorProto.INT64, []), _value("cond", TensorProto.BOOL, []),
-         _value("acc", TensorProto.FLOAT, [size, size])],
-        [_value("cond_out", TensorProto.BOOL, []), _value("acc_out", TensorProto.FLOAT, [size, size])],
-        [weight],
-    )
+    body = matmul_loop_body(size)
     constants = [
         numpy_helper.from_array(np.ones((size, size), dtype=np.float32), "start"),
         numpy_helper.from_array(np.array(trips, dtype=np.int64), "trips"),

@@ -181,10 +181,10 @@ version_policy {{ all {{ }} }}
 """
 
 
-def slow_model(size: int = 256) -> bytes:
-    """OUTPUT0 = INPUT0 (FP32 [4]) after DELAY[0] rounds of a [size, size] matrix product (a busy model)."""
+def matmul_loop_body(size: int) -> onnx.GraphProto:
+    """The body of a Loop that multiplies a [size, size] accumulator by 0.5·I and applies tanh: real work per trip."""
     weight = numpy_helper.from_array(np.eye(size, dtype=np.float32) * np.float32(0.5), "W")
-    body = helper.make_graph(
+    return helper.make_graph(
         [helper.make_node("MatMul", ["acc", "W"], ["product"]),
          helper.make_node("Tanh", ["product"], ["acc_out"]),
          helper.make_node("Identity", ["cond"], ["cond_out"])],
@@ -194,6 +194,11 @@ def slow_model(size: int = 256) -> bytes:
         [_value("cond_out", TensorProto.BOOL, []), _value("acc_out", TensorProto.FLOAT, [size, size])],
         [weight],
     )
+
+
+def slow_model(size: int = 256) -> bytes:
+    """OUTPUT0 = INPUT0 (FP32 [4]) after DELAY[0] rounds of a [size, size] matrix product (a busy model)."""
+    body = matmul_loop_body(size)
     start = numpy_helper.from_array(np.ones((size, size), dtype=np.float32), "start")
     keep_going = numpy_helper.from_array(np.array(True), "keep_going")
     nodes = [
