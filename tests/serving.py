@@ -34,7 +34,8 @@ def free_ports(count: int) -> list[int]:
 class ServerProcess:
     """One `inferd serve` subprocess; its output goes to a log file so a failure can show it."""
 
-    def __init__(self, repository: Path | Sequence[Path], log_path: Path, *extra_args: str) -> None:
+    def __init__(self, repository: Path | Sequence[Path], log_path: Path, *extra_args: str,
+                 env: dict[str, str] | None = None) -> None:
         repositories = [repository] if isinstance(repository, Path) else list(repository)
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
         self.log_path = log_path
@@ -48,7 +49,7 @@ class ServerProcess:
         ]
         self._log = open(log_path, "wb")  # closed in wait_exit()
         self.process = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
     @property
     def http_url(self) -> str:
@@ -104,7 +105,9 @@ class ServerProcess:
             self._log.close()
 
 
-def start_server(repository: Path | Sequence[Path], log_path: Path, *extra_args: str) -> ServerProcess:
-    server = ServerProcess(repository, log_path, *extra_args)
+def start_server(repository: Path | Sequence[Path], log_path: Path, *extra_args: str,
+                 env: dict[str, str] | None = None) -> ServerProcess:
+    """Start `inferd serve` (with `env` added to this process's environment) and wait until it is live."""
+    server = ServerProcess(repository, log_path, *extra_args, env=env)
     server.wait_live()
     return server

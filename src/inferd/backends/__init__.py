@@ -1,18 +1,33 @@
 """Backend registry: maps Triton's `backend` / `platform` names and model files to backend classes.
 
 Backend modules are imported only when a model needs them, so a missing optional runtime only affects its models.
+
+Other packages add backends without touching inferd through the entry-point group `inferd.backends`: each entry
+point's name is the backend name (what `backend:` in a config says) and its object is either a `BackendSpec` or a
+class that follows the Backend contract, with optional class attributes `default_filename`, `other_filenames`
+(model files that mean this backend when no config names one) and `platforms`. They are read once, when the first
+model is resolved; a plugin cannot replace a built-in backend name.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from ..config import ConfigError, ModelConfig
 from .base import Backend
 
-__all__ = ["BACKENDS", "Backend", "BackendSpec", "create_backend", "resolve_backend"]
+__all__ = ["BACKENDS", "ENTRY_POINT_GROUP", "Backend", "BackendSpec", "create_backend", "load_plugins",
+           "resolve_backend"]
+
+log = logging.getLogger("inferd.backends")
+
+ENTRY_POINT_GROUP = "inferd.backends"
+_CONTRACT = ("autocomplete", "load", "execute", "unload")
 
 
 class BackendSpec:
@@ -35,18 +50,69 @@ class BackendSpec:
         return getattr(module, attr)
 
 
+# Order matters where no config names the backend: the first whose file is present wins (an MLflow folder may
+# also hold a model.pkl, so MLflow comes before scikit-learn).
 BACKENDS: dict[str, BackendSpec] = {
     "onnxruntime": BackendSpec("inferd.backends.onnxruntime:OnnxRuntimeBackend", "model.onnx", ("onnxruntime_onnx",)),
     "pytorch": BackendSpec("inferd.backends.pytorch:PyTorchBackend", "model.pt", ("pytorch_libtorch",), ("model.pt2",)),
+    "tensorflow": BackendSpec("inferd.backends.tensorflow:TensorFlowBackend", "model.savedmodel",
+                              ("tensorflow_savedmodel",)),
+    # TorchServe model archives (MANIFEST.json + serialized model + handler), run by their handler.
+    "torchserve": BackendSpec("inferd.backends.torchserve:TorchServeBackend", "model.mar"),
+    "mlflow": BackendSpec("inferd.backends.mlflow:MlflowBackend", "MLmodel"),
     # Classic ML (FIL's tensor names input__0 / output__0); `parameters { key: "method" ... }` picks predict_proba.
     "sklearn": BackendSpec("inferd.backends.sklearn:SklearnBackend", "model.joblib", (), ("model.pkl",)),
     "xgboost": BackendSpec("inferd.backends.xgboost:XGBoostBackend", "model.json", (), ("model.ubj",)),
     "lightgbm": BackendSpec("inferd.backends.lightgbm:LightGBMBackend", "model.txt"),
+    # Triton's FIL backend configs (`model_type` xgboost_ubj / xgboost_json / xgboost / lightgbm) on the two above.
+    "fil": BackendSpec("inferd.backends.fil:FilBackend", "xgboost.ubj", (), ("xgboost.json", "xgboost.model")),
+    # Python models: inferd's own class API and Triton's python backend (TritonPythonModel), in instance processes.
+    "python": BackendSpec("inferd.backends.python:PythonBackend", "model.py"),
 }
+
+
+_plugins_lock = threading.Lock()
+_plugins_loaded = False
+
+
+def _plugin_spec(entry_point: importlib.metadata.EntryPoint, obj: object) -> BackendSpec:
+    if isinstance(obj, BackendSpec):
+        return obj
+    if not isinstance(obj, type):
+        raise TypeError(f"{entry_point.value} is neither a BackendSpec nor a backend class")
+    missing = [name for name in (*_CONTRACT, "releases_gil") if not hasattr(obj, name)]
+    if missing:
+        raise TypeError(f"{entry_point.value} does not follow the Backend contract (missing {', '.join(missing)})")
+    target = f"{obj.__module__}:{obj.__qualname__}"
+    return BackendSpec(target, str(getattr(obj, "default_filename", "")), tuple(getattr(obj, "platforms", ())),
+                       tuple(getattr(obj, "other_filenames", ())))
+
+
+def load_plugins() -> None:
+    """Add the backends that installed packages declare in the `inferd.backends` entry-point group (once)."""
+    global _plugins_loaded
+    with _plugins_lock:
+        if _plugins_loaded:
+            return
+        _plugins_loaded = True
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if entry_point.name in BACKENDS:
+                log.warning("backend plugin '%s' (%s) ignored: a built-in backend has that name", entry_point.name,
+                            entry_point.value)
+                continue
+            try:
+                spec = _plugin_spec(entry_point, entry_point.load())
+            except Exception as exc:  # a broken plugin costs its own models, never the server
+                log.error("backend plugin '%s' (%s) cannot be used: %s: %s", entry_point.name, entry_point.value,
+                          type(exc).__name__, exc)
+                continue
+            BACKENDS[entry_point.name] = spec
+            log.info("backend plugin '%s' from %s", entry_point.name, spec.target)
 
 
 def resolve_backend(config: ModelConfig, model_dir: Path, version_dirs: list[Path]) -> str:
     """The backend name for a model: from `backend`, from `platform`, or from the files present."""
+    load_plugins()
     if config.backend:
         if config.backend not in BACKENDS:
             raise ConfigError(f"unknown backend '{config.backend}' (known: {', '.join(sorted(BACKENDS))})")
@@ -58,10 +124,11 @@ def resolve_backend(config: ModelConfig, model_dir: Path, version_dirs: list[Pat
         raise ConfigError(f"unknown platform '{config.platform}'")
     for name, spec in BACKENDS.items():
         filenames = [config.default_model_filename] if config.default_model_filename else spec.filenames
-        if any((d / filename).exists() for d in version_dirs for filename in filenames):
+        if any(filename and (d / filename).exists() for d in version_dirs for filename in filenames):
             return name
     raise ConfigError("config specifies no 'backend' or 'platform' and no known model file was found")
 
 
 def create_backend(name: str) -> Backend:
+    load_plugins()
     return BACKENDS[name].load_class()()

@@ -21,7 +21,7 @@ from ..config import ConfigError, ModelConfig
 from ..types import InferError
 from ._tabular import TabularModel, autocomplete_io, find_file, method, two_columns
 
-FILENAMES = ("model.json", "model.ubj", "xgboost.json", "xgboost.ubj")
+FILENAMES = ("model.json", "model.ubj", "xgboost.json", "xgboost.ubj", "xgboost.model")
 _CLASSIFIERS = ("binary:logistic", "binary:logitraw", "binary:hinge", "multi:softprob", "multi:softmax")
 
 
