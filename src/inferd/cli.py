@@ -103,6 +103,9 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     _bool_flag(serve, "--log-error", True, "log errors")
     serve.add_argument("--log-file", default="", metavar="PATH", help="write the log to this file (default: stderr)")
     serve.add_argument("--log-format", choices=["default", "ISO8601"], default="default")
+    serve.add_argument("--model-env-dir", default=None, metavar="PATH",
+                       help="cache folder of the Python environments built from models' requirements.txt "
+                       "(default: $INFERD_CACHE_DIR/envs, else ~/.cache/inferd/envs)")
     serve.add_argument("--trace-config", action="append", default=[], metavar="[MODE,]SETTING=VALUE",
                        help="Triton's trace settings: level=OFF|TIMESTAMPS|TENSORS, rate=N, count=N, "
                        "file=PATH, log-frequency=N (optionally prefixed 'triton,', e.g. triton,file=trace.json)")
@@ -155,6 +158,7 @@ def serve_command(args: argparse.Namespace) -> int:
             allow_client_shm=args.allow_client_shm,
             max_tensor_elements=args.max_tensor_elements,
             max_inputs=args.max_inputs,
+            model_env_dir=args.model_env_dir or None,
         )
     except (OSError, ValueError, ImportError) as exc:  # a missing or unreachable repository
         log.error("%s", exc)

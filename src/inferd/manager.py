@@ -19,6 +19,7 @@ from .model import ServedModel
 from .observability import ModelStatistics
 from .repository import ModelRepository, safe_join, select_versions, version_dirs
 from .scheduling import DirectScheduler, DynamicBatcher, InstancePool, Scheduler
+from .scheduling.environments import EnvironmentBuildError, EnvironmentCache, PythonEnvironment, find_requirements
 from .scheduling.process import ProcessInstance
 from .types import InferError
 
@@ -60,8 +61,11 @@ class ModelEntry:
 
 
 class ModelManager:
-    def __init__(self, repository: ModelRepository, *, autocomplete: bool = True, unload_timeout: float = 30.0) -> None:
+    def __init__(self, repository: ModelRepository, *, autocomplete: bool = True, unload_timeout: float = 30.0,
+                 environments: EnvironmentCache | None = None) -> None:
         self.repository = repository
+        # Per-model Python environments (a requirements.txt next to a model that runs in instance processes).
+        self.environments = environments if environments is not None else EnvironmentCache()
         self.autocomplete = autocomplete
         self.unload_timeout = unload_timeout
         self._models: dict[str, ModelEntry] = {}
@@ -218,7 +222,7 @@ class ModelManager:
                 served = self._load_version(name, version, path, config, backend, first[1] if first else None)
                 served.labels = labels
                 loaded[version] = VersionStatus(ModelState.READY, served=served)
-            except (ConfigError, InferError, OSError) as exc:
+            except (ConfigError, InferError, OSError, EnvironmentBuildError) as exc:
                 reason = exc.message if isinstance(exc, InferError) else str(exc)
                 loaded[version] = VersionStatus(ModelState.UNAVAILABLE, reason)
                 log.error("model '%s' version %d is UNAVAILABLE: %s", name, version, reason)
@@ -300,6 +304,8 @@ class ModelManager:
     def _load_version(self, name: str, version: int, path: Path, config: ModelConfig,
                       backend_name: str, first: Backend | None = None) -> ServedModel:
         instances: list[Backend] = []
+        requirements = find_requirements(path)
+        environment: PythonEnvironment | None = None
         try:
             for group in config.instance_group:
                 devices = _devices(group)
@@ -307,10 +313,16 @@ class ModelManager:
                     backend = first if first is not None else create_backend(backend_name)
                     first = None
                     if backend.releases_gil:
+                        if requirements is not None and not instances:
+                            log.warning("model '%s' version %d: %s is ignored: only models that run in instance "
+                                        "processes (Python models) get an environment of their own", name,
+                                        version, requirements)
                         backend.load(config, path, devices[i % len(devices)])
                     else:  # GIL-bound code runs in a process of its own; the instances load at the same time
+                        if requirements is not None and environment is None:
+                            environment = self.environments.ensure(requirements, name)
                         backend = ProcessInstance(BACKENDS[backend_name].target, config, path,
-                                                  devices[i % len(devices)])
+                                                  devices[i % len(devices)], environment=environment)
                     instances.append(backend)
             for instance in instances:
                 if isinstance(instance, ProcessInstance):

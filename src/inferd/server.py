@@ -29,6 +29,7 @@ from .model import ServedModel
 from .observability import LOG_CONTROL, FailureReason, ModelStatistics, Tracer
 from .repository import ModelRepository
 from .scheduling import BackendFailure, Job
+from .scheduling.environments import EnvironmentCache
 from .types import ErrorKind, InferenceRequest, InferenceResponse, InferError, RequestedOutput, datatype_of
 
 log = logging.getLogger("inferd.server")
@@ -70,6 +71,7 @@ class Server:
         allow_client_shm: bool = True,
         max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS,
         max_inputs: int = DEFAULT_MAX_INPUTS,
+        model_env_dir: str | Path | None = None,
         start: bool = True,
     ) -> None:
         paths = [model_repository] if isinstance(model_repository, (str, Path)) else list(model_repository)
@@ -79,7 +81,9 @@ class Server:
         # Client memory (Triton's shared-memory extensions), shared by every frontend.
         self.shared_memory = SystemSharedMemory(enabled=allow_client_shm)
         self.cuda_shared_memory = CudaSharedMemory()
-        self.manager = ModelManager(ModelRepository(paths), autocomplete=autocomplete)
+        # model_env_dir: where the Python environments of models' requirements.txt are cached.
+        environments = EnvironmentCache(model_env_dir) if model_env_dir is not None else None
+        self.manager = ModelManager(ModelRepository(paths), autocomplete=autocomplete, environments=environments)
         self.model_control_mode = model_control_mode
         self.load_models = list(load_models)
         self.strict_readiness = strict_readiness

@@ -20,6 +20,9 @@ waits on a pipe, so the schedulers treat it like any other thread-friendly insta
   with code X" and the instance starts a new process (reloading the model) for the next call.
 * `unload()` stops the process and unlinks both arenas; instances left running at interpreter exit are stopped
   by an exit hook (their children are not daemonic, so a model may start processes of its own).
+* An instance given a `PythonEnvironment` (a model's own requirements, see environments.py) is spawned with that
+  environment's interpreter, and its site-packages go first on the child's `sys.path` before the backend is
+  imported. multiprocessing's executable is process-wide, so every spawn here holds `_SPAWN_LOCK` around it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.resource_tracker
+import multiprocessing.spawn
 import multiprocessing.util  # its exit hook is registered now, so ours (see _hold) always comes after and runs first
 import os
 import secrets
@@ -47,6 +52,7 @@ import numpy as np
 from ..backends import BackendSpec
 from ..config import ConfigError, ModelConfig
 from ..types import ErrorKind, InferError
+from .environments import PythonEnvironment, enter_environment
 
 __all__ = ["SHM_PREFIX", "InstanceProcessError", "ProcessInstance"]
 
@@ -235,10 +241,12 @@ def _child_execute(conn: Connection, arenas: _ChildArenas, backend: Any, message
     return "done", out_headers, out_pickled
 
 
-def _child_main(conn: Connection, target: str, config_bytes: bytes, files: str, device: str) -> None:
+def _child_main(conn: Connection, target: str, config_bytes: bytes, files: str, device: str,
+                site_dirs: tuple[str, ...] = ()) -> None:
     """The instance process: load the model, then answer execute calls until told to stop or the server goes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the server's to handle; it stops its instances
     try:
+        enter_environment(site_dirs)
         backend: Any = BackendSpec(target, "").load_class()()
         backend.load(ModelConfig.FromString(config_bytes), Path(files), device)
     except BaseException as exc:  # whatever stops the load is the reason the instance is unavailable
@@ -350,6 +358,25 @@ class _Resources:
         _HELD.pop(id(self), None)
 
 
+# multiprocessing's spawn executable is one global: spawns take turns so each starts with its own interpreter.
+_SPAWN_LOCK = threading.Lock()
+
+
+def _start(process: BaseProcess, executable: str | None) -> None:
+    """Start a spawned process with `executable` (None: the server's own interpreter)."""
+    with _SPAWN_LOCK:
+        if executable is None:
+            process.start()
+            return
+        multiprocessing.resource_tracker.ensure_running()  # with the server's interpreter, not the model's
+        previous = multiprocessing.spawn.get_executable()
+        multiprocessing.spawn.set_executable(executable)
+        try:
+            process.start()
+        finally:
+            multiprocessing.spawn.set_executable(previous)
+
+
 # Resources of every instance that has started a process, until released.
 _HELD: dict[int, _Resources] = {}
 _EXIT_STOP_TIMEOUT_S = 5.0
@@ -380,15 +407,20 @@ class ProcessInstance:
     So several instances load at the same time. `load(config, files, device)` (the Backend contract) starts
     a new process and waits for it. `unload()` stops the process and unlinks the shared memory; an instance
     dropped without it is cleaned up when collected, and any left at interpreter exit are stopped then.
+    With `environment`, the process runs that environment's interpreter with its packages first.
     """
 
     releases_gil = True  # the calling thread only waits on the pipe
 
     def __init__(self, target: str, config: ModelConfig | None = None, files: str | Path | None = None,
-                 device: str = "cpu", *, start_method: str = "spawn", stop_timeout: float = 10.0) -> None:
+                 device: str = "cpu", *, start_method: str = "spawn", stop_timeout: float = 10.0,
+                 environment: PythonEnvironment | None = None) -> None:
         if start_method not in ("spawn", "forkserver"):
             raise ValueError("start_method must be 'spawn' or 'forkserver': a threaded server is never forked")
+        if environment is not None and start_method != "spawn":
+            raise ValueError("an instance with its own Python environment must use the 'spawn' start method")
         self.target = target
+        self.environment = environment
         self.stop_timeout = stop_timeout
         self.restarts = 0  # processes started again after one died
         self._context: Any = multiprocessing.get_context(start_method)  # typeshed's BaseContext lacks Process
@@ -465,12 +497,15 @@ class ProcessInstance:
 
     def _spawn(self) -> _Child:
         parent_end, child_end = self._context.Pipe(duplex=True)
+        environment = self.environment
+        site_dirs = environment.site_dirs if environment is not None else ()
         process = self._context.Process(
-            target=_child_main, args=(child_end, self.target, self._config_bytes, self._files, self._device),
+            target=_child_main,
+            args=(child_end, self.target, self._config_bytes, self._files, self._device, site_dirs),
             name=f"inferd-instance-{self._name}", daemon=False)  # not daemonic: a model may start processes
         _hold(self._resources)
         try:
-            process.start()
+            _start(process, str(environment.python) if environment is not None else None)
         finally:
             child_end.close()  # the child holds the only other end: its exit shows as end-of-file here
         child = _Child(process, parent_end)
