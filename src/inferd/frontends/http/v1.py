@@ -118,9 +118,12 @@ def _metadata(served: ServedModel) -> dict[str, Any]:
 
 
 def _signature_of(served: ServedModel) -> str:
-    """The model's one signature: a backend may name it in the config's `signature_name` parameter."""
-    param = served.config.parameters.get("signature_name") if served.config.parameters else None
-    return param.string_value if param is not None and param.string_value else DEFAULT_SIGNATURE
+    """The model's one signature: the config's `TF_SIGNATURE_DEF` (Triton's TF backend) or `signature_name`."""
+    for key in ("TF_SIGNATURE_DEF", "signature_name"):
+        param = served.config.parameters.get(key) if served.config.parameters else None
+        if param is not None and param.string_value:
+            return str(param.string_value)
+    return DEFAULT_SIGNATURE
 
 
 # ---- predict ----
@@ -142,15 +145,43 @@ async def _predict(server: Server, name: str, version: str, body: bytes) -> dict
         inputs, rows = _row_inputs(served, doc["instances"]), True
     else:
         inputs, rows = _columnar_inputs(served, doc["inputs"]), False
+    batching = served.max_batch_size > 0
+    inputs = {n: _to_config_shape(served.inputs[n], a, batching) for n, a in inputs.items()}
     server.limits.check_input_count(len(inputs))
     for input_name, array in inputs.items():
         server.limits.check_elements(input_name, array.shape)
     datatypes = {n: served.inputs[n].datatype for n in inputs}
     response = await server.infer_request(InferenceRequest(name, inputs, datatypes, version))
-    outputs = {n: _output_value(n, a) for n, a in response.outputs.items()}
+    outputs = {n: _output_value(n, _to_model_shape(served.outputs.get(n), a, batching))
+               for n, a in response.outputs.items()}
     if rows:
         return {"predictions": _split_rows(outputs, len(doc["instances"]))}
     return {"outputs": next(iter(outputs.values())) if len(outputs) == 1 else outputs}
+
+
+def _to_config_shape(spec: TensorSpec, array: np.ndarray, batching: bool) -> np.ndarray:
+    """TF-Serving clients send tensors in the model's own shape; where the config reshapes (Triton's dims [1] for a
+    per-row scalar, as auto-complete writes it) such a tensor is handed on in the config's dims."""
+    if spec.reshape is None:
+        return array
+    lead = array.shape[:1] if batching else ()
+    own = array.shape[len(lead):]
+    if len(own) != len(spec.reshape) or any(w != -1 and g != w for g, w in zip(own, spec.reshape, strict=True)):
+        return array  # not the model's shape: the core checks it against the config's dims
+    try:
+        return array.reshape(lead + spec.dims)
+    except ValueError:
+        return array
+
+
+def _to_model_shape(spec: TensorSpec | None, array: np.ndarray, batching: bool) -> np.ndarray:
+    """An output back in the model's own shape (what TF-Serving returns) where the config reshapes it."""
+    if spec is None or spec.reshape is None:
+        return array
+    try:
+        return array.reshape(array.shape[:1] + spec.reshape if batching else spec.reshape)
+    except ValueError:
+        return array
 
 
 def _is_b64(value: Any) -> bool:
