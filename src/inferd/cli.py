@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .client import add_bench_parser
 
     add_bench_parser(commands)
+    from .microservice import add_microservice_parser
+
+    add_microservice_parser(commands)
     return parser
 
 

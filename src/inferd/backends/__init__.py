@@ -68,6 +68,8 @@ BACKENDS: dict[str, BackendSpec] = {
     "fil": BackendSpec("inferd.backends.fil:FilBackend", "xgboost.ubj", (), ("xgboost.json", "xgboost.model")),
     # Python models: inferd's own class API and Triton's python backend (TritonPythonModel), in instance processes.
     "python": BackendSpec("inferd.backends.python:PythonBackend", "model.py"),
+    # A Seldon language-wrapper class, registered by `inferd microservice` (never found by a file on disk).
+    "seldon": BackendSpec("inferd.backends.seldon:SeldonBackend", "__inferd_seldon_component__"),
 }
 
 

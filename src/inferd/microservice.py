@@ -1,0 +1,216 @@
+"""`inferd microservice`: a Seldon Core 1.x user class served stand-alone, as `seldon-core-microservice` serves it.
+
+    inferd microservice MyModel --service-type MODEL --parameters '[{"name":"k","value":"3","type":"INT"}]'
+
+The same command line as Seldon's (positional interface name, `--service-type`, `--parameters`, the
+PREDICTIVE_UNIT_* environment variables, ports 9000 / 5000 / 6000); Seldon's gunicorn and tracing flags are
+accepted and ignored. The HTTP port speaks Seldon's protocol and V2; the gRPC port speaks V2 gRPC (not Seldon's
+own gRPC services). The class runs in this process, as in Seldon: it is created once, `load()` is called once,
+and `--threads` (default 1, as Seldon's) calls may run at once, whichever protocol they came in by.
+
+Behind the scenes the class is one V2 model (backend `seldon`) in a temporary repository, so V2 requests get the
+core's checks, statistics and metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+log = logging.getLogger("inferd.microservice")
+
+DEFAULT_HTTP_PORT = 9000  # Seldon's defaults
+DEFAULT_GRPC_PORT = 5000
+DEFAULT_METRICS_PORT = 6000
+
+_DESCRIPTION = "serve a Seldon Core language-wrapper class (seldon-core-microservice's command line)"
+_EXAMPLES = """examples:
+  inferd microservice MyModel                      # MyModel.py holding class MyModel, as Seldon
+  inferd microservice my_package.models:Iris --service-type MODEL --http-port 9000
+  inferd microservice Router --service-type ROUTER --parameters '[{"name":"n","value":"2","type":"INT"}]'
+"""
+# seldon-core-microservice flags that tune its gunicorn / Flask / tracing setup: accepted, ignored.
+_IGNORED_FLAGS = ("--workers", "--max-requests", "--max-requests-jitter", "--keepalive", "--pidfile",
+                  "--grpc-threads", "--grpc-workers", "--tracing", "--debug", "--access-log")
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def add_microservice_parser(subparsers: Any) -> None:
+    """Register `microservice` on an argparse sub-command set; `args.func(args)` then runs it."""
+    parser = subparsers.add_parser("microservice", help=_DESCRIPTION, description=_DESCRIPTION, epilog=_EXAMPLES,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_microservice_arguments(parser)
+    parser.set_defaults(func=microservice_command)
+
+
+def add_microservice_arguments(parser: argparse.ArgumentParser) -> None:
+    from .backends._seldon_component import SERVICE_TYPES
+
+    parser.add_argument("interface_name", metavar="INTERFACE",
+                        help="the user class: MODULE:CLASS, MODULE.CLASS, or NAME (module NAME, class NAME)")
+    parser.add_argument("--service-type", choices=SERVICE_TYPES, default="MODEL",
+                        help="which method the V2 model calls (every Seldon route is served whatever the type)")
+    parser.add_argument("--parameters", default=os.environ.get("PREDICTIVE_UNIT_PARAMETERS", "[]"),
+                        help="JSON list of {name, value, type} given to the class's constructor "
+                        "(type INT, FLOAT, DOUBLE, STRING or BOOL)")
+    parser.add_argument("--persistence", nargs="?", type=int, const=1, default=0,
+                        help="deprecated in Seldon; refused when set (state is not persisted)")
+    parser.add_argument("--model-name", default="",
+                        help="name of the V2 model (default: the class name in lower case)")
+    parser.add_argument("--http-port", type=int,
+                        default=_env_int("PREDICTIVE_UNIT_HTTP_SERVICE_PORT", DEFAULT_HTTP_PORT))
+    parser.add_argument("--grpc-port", type=int,
+                        default=_env_int("PREDICTIVE_UNIT_GRPC_SERVICE_PORT", DEFAULT_GRPC_PORT),
+                        help="V2 gRPC port (0: no gRPC)")
+    parser.add_argument("--metrics-port", type=int,
+                        default=_env_int("PREDICTIVE_UNIT_METRICS_SERVICE_PORT", DEFAULT_METRICS_PORT),
+                        help="Prometheus /metrics port (0: no metrics)")
+    parser.add_argument("--http-address", default="0.0.0.0")
+    parser.add_argument("--grpc-address", default="0.0.0.0")
+    parser.add_argument("--metrics-address", default=None, help="default: --http-address")
+    parser.add_argument("--threads", type=int, default=_env_int("GUNICORN_THREADS", 1),
+                        help="how many calls of the class may run at once (default 1, as Seldon)")
+    parser.add_argument("--single-threaded", type=int, default=_env_int("FLASK_SINGLE_THREADED", 0),
+                        help="1: one call at a time (the same as --threads 1)")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        default=os.environ.get("SELDON_LOG_LEVEL", "INFO").upper())
+    parser.add_argument("--http-max-input-size", type=int, default=64 * 1024 * 1024,
+                        help="largest HTTP request body in bytes")
+    parser.add_argument("--exit-timeout-secs", type=float, default=30.0,
+                        help="on shutdown, how long in-flight requests may take to finish")
+    for flag in _IGNORED_FLAGS:
+        parser.add_argument(flag, nargs="?", const="1", default=None, help=argparse.SUPPRESS)
+
+
+def _install_logging(level: str) -> None:
+    from .observability import LOG_CONTROL
+
+    LOG_CONTROL.install(verbose=1 if level == "DEBUG" else 0, info=level in ("DEBUG", "INFO"),
+                        warning=level != "ERROR", error=True)
+
+
+def _write_repository(model_name: str) -> Path:
+    """A repository of one model whose config names the registered component; the backend completes its I/O."""
+    from .backends.seldon import COMPONENT_PARAMETER
+
+    root = Path(tempfile.mkdtemp(prefix="inferd-microservice-"))
+    (root / model_name / "1").mkdir(parents=True)
+    (root / model_name / "config.pbtxt").write_text(
+        f'backend: "seldon"\nmax_batch_size: 0\n'
+        f'parameters {{ key: "{COMPONENT_PARAMETER}" value {{ string_value: "{model_name}" }} }}\n')
+    return root
+
+
+def microservice_command(args: argparse.Namespace) -> int:
+    from .backends._seldon_component import SeldonComponent, parse_parameters
+    from .backends.seldon import register_component, unregister_component
+    from .manager import check_model_name
+    from .server import Server
+    from .types import InferError
+
+    _install_logging(args.log_level)
+    if args.persistence:
+        log.error("--persistence is not supported (it is deprecated in Seldon Core): keep state elsewhere")
+        return 1
+    for flag in _IGNORED_FLAGS:
+        if getattr(args, flag.lstrip("-").replace("-", "_"), None) is not None:
+            log.warning("%s is accepted for seldon-core-microservice compatibility and ignored", flag)
+    started = time.perf_counter()
+    threads = 1 if args.single_threaded else max(1, args.threads)
+    try:
+        parameters = parse_parameters(args.parameters)
+        component = SeldonComponent.create(args.interface_name, parameters, args.service_type, threads)
+        model_name = args.model_name or component.name.lower()
+        check_model_name(model_name)
+    except InferError as exc:
+        log.error("%s", exc.message)
+        return 1
+    except Exception as exc:  # the user's module failed to import or its constructor raised
+        log.exception("cannot create the Seldon class '%s': %s", args.interface_name, exc)
+        return 1
+    log.info("serving %s (%s) as V2 model '%s'", args.interface_name, args.service_type, model_name)
+    try:
+        component.load()
+    except Exception as exc:
+        log.exception("the class's load() failed: %s", exc)
+        component.close()
+        return 1
+    register_component(model_name, component)
+    repository = _write_repository(model_name)
+    try:
+        server = Server(repository, server_name="inferd")
+        try:
+            row = next((r for r in server.repository_index() if r.get("name") == model_name), {})
+            if row.get("state") != "READY":
+                log.error("the V2 model '%s' did not load: %s", model_name, row.get("reason", "unknown reason"))
+                return 1
+            _run(_serve(server, component, args, started))
+        finally:
+            server.close()
+    finally:
+        unregister_component(model_name)
+        component.close()
+        shutil.rmtree(repository, ignore_errors=True)
+    return 0
+
+
+def _run(main: Any) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+async def _serve(server: Any, component: Any, args: argparse.Namespace, started: float) -> None:
+    from .frontends.http.seldon import SeldonHttpFrontend, SeldonHttpServer
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    grpc_frontend = None
+    if args.grpc_port:
+        from .frontends.grpc import GrpcFrontend
+
+        grpc_frontend = GrpcFrontend(server, args.grpc_address, args.grpc_port)
+        grpc_frontend.start()
+        log.info("started V2 GRPCInferenceService at %s:%d", args.grpc_address, grpc_frontend.port)
+    metrics_server = None
+    if args.metrics_port:
+        from .observability.metrics import start_metrics_server
+
+        address = args.metrics_address or args.http_address
+        metrics_server = start_metrics_server(server.model_statistics, address, args.metrics_port)
+        log.info("started Metrics Service at %s:%d", address, args.metrics_port)
+    http = SeldonHttpServer(SeldonHttpFrontend(server, component, max_input_size=args.http_max_input_size),
+                            args.http_address, args.http_port)
+    await http.start()
+    log.info("started Seldon + V2 HTTPService at %s:%d", args.http_address, http.port)
+    log.info("inferd %s microservice ready in %.2f s", __version__, time.perf_counter() - started)
+    await stop.wait()
+    log.info("shutting down: waiting up to %.0f s for in-flight requests", args.exit_timeout_secs)
+    stops = [http.stop(args.exit_timeout_secs)]
+    if grpc_frontend is not None:
+        stops.append(asyncio.to_thread(grpc_frontend.stop, args.exit_timeout_secs))
+    await asyncio.gather(*stops)
+    if metrics_server is not None:
+        metrics_server.shutdown()
+    log.info("stopped")
