@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import ModelConfig
+from .mar import MAR_SUFFIX, is_bare_mar, mar_model_folder
 
 
 def version_dirs(model_dir: Path) -> dict[int, Path]:
@@ -57,17 +58,22 @@ class ModelRepository:
         """Model folders by name, and names that cannot be served with the reason (duplicates, bad roots)."""
         models: dict[str, Path] = {}
         problems: dict[str, str] = {}
+        sources: dict[str, Path] = {}  # where each model was found (its folder, or its bare .mar)
         for root in self.paths:
             if not root.is_dir():
                 raise FileNotFoundError(f"model repository {root} is not a folder")
             for entry in sorted(root.iterdir()):
-                if not entry.is_dir() or entry.name.startswith("."):
+                name = entry.name
+                if is_bare_mar(entry):  # TorchServe's model store: <name>.mar is model <name>, version 1
+                    name = entry.name[: -len(MAR_SUFFIX)]
+                elif not entry.is_dir() or entry.name.startswith("."):
                     continue
-                if entry.name in models:
-                    problems[entry.name] = (f"model '{entry.name}' appears in more than one repository "
-                                            f"({models[entry.name].parent} and {root})")
+                if name in models:
+                    problems[name] = (f"model '{name}' appears in more than one repository or as both a folder "
+                                      f"and a .mar ({sources[name]} and {entry})")
                     continue
-                models[entry.name] = entry
+                sources[name] = entry
+                models[name] = mar_model_folder(entry) if entry.is_file() else entry
         return models, problems
 
     def find(self, name: str) -> Path | None:
@@ -78,4 +84,7 @@ class ModelRepository:
             candidate = root / name
             if candidate.is_dir():
                 return candidate
+            archive = root / f"{name}{MAR_SUFFIX}"
+            if is_bare_mar(archive):
+                return mar_model_folder(archive)
         return None

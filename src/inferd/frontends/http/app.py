@@ -21,6 +21,7 @@ from ...server import Server
 from ...types import ErrorKind, InferError
 from .openapi import static_reply
 from .shm import SHARED_MEMORY_ROUTES, shared_memory_route
+from .torchserve import TORCHSERVE_ROUTES, torchserve_route
 from .v1 import v1_route
 from .v2 import decode_infer_request, encode_infer_response, load_json_object
 
@@ -37,7 +38,7 @@ COMPRESS_MIN_SIZE = 1024
 _JSON = [(b"content-type", b"application/json")]
 # The request headers the handlers read (others are not kept).
 WANTED_HEADERS = frozenset((b"content-length", b"content-encoding", b"accept-encoding",
-                             b"inference-header-content-length"))
+                             b"inference-header-content-length", b"content-type"))
 
 
 class HttpRequest:
@@ -174,6 +175,10 @@ class HttpFrontend:
             if parts[0] == "v1":  # TF-Serving's REST API (KServe V1)
                 status, value = await v1_route(self.server, request.method, parts, request.body)
                 return _json_reply(status, value)
+            if parts[0] in TORCHSERVE_ROUTES:  # TorchServe's inference API: /predictions/{m}[/{v}], /ping
+                reply = await torchserve_route(self.server, request.method, parts, request.headers, request.body)
+                if reply is not None:
+                    return reply
             static = static_reply(parts)  # /openapi.json and /docs
             if static is None:
                 return error_reply(404, "Not Found")

@@ -1,0 +1,1 @@
+"""TorchServe's `ts.utils` package (only `util` is provided)."""
