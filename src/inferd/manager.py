@@ -313,7 +313,9 @@ class ModelManager:
                     backend = first if first is not None else create_backend(backend_name)
                     first = None
                     if backend.releases_gil:
-                        if requirements is not None and not instances:
+                        # (A backend whose model format always carries one, as a record, says so: MLflow.)
+                        if requirements is not None and not instances and not getattr(
+                                backend, "requirements_are_metadata", False):
                             log.warning("model '%s' version %d: %s is ignored: only models that run in instance "
                                         "processes (Python models) get an environment of their own", name,
                                         version, requirements)

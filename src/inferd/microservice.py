@@ -180,7 +180,8 @@ def _run(main: Any) -> None:
 
 
 async def _serve(server: Any, component: Any, args: argparse.Namespace, started: float) -> None:
-    from .frontends.http.seldon import SeldonHttpFrontend, SeldonHttpServer
+    from .frontends.http.seldon import SeldonHttpFrontend
+    from .frontends.http.server import HttpServer
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -200,7 +201,7 @@ async def _serve(server: Any, component: Any, args: argparse.Namespace, started:
         address = args.metrics_address or args.http_address
         metrics_server = start_metrics_server(server.model_statistics, address, args.metrics_port)
         log.info("started Metrics Service at %s:%d", address, args.metrics_port)
-    http = SeldonHttpServer(SeldonHttpFrontend(server, component, max_input_size=args.http_max_input_size),
+    http = HttpServer(SeldonHttpFrontend(server, component, max_input_size=args.http_max_input_size),
                             args.http_address, args.http_port)
     await http.start()
     log.info("started Seldon + V2 HTTPService at %s:%d", args.http_address, http.port)

@@ -39,6 +39,8 @@ _JSON = [(b"content-type", b"application/json")]
 # The request headers the handlers read (others are not kept).
 WANTED_HEADERS = frozenset((b"content-length", b"content-encoding", b"accept-encoding",
                              b"inference-header-content-length", b"content-type"))
+# Where a request's query string (after "?", raw) is kept among its headers: no real header name has a colon.
+QUERY_HEADER = b":query"
 
 
 class HttpRequest:
@@ -122,6 +124,8 @@ class HttpFrontend:
         if scope["type"] != "http":
             return
         headers = {k: v for k, v in scope["headers"] if k in WANTED_HEADERS}
+        if scope.get("query_string"):
+            headers[QUERY_HEADER] = scope["query_string"]
         try:
             body = await self._read_body(headers, receive)
         except InferError as exc:

@@ -3,8 +3,8 @@
 Routes (as Seldon Core 1.x's Python wrapper): `/predict` and `/api/v1.0/predictions` (`/api/v0.1/...`),
 `/transform-input`, `/transform-output`, `/route`, `/aggregate`, `/send-feedback` and `/api/v1.0/feedback`,
 `GET /health/ping` ("pong"), `GET /health/status`, `GET /metadata`. Every other path goes to the V2 frontend.
-Like Seldon's wrapper, every route is served whatever the service type. The connection keeps two things the
-V2 server drops: the Content-Type (multipart forms) and the query string (`GET /predict?json=...`).
+Like Seldon's wrapper, every route is served whatever the service type. The Content-Type (multipart forms) and
+the query string (`GET /predict?json=...`, kept under `QUERY_HEADER`) come with the request's headers.
 """
 
 from __future__ import annotations
@@ -19,13 +19,11 @@ import orjson
 from ...backends._seldon_component import SeldonComponent
 from ...server import Server
 from . import seldon_protocol as protocol
-from .app import DEFAULT_MAX_INPUT_SIZE, HttpFrontend, HttpRequest, Reply
-from .server import HttpServer, _Connection
+from .app import DEFAULT_MAX_INPUT_SIZE, QUERY_HEADER, HttpFrontend, HttpRequest, Reply
 
 log = logging.getLogger("inferd.seldon")
 
 _JSON = [(b"content-type", b"application/json")]
-_QUERY = b":query"  # pseudo-header: where the connection keeps the query string
 
 _MESSAGE_ROUTES: dict[str, Callable[[SeldonComponent, Any], Any]] = {
     "predict": protocol.predict,
@@ -101,7 +99,7 @@ class SeldonHttpFrontend(HttpFrontend):
 
     async def _message(self, request: HttpRequest, handler: Callable[[SeldonComponent, Any], Any]) -> Reply:
         content_type = request.headers.get(b"content-type", b"").decode("latin-1")
-        query = request.headers.get(_QUERY, b"").decode("latin-1")
+        query = request.headers.get(QUERY_HEADER, b"").decode("latin-1")
 
         def answer() -> Reply:
             message = protocol.decode_body(request.body, content_type, query)
@@ -126,30 +124,3 @@ class SeldonHttpFrontend(HttpFrontend):
             else:
                 log.info("bad Seldon request: %s", exc.info)
             return _seldon_error(exc)
-
-
-class _SeldonConnection(_Connection):
-    """An HTTP connection that also keeps the Content-Type and the query string."""
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"content-type":
-            self.headers[b"content-type"] = value
-        else:
-            super().on_header(name, value)
-
-    def on_message_complete(self) -> None:
-        _, mark, query = self.url.partition(b"?")
-        if mark:
-            self.headers[_QUERY] = query
-        super().on_message_complete()
-
-
-class SeldonHttpServer(HttpServer):
-    """`HttpServer` with connections that keep what Seldon's routes read."""
-
-    async def start(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self._server = await self.loop.create_server(lambda: _SeldonConnection(self), self.host, self.port,
-                                                     reuse_address=True, backlog=4096)
-        if self.port == 0:
-            self.port = self._server.sockets[0].getsockname()[1]

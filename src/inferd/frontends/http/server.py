@@ -21,7 +21,7 @@ from typing import Any
 import httptools
 
 from ...scheduling import ARRIVALS
-from .app import WANTED_HEADERS, HttpFrontend, Reply, error_reply
+from .app import QUERY_HEADER, WANTED_HEADERS, HttpFrontend, Reply, error_reply
 
 log = logging.getLogger("inferd.http")
 
@@ -154,6 +154,8 @@ class _Connection(asyncio.Protocol):
         url = self.url
         query = url.find(b"?")
         path = (url if query < 0 else url[:query]).decode("latin-1")
+        if query >= 0:
+            self.headers[QUERY_HEADER] = url[query + 1:]
         if "%" in path:
             from urllib.parse import unquote
 
