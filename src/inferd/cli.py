@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
 import time
-from collections.abc import Coroutine, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from . import __version__
 from .limits import DEFAULT_MAX_INPUTS, DEFAULT_MAX_TENSOR_ELEMENTS
@@ -173,62 +170,25 @@ def serve_command(args: argparse.Namespace) -> int:
         server.close()
         return 1
     try:
-        _run_event_loop(_serve(server, args, started))
+        from .frontends.runner import run_event_loop
+
+        run_event_loop(_serve(server, args, started))
     finally:
         server.close()
     return 0
 
 
-def _run_event_loop(main: Coroutine[Any, Any, None]) -> None:
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
-
-
 async def _serve(server: Server, args: argparse.Namespace, started: float) -> None:
-    from .frontends.http import HttpFrontend, HttpServer
+    from .frontends.http import HttpFrontend
+    from .frontends.runner import Endpoint, serve_until_signal
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
-    grpc_frontend = None
-    if args.allow_grpc:
-        from .frontends.grpc import GrpcFrontend
-
-        grpc_frontend = GrpcFrontend(server, args.grpc_address, args.grpc_port,
-                                     max_message_bytes=args.grpc_max_message_size)
-        grpc_frontend.start()
-        log.info("started GRPCInferenceService at %s:%d", args.grpc_address, args.grpc_port)
-    metrics_server = None
-    if args.allow_metrics:
-        from .observability.metrics import start_metrics_server
-
-        metrics_address = args.metrics_address or args.http_address
-        metrics_server = start_metrics_server(server.model_statistics, metrics_address, args.metrics_port)
-        log.info("started Metrics Service at %s:%d", metrics_address, args.metrics_port)
-    http = None
-    if args.allow_http:
-        http = HttpServer(HttpFrontend(server, max_input_size=args.http_max_input_size), args.http_address,
-                          args.http_port)
-        await http.start()
-        log.info("started HTTPService at %s:%d", args.http_address, http.port)
-    log.info("inferd %s ready in %.2f s", __version__, time.perf_counter() - started)
-    await stop.wait()
-    log.info("shutting down: no new requests; waiting up to %.0f s for in-flight ones", args.exit_timeout_secs)
-    stops = []
-    if http is not None:
-        stops.append(http.stop(args.exit_timeout_secs))
-    if grpc_frontend is not None:
-        stops.append(asyncio.to_thread(grpc_frontend.stop, args.exit_timeout_secs))
-    await asyncio.gather(*stops)
-    if metrics_server is not None:
-        metrics_server.shutdown()
-    log.info("stopped")
+    http = (HttpFrontend(server, max_input_size=args.http_max_input_size), Endpoint(args.http_address, args.http_port))
+    await serve_until_signal(
+        server, http=http if args.allow_http else None,
+        grpc=Endpoint(args.grpc_address, args.grpc_port) if args.allow_grpc else None,
+        metrics=Endpoint(args.metrics_address or args.http_address, args.metrics_port) if args.allow_metrics else None,
+        exit_timeout=args.exit_timeout_secs, grpc_max_message_bytes=args.grpc_max_message_size,
+        ready_message=f"inferd {__version__} ready", started=started)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

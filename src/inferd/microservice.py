@@ -15,11 +15,9 @@ core's checks, statistics and metrics.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import shutil
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -160,7 +158,9 @@ def microservice_command(args: argparse.Namespace) -> int:
             if row.get("state") != "READY":
                 log.error("the V2 model '%s' did not load: %s", model_name, row.get("reason", "unknown reason"))
                 return 1
-            _run(_serve(server, component, args, started))
+            from .frontends.runner import run_event_loop
+
+            run_event_loop(_serve(server, component, args, started))
         finally:
             server.close()
     finally:
@@ -170,48 +170,14 @@ def microservice_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(main: Any) -> None:
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
-
-
 async def _serve(server: Any, component: Any, args: argparse.Namespace, started: float) -> None:
     from .frontends.http.seldon import SeldonHttpFrontend
-    from .frontends.http.server import HttpServer
+    from .frontends.runner import Endpoint, serve_until_signal
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    grpc_frontend = None
-    if args.grpc_port:
-        from .frontends.grpc import GrpcFrontend
-
-        grpc_frontend = GrpcFrontend(server, args.grpc_address, args.grpc_port)
-        grpc_frontend.start()
-        log.info("started V2 GRPCInferenceService at %s:%d", args.grpc_address, grpc_frontend.port)
-    metrics_server = None
-    if args.metrics_port:
-        from .observability.metrics import start_metrics_server
-
-        address = args.metrics_address or args.http_address
-        metrics_server = start_metrics_server(server.model_statistics, address, args.metrics_port)
-        log.info("started Metrics Service at %s:%d", address, args.metrics_port)
-    http = HttpServer(SeldonHttpFrontend(server, component, max_input_size=args.http_max_input_size),
-                            args.http_address, args.http_port)
-    await http.start()
-    log.info("started Seldon + V2 HTTPService at %s:%d", args.http_address, http.port)
-    log.info("inferd %s microservice ready in %.2f s", __version__, time.perf_counter() - started)
-    await stop.wait()
-    log.info("shutting down: waiting up to %.0f s for in-flight requests", args.exit_timeout_secs)
-    stops = [http.stop(args.exit_timeout_secs)]
-    if grpc_frontend is not None:
-        stops.append(asyncio.to_thread(grpc_frontend.stop, args.exit_timeout_secs))
-    await asyncio.gather(*stops)
-    if metrics_server is not None:
-        metrics_server.shutdown()
-    log.info("stopped")
+    frontend = SeldonHttpFrontend(server, component, max_input_size=args.http_max_input_size)
+    await serve_until_signal(
+        server, http=(frontend, Endpoint(args.http_address, args.http_port)),
+        grpc=Endpoint(args.grpc_address, args.grpc_port) if args.grpc_port else None,
+        metrics=Endpoint(args.metrics_address or args.http_address, args.metrics_port) if args.metrics_port else None,
+        exit_timeout=args.exit_timeout_secs, http_name="Seldon + V2 HTTPService",
+        ready_message=f"inferd {__version__} microservice ready", started=started)

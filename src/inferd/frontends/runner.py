@@ -1,0 +1,87 @@
+"""Running a Server's front doors until SIGINT / SIGTERM: what `inferd serve` and `inferd microservice` share.
+
+The HTTP server runs on the event loop, the gRPC server on its own thread and loop, the metrics endpoint on its
+own HTTP thread. On a signal: stop accepting, let requests in flight finish (up to `exit_timeout` seconds), stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from ..server import Server
+from .http.app import HttpFrontend
+
+log = logging.getLogger("inferd")
+
+
+@dataclass
+class Endpoint:
+    """Where one front door listens."""
+
+    address: str
+    port: int
+
+
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop where it is installed, else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoint] | None,
+                             grpc: Endpoint | None, metrics: Endpoint | None, exit_timeout: float,
+                             grpc_max_message_bytes: int | None = None, http_name: str = "HTTPService",
+                             ready_message: str = "ready", started: float | None = None) -> None:
+    """Start the front doors that are given, log `ready_message`, and serve until SIGINT or SIGTERM."""
+    from .http.server import HttpServer
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    grpc_frontend = None
+    if grpc is not None:
+        from .grpc import GrpcFrontend
+
+        options = {} if grpc_max_message_bytes is None else {"max_message_bytes": grpc_max_message_bytes}
+        grpc_frontend = GrpcFrontend(server, grpc.address, grpc.port, **options)
+        grpc_frontend.start()
+        log.info("started GRPCInferenceService at %s:%d", grpc.address, grpc_frontend.port)
+    metrics_server = None
+    if metrics is not None:
+        from ..observability.metrics import start_metrics_server
+
+        metrics_server = start_metrics_server(server.model_statistics, metrics.address, metrics.port)
+        log.info("started Metrics Service at %s:%d", metrics.address, metrics.port)
+    http_server = None
+    if http is not None:
+        frontend, endpoint = http
+        http_server = HttpServer(frontend, endpoint.address, endpoint.port)
+        await http_server.start()
+        log.info("started %s at %s:%d", http_name, endpoint.address, http_server.port)
+    if started is not None:
+        log.info("%s in %.2f s", ready_message, time.perf_counter() - started)
+    else:
+        log.info("%s", ready_message)
+    await stop.wait()
+    log.info("shutting down: no new requests; waiting up to %.0f s for in-flight ones", exit_timeout)
+    stops = []
+    if http_server is not None:
+        stops.append(http_server.stop(exit_timeout))
+    if grpc_frontend is not None:
+        stops.append(asyncio.to_thread(grpc_frontend.stop, exit_timeout))
+    await asyncio.gather(*stops)
+    if metrics_server is not None:
+        metrics_server.shutdown()
+    log.info("stopped")
