@@ -43,3 +43,29 @@ def simple_data(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def simple_inputs(module: Any, a: np.ndarray, b: np.ndarray, binary: bool | None = None) -> list[Any]:
     return [make_input(module, "INPUT0", a, "INT32", binary), make_input(module, "INPUT1", b, "INT32", binary)]
+
+
+def infer_tensors(protocol: str, server: Any, model: str, inputs: dict[str, tuple[np.ndarray, str]],
+                  outputs: list[str]) -> dict[str, np.ndarray]:
+    """One call with tritonclient's `protocol` ("http" or "grpc") client: {name: (array, datatype)} in, arrays out."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    module: Any = httpclient if protocol == "http" else grpcclient
+    client = module.InferenceServerClient(server.http_url if protocol == "http" else server.grpc_url)
+    try:
+        tensors = [make_input(module, name, array, datatype) for name, (array, datatype) in inputs.items()]
+        result = client.infer(model, tensors, outputs=[module.InferRequestedOutput(name) for name in outputs])
+        return {name: result.as_numpy(name) for name in outputs}
+    finally:
+        client.close()
+
+
+def unavailable_reason(base_url: str, name: str) -> str:
+    """The reason the repository index gives for a model that must be UNAVAILABLE."""
+    import httpx
+
+    rows = httpx.post(f"{base_url}/v2/repository/index", timeout=30).json()
+    row = next(r for r in rows if r["name"] == name)
+    assert row.get("state") == "UNAVAILABLE", row
+    return str(row.get("reason", ""))

@@ -17,7 +17,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from clients import make_input
+from clients import make_input, unavailable_reason
 from serving import ServerProcess, start_server
 
 joblib = pytest.importorskip("joblib")
@@ -224,18 +224,11 @@ def test_one_row_and_concurrent_rows_are_batched_alike(server: ServerProcess, ca
     np.testing.assert_allclose(got, case.expected.astype(np.float32), rtol=TOLERANCE, atol=TOLERANCE)
 
 
-def _reason(server: ServerProcess, name: str) -> str:
-    rows = httpx.post(f"{server.base_url}/v2/repository/index", timeout=30).json()
-    row = next(r for r in rows if r["name"] == name)
-    assert row.get("state") == "UNAVAILABLE", row
-    return str(row.get("reason", ""))
-
-
 def test_pickle_outside_the_version_folder_is_refused(server: ServerProcess) -> None:
     assert httpx.get(f"{server.base_url}/v2/models/sk_symlink/ready", timeout=30).status_code != 200
-    reason = _reason(server, "sk_symlink")
+    reason = unavailable_reason(server.base_url, "sk_symlink")
     assert "refusing to unpickle" in reason and "outside the version folder" in reason, reason
 
 
 def test_predict_proba_of_a_regressor_is_refused(server: ServerProcess) -> None:
-    assert "predict_proba" in _reason(server, "lgb_bad_method")
+    assert "predict_proba" in unavailable_reason(server.base_url, "lgb_bad_method")

@@ -26,7 +26,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from clients import make_input
+from clients import make_input, unavailable_reason
 from serving import ServerProcess, start_server
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -393,20 +393,13 @@ def test_a_missing_column_is_a_clear_error(server: ServerProcess, cases: list[Ca
     assert "petal width (cm)" in response.json()["error"]
 
 
-def _reason(server: ServerProcess, name: str) -> str:
-    rows = httpx.post(f"{server.base_url}/v2/repository/index", timeout=30).json()
-    row = next(r for r in rows if r["name"] == name)
-    assert row.get("state") == "UNAVAILABLE", row
-    return str(row.get("reason", ""))
-
-
 def test_a_model_without_signature_or_config_is_unavailable(server: ServerProcess) -> None:
     assert httpx.get(f"{server.base_url}/v2/models/nosig/ready", timeout=30).status_code != 200
-    reason = _reason(server, "nosig")
+    reason = unavailable_reason(server.base_url, "nosig")
     assert "no signature" in reason and "config.pbtxt" in reason, reason
 
 
 def test_a_link_out_of_the_version_folder_is_refused(server: ServerProcess) -> None:
     assert httpx.get(f"{server.base_url}/v2/models/linked/ready", timeout=30).status_code != 200
-    reason = _reason(server, "linked")
+    reason = unavailable_reason(server.base_url, "linked")
     assert "refusing to load" in reason and "outside the version folder" in reason, reason

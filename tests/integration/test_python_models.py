@@ -22,11 +22,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from clients import make_input
+from clients import infer_tensors
 from serving import ServerProcess, start_server
 
 MINIMAL = "py_minimal"  # inferd API, no config.pbtxt: I/O declared by the class, hooks, a sibling module
@@ -357,24 +355,6 @@ def _ready(server: ServerProcess, model: str) -> bool:
     return httpx.get(f"{server.base_url}/v2/models/{model}/ready", timeout=30).status_code == 200
 
 
-def _client(protocol: str, server: ServerProcess) -> Any:
-    if protocol == "http":
-        return httpclient.InferenceServerClient(server.http_url)
-    return grpcclient.InferenceServerClient(server.grpc_url)
-
-
-def _infer(protocol: str, server: ServerProcess, model: str, inputs: dict[str, tuple[np.ndarray, str]],
-           outputs: list[str]) -> dict[str, np.ndarray]:
-    module: Any = httpclient if protocol == "http" else grpcclient
-    client = _client(protocol, server)
-    try:
-        tensors = [make_input(module, name, array, datatype) for name, (array, datatype) in inputs.items()]
-        result = client.infer(model, tensors, outputs=[module.InferRequestedOutput(n) for n in outputs])
-        return {name: result.as_numpy(name) for name in outputs}
-    finally:
-        client.close()
-
-
 def _post(server: ServerProcess, model: str, inputs: list[dict[str, Any]], timeout: float = 60) -> httpx.Response:
     return httpx.post(f"{server.base_url}/v2/models/{model}/infer", json={"inputs": inputs}, timeout=timeout)
 
@@ -391,7 +371,7 @@ def _index(server: ServerProcess) -> dict[str, dict[str, str]]:
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_minimal_api_with_hooks(protocol: str, server: ServerProcess) -> None:
     x = np.random.default_rng(3).standard_normal((3, 4)).astype(np.float32)
-    served = _infer(protocol, server, MINIMAL, {"x": (x, "FP32")}, ["y", "model", "pid"])
+    served = infer_tensors(protocol, server, MINIMAL, {"x": (x, "FP32")}, ["y", "model", "pid"])
     expected = (x + np.float32(1)) * np.float32(2.5)  # preprocess, then predict with the sibling module's factor
     assert served["y"].dtype == np.float32
     np.testing.assert_array_equal(served["y"], expected)
@@ -415,7 +395,7 @@ def test_minimal_api_config_is_completed_from_the_class(server: ServerProcess) -
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_async_predict(protocol: str, server: ServerProcess) -> None:
     x = np.array([0.5, 1.25, -2.0, 8.0, 3.0], dtype=np.float32)
-    served = _infer(protocol, server, ASYNC, {"x": (x, "FP32")}, ["total", "same_loop"])
+    served = infer_tensors(protocol, server, ASYNC, {"x": (x, "FP32")}, ["total", "same_loop"])
     assert served["total"].dtype == np.float32
     np.testing.assert_array_equal(served["total"], np.cumsum(x.astype(np.float64)).astype(np.float32))
     assert served["same_loop"].tolist() == [True]  # load and predict ran on the instance's one event loop
@@ -426,7 +406,7 @@ def test_concurrent_requests_to_a_batching_model(server: ServerProcess) -> None:
     results: list[dict[str, np.ndarray] | None] = [None] * len(rows)
 
     def call(i: int) -> None:
-        results[i] = _infer("http", server, MINIMAL, {"x": (rows[i], "FP32")}, ["y"])
+        results[i] = infer_tensors("http", server, MINIMAL, {"x": (rows[i], "FP32")}, ["y"])
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(len(rows))]
     for thread in threads:
@@ -445,7 +425,7 @@ def test_concurrent_requests_to_a_batching_model(server: ServerProcess) -> None:
 def test_triton_add_sub_example(protocol: str, server: ServerProcess) -> None:
     rng = np.random.default_rng(4)
     input0, input1 = rng.random(4).astype(np.float32), rng.random(4).astype(np.float32)
-    served = _infer(protocol, server, ADD_SUB, {"INPUT0": (input0, "FP32"), "INPUT1": (input1, "FP32")},
+    served = infer_tensors(protocol, server, ADD_SUB, {"INPUT0": (input0, "FP32"), "INPUT1": (input1, "FP32")},
                     ["OUTPUT0", "OUTPUT1"])
     np.testing.assert_array_equal(served["OUTPUT0"], input0 + input1)
     np.testing.assert_array_equal(served["OUTPUT1"], input0 - input1)
@@ -456,7 +436,7 @@ def test_triton_add_sub_example(protocol: str, server: ServerProcess) -> None:
 def test_triton_bytes_tensors(protocol: str, server: ServerProcess) -> None:
     words = ["hello", "Triton", "naïve"]
     text = np.array([w.encode("utf-8") for w in words], dtype=np.object_)
-    served = _infer(protocol, server, STRINGS, {"TEXT": (text, "BYTES")}, ["UPPER", "LENGTH", "ARGS"])
+    served = infer_tensors(protocol, server, STRINGS, {"TEXT": (text, "BYTES")}, ["UPPER", "LENGTH", "ARGS"])
     assert served["UPPER"].tolist() == [w.upper().encode("utf-8") for w in words]
     np.testing.assert_array_equal(served["LENGTH"], np.array([len(w) for w in words], dtype=np.int32))
     args = json.loads(served["ARGS"][0])
@@ -486,7 +466,7 @@ def test_triton_error_responses(protocol: str, server: ServerProcess) -> None:
             assert "cannot shout 'fail'" in response.json()["error"] or "no such word" in response.json()["error"]
         else:
             with pytest.raises(InferenceServerException) as caught:
-                _infer(protocol, server, STRINGS, {"TEXT": (text, "BYTES")}, ["UPPER"])
+                infer_tensors(protocol, server, STRINGS, {"TEXT": (text, "BYTES")}, ["UPPER"])
             assert caught.value.status() == grpc_status
             assert ("cannot shout" if word == "fail" else "no such word") in caught.value.message()
 
@@ -502,7 +482,7 @@ def test_model_that_raises_fails_only_that_request(server: ServerProcess) -> Non
     assert bad.status_code == 500, bad.text  # the model failed: a server-side error, with the model's message
     assert "ValueError: negative input" in bad.json()["error"]
     with pytest.raises(InferenceServerException) as caught:
-        _infer("grpc", server, RAISES, {"x": (np.array([-2.0], dtype=np.float32), "FP32")}, ["y"])
+        infer_tensors("grpc", server, RAISES, {"x": (np.array([-2.0], dtype=np.float32), "FP32")}, ["y"])
     assert caught.value.status() == "StatusCode.INTERNAL"
     assert "ValueError: negative input" in caught.value.message()
     again = _post(server, RAISES, [{"name": "x", "shape": [1], "datatype": "FP32", "data": [16.0]}])
@@ -523,7 +503,7 @@ def _crash_pid(server: ServerProcess) -> int:
 
 def _assert_others_serve(server: ServerProcess) -> None:
     a, b = np.ones(4, dtype=np.float32), np.arange(4, dtype=np.float32)
-    served = _infer("grpc", server, ADD_SUB, {"INPUT0": (a, "FP32"), "INPUT1": (b, "FP32")}, ["OUTPUT0"])
+    served = infer_tensors("grpc", server, ADD_SUB, {"INPUT0": (a, "FP32"), "INPUT1": (b, "FP32")}, ["OUTPUT0"])
     np.testing.assert_array_equal(served["OUTPUT0"], a + b)
     assert httpx.get(f"{server.base_url}/v2/health/live", timeout=30).status_code == 200
 

@@ -14,9 +14,8 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
 
-from clients import make_input
+from clients import infer_tensors
 from serving import ServerProcess, start_server
 
 torch = pytest.importorskip("torch")
@@ -131,26 +130,13 @@ def _reference(path: Path, *args: np.ndarray) -> list[np.ndarray]:
     return [r.numpy() for r in results]
 
 
-def _infer(protocol: str, server: ServerProcess, model: str, inputs: dict[str, tuple[np.ndarray, str]],
-           outputs: list[str]) -> dict[str, np.ndarray]:
-    module: Any = httpclient if protocol == "http" else grpcclient
-    client = module.InferenceServerClient(server.http_url if protocol == "http" else server.grpc_url)
-    try:
-        tensors = [make_input(module, name, array, datatype) for name, (array, datatype) in inputs.items()]
-        requested = [module.InferRequestedOutput(name) for name in outputs]
-        result = client.infer(model, tensors, outputs=requested)
-        return {name: result.as_numpy(name) for name in outputs}
-    finally:
-        client.close()
-
-
 PROTOCOLS = ["http", "grpc"]
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_torchscript_mlp(protocol: str, torch_server: ServerProcess, torch_models: dict[str, Path]) -> None:
     x = np.random.default_rng(1).standard_normal((5, 8)).astype(np.float32)
-    served = _infer(protocol, torch_server, MLP, {"INPUT__0": (x, "FP32")}, ["OUTPUT__0"])
+    served = infer_tensors(protocol, torch_server, MLP, {"INPUT__0": (x, "FP32")}, ["OUTPUT__0"])
     (expected,) = _reference(torch_models[MLP], x)
     assert served["OUTPUT__0"].dtype == np.float32
     assert served["OUTPUT__0"].shape == (5, 4)
@@ -162,7 +148,7 @@ def test_torchscript_named_inputs(protocol: str, torch_server: ServerProcess, to
     rng = np.random.default_rng(2)
     scale = rng.standard_normal((2, 3)).astype(np.float32)
     ids = rng.integers(-50, 50, (2, 3), dtype=np.int64)
-    served = _infer(protocol, torch_server, NAMED, {"scale": (scale, "FP32"), "ids": (ids, "INT64")},
+    served = infer_tensors(protocol, torch_server, NAMED, {"scale": (scale, "FP32"), "ids": (ids, "INT64")},
                     ["OUTPUT__0", "OUTPUT__1"])
     first, second = _reference(torch_models[NAMED], scale, ids)
     np.testing.assert_allclose(served["OUTPUT__0"], first, rtol=RTOL, atol=ATOL)
@@ -178,7 +164,7 @@ def test_exported_program(protocol: str, model: str, torch_server: ServerProcess
     rng = np.random.default_rng(3)
     x = rng.standard_normal((rows, 4)).astype(np.float32)
     ids = rng.integers(0, 100, (rows, 4), dtype=np.int64)
-    served = _infer(protocol, torch_server, model, {"INPUT__0": (x, "FP32"), "INPUT__1": (ids, "INT64")},
+    served = infer_tensors(protocol, torch_server, model, {"INPUT__0": (x, "FP32"), "INPUT__1": (ids, "INT64")},
                     ["OUTPUT__0", "OUTPUT__1"])
     first, second = _reference(torch_models[model], x, ids)
     np.testing.assert_allclose(served["OUTPUT__0"], first, rtol=RTOL, atol=ATOL)

@@ -19,10 +19,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
 
-from clients import make_input
+from clients import infer_tensors
 from serving import ServerProcess, start_server
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -153,18 +151,6 @@ def _reference(path: Path, signature: str, **inputs: np.ndarray) -> dict[str, np
     return {name: value.numpy() for name, value in function(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
 
 
-def _infer(protocol: str, server: ServerProcess, model: str, inputs: dict[str, tuple[np.ndarray, str]],
-           outputs: list[str]) -> dict[str, np.ndarray]:
-    module: Any = httpclient if protocol == "http" else grpcclient
-    client = module.InferenceServerClient(server.http_url if protocol == "http" else server.grpc_url)
-    try:
-        tensors = [make_input(module, name, array, datatype) for name, (array, datatype) in inputs.items()]
-        result = client.infer(model, tensors, outputs=[module.InferRequestedOutput(name) for name in outputs])
-        return {name: result.as_numpy(name) for name in outputs}
-    finally:
-        client.close()
-
-
 def _error(response: httpx.Response, *words: str) -> None:
     assert response.status_code == 400, response.text
     body = response.json()
@@ -184,7 +170,7 @@ PROTOCOLS = ["http", "grpc"]
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_keras_mlp(protocol: str, tf_server: ServerProcess, tf_models: dict[str, Path]) -> None:
     x = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
-    served = _infer(protocol, tf_server, MLP, {"features": (x, "FP32")}, ["output_0"])
+    served = infer_tensors(protocol, tf_server, MLP, {"features": (x, "FP32")}, ["output_0"])
     expected = _reference(tf_models[MLP], "serving_default", features=x)["output_0"]
     assert served["output_0"].dtype == np.float32 and served["output_0"].shape == (3, 4)
     np.testing.assert_allclose(served["output_0"], expected, rtol=RTOL, atol=ATOL)
@@ -195,7 +181,7 @@ def test_concurrent_requests_are_batched_correctly(tf_server: ServerProcess, tf_
     rng = np.random.default_rng(5)
     batches = [rng.standard_normal((rows, 8)).astype(np.float32) for rows in (1, 2, 1, 3, 2, 1, 1, 2)]
     with ThreadPoolExecutor(len(batches)) as pool:
-        served = list(pool.map(lambda x: _infer("grpc", tf_server, MLP, {"features": (x, "FP32")}, ["output_0"]),
+        served = list(pool.map(lambda x: infer_tensors("grpc", tf_server, MLP, {"features": (x, "FP32")}, ["output_0"]),
                                batches))
     for x, answer in zip(batches, served, strict=True):
         expected = _reference(tf_models[MLP], "serving_default", features=x)["output_0"]
@@ -205,7 +191,7 @@ def test_concurrent_requests_are_batched_correctly(tf_server: ServerProcess, tf_
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_string_model(protocol: str, tf_server: ServerProcess, tf_models: dict[str, Path]) -> None:
     text = np.array([b"hello", b"TensorFlow", b"\xff\x00bin", b""], dtype=np.object_)
-    served = _infer(protocol, tf_server, STRINGS, {"text": (text.reshape(4, 1), "BYTES")}, ["upper", "length"])
+    served = infer_tensors(protocol, tf_server, STRINGS, {"text": (text.reshape(4, 1), "BYTES")}, ["upper", "length"])
     expected = _reference(tf_models[STRINGS], "serving_default", text=text)
     assert served["upper"].shape == (4, 1) and served["length"].shape == (4, 1)  # the auto-completed dims [1]
     assert served["upper"].ravel().tolist() == expected["upper"].tolist() == [b"HELLO", b"TENSORFLOW",
@@ -217,7 +203,7 @@ def test_string_model(protocol: str, tf_server: ServerProcess, tf_models: dict[s
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_two_inputs_named_signature(protocol: str, tf_server: ServerProcess, tf_models: dict[str, Path]) -> None:
     x, ids = _two_data()
-    served = _infer(protocol, tf_server, TWO, {"x": (x, "FP32"), "ids": (ids, "INT64")}, ["y", "ids_out"])
+    served = infer_tensors(protocol, tf_server, TWO, {"x": (x, "FP32"), "ids": (ids, "INT64")}, ["y", "ids_out"])
     expected = _reference(tf_models[TWO], TWO_SIGNATURE, x=x, ids=ids)
     np.testing.assert_allclose(served["y"], expected["y"], rtol=RTOL, atol=ATOL)
     assert served["ids_out"].dtype == np.int64
@@ -228,14 +214,14 @@ def test_two_inputs_named_signature(protocol: str, tf_server: ServerProcess, tf_
 def test_default_signature_without_config(protocol: str, tf_server: ServerProcess,
                                           tf_models: dict[str, Path]) -> None:
     x, _ = _two_data()
-    served = _infer(protocol, tf_server, TWO_DEFAULT, {"x": (x, "FP32")}, ["doubled"])
+    served = infer_tensors(protocol, tf_server, TWO_DEFAULT, {"x": (x, "FP32")}, ["doubled"])
     expected = _reference(tf_models[TWO_DEFAULT], "serving_default", x=x)
     np.testing.assert_allclose(served["doubled"], expected["doubled"], rtol=RTOL, atol=ATOL)
 
 
 def test_declared_config_with_signature_name(tf_server: ServerProcess, tf_models: dict[str, Path]) -> None:
     x, ids = _two_data()
-    served = _infer("grpc", tf_server, TWO_NAMED, {"x": (x, "FP32"), "ids": (ids, "INT64")}, ["ids_out"])
+    served = infer_tensors("grpc", tf_server, TWO_NAMED, {"x": (x, "FP32"), "ids": (ids, "INT64")}, ["ids_out"])
     expected = _reference(tf_models[TWO_NAMED], TWO_SIGNATURE, x=x, ids=ids)
     np.testing.assert_array_equal(served["ids_out"], expected["ids_out"])
 
@@ -386,8 +372,8 @@ parameters { key: "TF_NUM_INTER_THREADS" value { string_value: "2" } }
 """))
     process = start_server(repo, server_log)
     try:
-        served = _infer("http", process, "tf_threads", {"text": (np.array([[b"ok"]], dtype=np.object_), "BYTES")},
-                        ["upper"])
+        text = np.array([[b"ok"]], dtype=np.object_)
+        served = infer_tensors("http", process, "tf_threads", {"text": (text, "BYTES")}, ["upper"])
         assert served["upper"].tolist() == [[b"OK"]]
         log = process.log()
         assert "TF_NUM_INTRA_THREADS=1 set by model 'tf_threads'" in log
