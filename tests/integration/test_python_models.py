@@ -432,6 +432,24 @@ def test_triton_add_sub_example(protocol: str, server: ServerProcess) -> None:
     assert served["OUTPUT0"].dtype == np.float32
 
 
+def test_python_models_over_v1(server: ServerProcess) -> None:
+    """TF-Serving / KServe V1 clients reach Python models too: row form for a batching one, columnar for add_sub."""
+    x = np.random.default_rng(5).standard_normal((2, 4)).astype(np.float32)
+    response = httpx.post(f"{server.base_url}/v1/models/{MINIMAL}:predict",
+                          json={"instances": [{"x": row} for row in x.tolist()]}, timeout=30)
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    np.testing.assert_array_equal(np.array([p["y"] for p in predictions], dtype=np.float32),
+                                  (x + np.float32(1)) * np.float32(2.5))
+    input0, input1 = np.arange(4, dtype=np.float32), np.full(4, 0.5, dtype=np.float32)
+    response = httpx.post(f"{server.base_url}/v1/models/{ADD_SUB}:predict",
+                          json={"inputs": {"INPUT0": input0.tolist(), "INPUT1": input1.tolist()}}, timeout=30)
+    assert response.status_code == 200, response.text
+    outputs = response.json()["outputs"]
+    np.testing.assert_array_equal(np.array(outputs["OUTPUT0"], dtype=np.float32), input0 + input1)
+    np.testing.assert_array_equal(np.array(outputs["OUTPUT1"], dtype=np.float32), input0 - input1)
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_triton_bytes_tensors(protocol: str, server: ServerProcess) -> None:
     words = ["hello", "Triton", "naïve"]

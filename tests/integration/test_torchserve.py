@@ -8,6 +8,7 @@ with Pillow, numpy and PyTorch) to RTOL / ATOL: the same float32 operations in a
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -271,6 +272,17 @@ def test_image_classifier_over_v2(ts_server: ServerProcess, archives: dict[str, 
     finally:
         grpc.close()
     _assert_top5(json.loads(answer), _reference_top5(archives[IMAGE], images[0]))
+
+
+def test_image_classifier_over_v1(ts_server: ServerProcess, archives: dict[str, Any]) -> None:
+    """A TF-Serving / KServe V1 client sends the image as {"b64": ...} and gets the handler's JSON back."""
+    data = _image("JPEG", seed=5)
+    response = httpx.post(f"{ts_server.base_url}/v1/models/{IMAGE}:predict",
+                          json={"instances": [{"b64": base64.b64encode(data).decode()}]}, timeout=60.0)
+    assert response.status_code == 200, response.text
+    (prediction,) = response.json()["predictions"]
+    answer = prediction["response"] if isinstance(prediction, dict) else prediction
+    _assert_top5(json.loads(answer), _reference_top5(archives[IMAGE], data))
 
 
 def test_autocompleted_config(ts_server: ServerProcess) -> None:

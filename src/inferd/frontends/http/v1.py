@@ -196,10 +196,12 @@ def _spec(served: ServedModel, name: str) -> TensorSpec:
 
 
 def _only_input(served: ServedModel, form: str) -> TensorSpec:
-    if len(served.inputs) != 1:
-        raise InferError.invalid(f"model '{served.name}' has {len(served.inputs)} inputs "
-                                 f"({', '.join(served.inputs)}): {form} must name them in an object")
-    return next(iter(served.inputs.values()))
+    """The input an unnamed value is for: the model's one input, or its one required input (others optional)."""
+    required = [spec for spec in served.inputs.values() if not spec.optional]
+    if len(served.inputs) == 1 or len(required) == 1:
+        return required[0] if required else next(iter(served.inputs.values()))
+    raise InferError.invalid(f"model '{served.name}' has {len(served.inputs)} inputs "
+                             f"({', '.join(served.inputs)}): {form} must name them in an object")
 
 
 def _row_inputs(served: ServedModel, instances: Any) -> dict[str, np.ndarray]:
