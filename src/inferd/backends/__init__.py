@@ -38,8 +38,9 @@ class BackendSpec:
         self.target = target
         self.default_filename = default_filename
         self.platforms = platforms
-        # Further model files that also mean this backend when no config names one (PyTorch's model.pt2).
-        self.filenames = (default_filename, *other_filenames)
+        # Further model files that also mean this backend when no config names one (PyTorch's model.pt2). An empty
+        # default_filename: no file means this backend (it must be named in the config).
+        self.filenames = tuple(name for name in (default_filename, *other_filenames) if name)
 
     def load_class(self) -> Callable[[], Backend]:
         module_name, _, attr = self.target.partition(":")
@@ -69,7 +70,7 @@ BACKENDS: dict[str, BackendSpec] = {
     # Python models: inferd's own class API and Triton's python backend (TritonPythonModel), in instance processes.
     "python": BackendSpec("inferd.backends.python:PythonBackend", "model.py"),
     # A Seldon language-wrapper class, registered by `inferd microservice` (never found by a file on disk).
-    "seldon": BackendSpec("inferd.backends.seldon:SeldonBackend", "__inferd_seldon_component__"),
+    "seldon": BackendSpec("inferd.backends.seldon:SeldonBackend", ""),
 }
 
 
