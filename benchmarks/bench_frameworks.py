@@ -2,8 +2,9 @@
 
 Builds one repository with the same MLP (64 -> 256 -> ReLU -> 10, the same seeded weights) in ONNX, TorchScript,
 a TensorFlow SavedModel and a Python model (numpy, inferd's minimal class API), and one tree classifier (64
-features, 50 trees) in scikit-learn, XGBoost and LightGBM. Starts `inferd serve` on free 127.0.0.1 ports with all
-of them (dynamic batching on), and for each model runs a fixed-duration load of batch-1 V2 binary requests at
+features, 50 trees) in scikit-learn, XGBoost, LightGBM and as an MLflow model (the scikit-learn forest). Starts
+`inferd serve` on free 127.0.0.1 ports with all of them (dynamic batching on), and for each model runs a
+fixed-duration load of batch-1 V2 binary requests at
 each concurrency (hey when installed, else the Python aiohttp loader of bench_core.py). The "in-process" column is
 the framework itself called in a loop with the same batch-1 input in this process (one caller, no network): what
 a user's own script would get, and the ceiling of a batch-1 server.
@@ -47,7 +48,7 @@ from bench_core import (
 SEED = 20261201
 N_IN, N_HIDDEN, N_OUT = 64, 256, 10
 BATCHING = "max_batch_size: 32\ndynamic_batching { }\n"
-FRAMEWORKS = ("onnx", "torch", "tensorflow", "python", "sklearn", "xgboost", "lightgbm")
+FRAMEWORKS = ("onnx", "torch", "tensorflow", "python", "sklearn", "xgboost", "lightgbm", "mlflow")
 Call = Callable[[np.ndarray], object]
 
 
@@ -211,11 +212,28 @@ def build_lightgbm(repo: Path) -> Call:
     return lambda rows: booster.predict(rows, num_threads=1)
 
 
+def build_mlflow(repo: Path) -> Call:
+    import mlflow.pyfunc
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+    from sklearn.ensemble import RandomForestClassifier
+
+    x, y = _tree_data()
+    forest = RandomForestClassifier(n_estimators=50, max_depth=8, random_state=0, n_jobs=1).fit(x, y)
+    folder = repo / "trees_mlflow" / "1"
+    folder.parent.mkdir(parents=True)
+    # A tensor signature (one FP32 [n, 64] input): the pyfunc takes the array as the forest does.
+    mlflow.sklearn.save_model(forest, str(folder), signature=infer_signature(x[:5], forest.predict(x[:5])),
+                              serialization_format="cloudpickle", pip_requirements=["scikit-learn"])
+    model = mlflow.pyfunc.load_model(str(folder))
+    return model.predict
+
+
 BUILDERS: dict[str, tuple[str, Callable[[Path], Call]]] = {
     "onnx": ("mlp_onnx", build_onnx), "torch": ("mlp_torch", build_torch),
     "tensorflow": ("mlp_tensorflow", build_tensorflow), "python": ("mlp_python", build_python),
     "sklearn": ("trees_sklearn", build_sklearn), "xgboost": ("trees_xgboost", build_xgboost),
-    "lightgbm": ("trees_lightgbm", build_lightgbm),
+    "lightgbm": ("trees_lightgbm", build_lightgbm), "mlflow": ("trees_mlflow", build_mlflow),
 }
 
 
