@@ -1,4 +1,4 @@
-"""Build an example Triton-style model repository for inferd.
+"""Build an example Triton-style model repository for inferd (ONNX models and one Python model, add_sub).
 
 Only ``numpy`` and ``onnx`` are needed: every model is built with ``onnx.helper``
 and filled with seeded synthetic weights, so nothing is downloaded and every
@@ -307,6 +307,56 @@ def build_one(spec: Spec, out_dir: Path, force: bool) -> str:
     return f"{spec.name}: built {model_path} ({model_path.stat().st_size / 1e6:.1f} MB)"
 
 
+# A Python model in Triton's python-backend form (the shape of NVIDIA's add_sub example): no extra needed.
+ADD_SUB_CONFIG = """name: "add_sub"
+backend: "python"
+input [
+  { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] },
+  { name: "INPUT1" data_type: TYPE_FP32 dims: [ 4 ] }
+]
+output [
+  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] },
+  { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 4 ] }
+]
+instance_group [ { kind: KIND_CPU } ]
+"""
+ADD_SUB_MODEL = '''"""OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1, written for Triton's python backend."""
+import json
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.dtypes = [pb_utils.triton_string_to_numpy(pb_utils.get_output_config_by_name(config, name)["data_type"])
+                       for name in ("OUTPUT0", "OUTPUT1")]
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            in0 = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            in1 = pb_utils.get_input_tensor_by_name(request, "INPUT1").as_numpy()
+            out0 = pb_utils.Tensor("OUTPUT0", (in0 + in1).astype(self.dtypes[0]))
+            out1 = pb_utils.Tensor("OUTPUT1", (in0 - in1).astype(self.dtypes[1]))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[out0, out1]))
+        return responses
+
+    def finalize(self):
+        pass
+'''
+
+
+def build_python_model(out_dir: Path, force: bool) -> str:
+    model_dir = out_dir / "add_sub"
+    files = {model_dir / "config.pbtxt": ADD_SUB_CONFIG, model_dir / "1" / "model.py": ADD_SUB_MODEL}
+    if not force and all(path.exists() for path in files):
+        return f"add_sub: up to date ({model_dir / '1' / 'model.py'})"
+    for path, text in files.items():
+        write_atomic(path, text.encode())
+    return f"add_sub: wrote {model_dir / '1' / 'model.py'} (Triton python backend)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the example model repository.")
     parser.add_argument("out_dir", nargs="?", type=Path, default=DEFAULT_OUT)
@@ -314,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for spec in SPECS:
         print(build_one(spec, args.out_dir, args.force), flush=True)
+    print(build_python_model(args.out_dir, args.force), flush=True)
     return 0
 
 
