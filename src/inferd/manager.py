@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 from .backends import BACKENDS, Backend, create_backend, resolve_backend
 from .classification import read_labels
@@ -282,6 +283,8 @@ class ModelManager:
         probe: tuple[Path, Backend] | None = None
         if self.autocomplete and selected:
             prober = create_backend(backend)
+            if hasattr(prober, "interpreter_for"):  # it runs model code to auto-complete, as instances would
+                cast(Any, prober).interpreter_for = lambda files: self._interpreter(name, files)
             prober.autocomplete(config, available[selected[-1]])
             probe = (available[selected[-1]], prober)
         if not config.backend:
@@ -301,10 +304,24 @@ class ModelManager:
         validate_config(config, name)
         return config, backend, {v: available[v] for v in selected}, probe
 
+    def _interpreter(self, name: str, files: Path) -> str | None:
+        """The interpreter of a version's own environment (built now if need be), or None for the server's."""
+        requirements = find_requirements(files)
+        if requirements is None:
+            return None
+        try:
+            return str(self.environments.ensure(requirements, name).python)
+        except EnvironmentBuildError as exc:
+            raise ConfigError(str(exc)) from None
+
     def _load_version(self, name: str, version: int, path: Path, config: ModelConfig,
                       backend_name: str, first: Backend | None = None) -> ServedModel:
         instances: list[Backend] = []
-        requirements = find_requirements(path)
+        # A backend whose model format carries its own requirements file names it (TorchServe archives, when asked
+        # to install them); otherwise the requirements.txt beside the model's files.
+        first = first if first is not None else create_backend(backend_name)
+        hook = getattr(first, "requirements_file", None)
+        requirements = (hook(config, path) if hook is not None else None) or find_requirements(path)
         environment: PythonEnvironment | None = None
         try:
             for group in config.instance_group:

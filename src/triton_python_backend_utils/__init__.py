@@ -11,9 +11,11 @@ What differs from Triton, on purpose or for now:
   dynamically batched) batch, so `requests` always has one element.
 * `requested_output_names()` are all the outputs of the model config (the server picks what each client asked
   for afterwards); `request_id()` is empty and `correlation_id()` 0.
-* Decoupled mode, BLS (`InferenceRequest(...).exec()`), and `auto_complete_config` are not supported. A response
+* Decoupled mode and BLS (`InferenceRequest(...).exec()`) are not supported. A response
   may still be sent through `get_response_sender().send(response, flags=TRITONSERVER_RESPONSE_COMPLETE_FINAL)`
   with `execute` returning None (Triton's default mode allows that since 24.06).
+* `TritonPythonModel.auto_complete_config(config)` is called in a short-lived process of its own (never in the
+  server process), before the instances start: the module is imported there once more.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "TRITONSERVER_REQUEST_RELEASE_ALL",
     "TRITONSERVER_REQUEST_RELEASE_RESCHEDULE",
     "TRITONSERVER_RESPONSE_COMPLETE_FINAL",
+    "AutoCompleteError",
     "InferenceRequest",
     "InferenceResponse",
     "InferenceResponseSender",
@@ -117,6 +120,10 @@ class TritonError(Exception):
 
 class TritonModelException(Exception):
     """What the utilities raise when a model uses them wrongly (Triton's name for it)."""
+
+
+class AutoCompleteError(TritonModelException, ValueError):
+    """What `ModelConfig`'s methods raise where Triton raises ValueError: catching either name works."""
 
 
 # ---- tensors ----
@@ -329,29 +336,105 @@ def using_decoupled_model_transaction_policy(model_config: dict[str, Any]) -> bo
 
 
 class ModelConfig:
-    """Triton's `auto_complete_config` argument. inferd does not call `auto_complete_config` (it would run model
-    code in the server process); the class exists so that a model.py naming it imports and loads."""
+    """The argument of Triton's `auto_complete_config`: the model's config (Triton's JSON form) that the model
+    completes. inferd calls `auto_complete_config` in a short-lived process of its own, never in the server, and
+    merges back what may be completed: `max_batch_size`, inputs and outputs that are missing, `dynamic_batching`
+    and `model_transaction_policy`. The checks and messages follow Triton's python backend; where Triton raises
+    ValueError, the exception here is both a `TritonModelException` and a `ValueError`.
+    """
 
     def __init__(self, model_config: dict[str, Any] | str) -> None:
         self._config: dict[str, Any] = json.loads(model_config) if isinstance(model_config, str) else model_config
+        self._config.setdefault("input", [])
+        self._config.setdefault("output", [])
+        self._config.setdefault("max_batch_size", 0)
+
+    def _model(self) -> str:
+        return str(self._config.get("name", ""))
 
     def as_dict(self) -> dict[str, Any]:
+        """The configuration as a dict (Triton gives read access; inferd reads back only what may be completed)."""
         return self._config
 
     def set_max_batch_size(self, max_batch_size: int) -> None:
+        """Set max_batch_size; a config that already allows a larger batch is an error (a smaller one stays)."""
+        current = int(self._config.get("max_batch_size", 0))
+        if current > max_batch_size:
+            raise AutoCompleteError(f"configuration specified max_batch_size {current}, but in auto-complete-config "
+                                    f"function for model '{self._model()}' specified max_batch_size "
+                                    f"{max_batch_size}")
         self._config["max_batch_size"] = int(max_batch_size)
 
     def set_dynamic_batching(self) -> None:
+        """Use the dynamic batcher unless the config chose another scheduler."""
+        for scheduler in ("sequence_batching", "ensemble_scheduling"):
+            if scheduler in self._config:
+                raise AutoCompleteError(f"Configuration specified scheduling_choice as '{scheduler}', but "
+                                        f"auto-complete-config function for model '{self._model()}' tries to set "
+                                        "scheduling_choice as 'dynamic_batching'")
         self._config.setdefault("dynamic_batching", {})
 
     def add_input(self, input: dict[str, Any]) -> None:  # Triton's parameter name
-        self._config.setdefault("input", []).append(dict(input))
+        """Add an input, or complete the config's input of that name; conflicting properties are an error."""
+        self._add("input", input, ("name", "data_type", "dims", "optional"))
 
     def add_output(self, output: dict[str, Any]) -> None:
-        self._config.setdefault("output", []).append(dict(output))
+        """Add an output, or complete the config's output of that name; conflicting properties are an error."""
+        self._add("output", output, ("name", "data_type", "dims"))
 
-    def set_model_transaction_policy(self, policy: dict[str, Any]) -> None:
-        self._config["model_transaction_policy"] = dict(policy)
+    def _add(self, kind: str, tensor: dict[str, Any], allowed: tuple[str, ...]) -> None:
+        if not isinstance(tensor, dict):
+            raise AutoCompleteError(f"{kind} in auto-complete-config function for model '{self._model()}' must be "
+                                    f"a dict, got {type(tensor).__name__}")
+        model = self._model()
+        name = tensor.get("name")
+        extra = [key for key in tensor if key not in allowed]
+        if extra:
+            listed = ", ".join(f"'{key}'" for key in allowed[:-1]) + f" and '{allowed[-1]}'"
+            raise AutoCompleteError(f"{kind} '{name}' in auto-complete-config function for model '{model}' contains "
+                                    f"property other than {listed}.")
+        for required in ("name", "data_type", "dims"):
+            if required not in tensor:
+                which = f"{kind} '{name}'" if required != "name" else kind
+                raise AutoCompleteError(f"{which} in auto-complete-config function for model '{model}' is missing "
+                                        f"'{required}' property.")
+        for current in self._config.setdefault(kind, []):
+            if current.get("name") != name:
+                continue
+            current_type = current.get("data_type", "TYPE_INVALID")
+            if current_type != "TYPE_INVALID" and current_type != tensor["data_type"]:
+                raise AutoCompleteError(f"unable to load model '{model}', configuration expects datatype "
+                                        f"{current_type} for {kind} '{name}', model provides {tensor['data_type']}")
+            current_dims = list(current.get("dims") or [])
+            if current_dims and current_dims != list(tensor["dims"]):
+                raise AutoCompleteError(f"model '{model}', tensor '{name}': the model expects dims "
+                                        f"{list(tensor['dims'])} but the model configuration specifies dims "
+                                        f"{current_dims}")
+            if "optional" in current and "optional" in tensor and current["optional"] != tensor["optional"]:
+                raise AutoCompleteError(f"model '{model}', tensor '{name}': the model expects optional "
+                                        f"{tensor['optional']} but the model configuration specifies optional "
+                                        f"{current['optional']}")
+            current["data_type"] = tensor["data_type"]
+            current["dims"] = list(tensor["dims"])
+            if "optional" in tensor:
+                current["optional"] = tensor["optional"]
+            return
+        self._config[kind].append(dict(tensor))
+
+    def set_model_transaction_policy(self, transaction_policy_dict: dict[str, Any]) -> None:
+        """Set `model_transaction_policy` (only `decoupled`; inferd then refuses a decoupled model at load)."""
+        model = self._model()
+        for key in transaction_policy_dict:
+            if key != "decoupled":
+                raise AutoCompleteError(f"model transaction property in auto-complete-config function for model "
+                                        f"'{model}' contains property other than 'decoupled'.")
+        policy = self._config.setdefault("model_transaction_policy", {})
+        if "decoupled" in transaction_policy_dict:
+            wanted = transaction_policy_dict["decoupled"]
+            if "decoupled" in policy and policy["decoupled"] != wanted:
+                raise AutoCompleteError(f"trying to change decoupled property in auto-complete-config for model "
+                                        f"'{model}', which is already set to '{policy['decoupled']}'.")
+            policy["decoupled"] = wanted
 
 
 # ---- datatypes ----

@@ -59,7 +59,7 @@ def parse(path: Path) -> ast.Module:
         raise ConfigError(syntax_error_reason(path, exc)) from None
 
 
-def _defines(node: ast.ClassDef, name: str) -> bool:
+def defines(node: ast.ClassDef, name: str) -> bool:
     return any(isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef) and item.name == name for item in node.body)
 
 
@@ -72,7 +72,7 @@ def declared_class(tree: ast.Module, config: ModelConfig) -> ast.ClassDef | None
     triton = next((c for c in classes if c.name == TRITON_CLASS), None)
     if triton is not None:
         return triton
-    predicting = [c for c in classes if _defines(c, "predict")]
+    predicting = [c for c in classes if defines(c, "predict")]
     return predicting[0] if len(predicting) == 1 else None
 
 

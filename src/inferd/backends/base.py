@@ -15,6 +15,10 @@ class Backend(Protocol):
 
     `releases_gil` says whether `execute` can run on an instance thread (True: ONNX Runtime, PyTorch,
     TensorFlow) or needs an instance process (False: plain Python code).
+
+    Optional: `requirements_file(config, files) -> Path | None`, the requirements file that a model format carries
+    itself (a TorchServe archive's), which the manager then uses instead of a `requirements.txt` beside the files
+    to give instance processes an environment of their own; None falls back to that `requirements.txt`.
     """
 
     releases_gil: bool

@@ -11,7 +11,9 @@ The class served is the one named by the config parameter `class`, else `TritonP
 of model.py with a `predict` method. The model's I/O comes from config.pbtxt or, with none there, from class
 attributes `inputs` / `outputs` (lists of `{"name", "data_type" | "datatype", "dims" | "shape"}`) and
 `max_batch_size`, written as plain literals: they are read from the source, so that the server process never runs
-model code. Outputs are converted to the data type the config declares (str and bytes for TYPE_STRING).
+model code. A Triton class that defines the static method `auto_complete_config` has it called in a short-lived
+process of its own (see `_triton_autocomplete`), with the model's environment when it has one. Outputs are
+converted to the data type the config declares (str and bytes for TYPE_STRING).
 
 `releases_gil = False`: the server runs each instance in a child process (scheduling/process.py) and this class is
 what runs there. An exception from the model fails that call: HTTP 500 (the model failed, not necessarily the
@@ -24,6 +26,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,6 +35,7 @@ import numpy as np
 from ..config import ConfigError, DataType, ModelConfig
 from ..types import CONFIG_TO_V2, V2_TO_NUMPY, InferError
 from . import _python_source as source
+from . import _triton_autocomplete
 
 log = logging.getLogger("inferd.python")
 
@@ -64,6 +68,9 @@ class PythonBackend:
     """One instance of a Python model (in its instance process)."""
 
     releases_gil = False
+    # Set by the model manager: the interpreter of a version folder's own environment (its requirements.txt), or
+    # None for the server's. `auto_complete_config` runs there, so that model.py's imports resolve as in instances.
+    interpreter_for: Callable[[Path], str | None] | None = None
 
     def __init__(self) -> None:
         self._adapter: _Adapter | None = None
@@ -75,15 +82,17 @@ class PythonBackend:
     def autocomplete(self, config: ModelConfig, files: Path) -> ModelConfig:
         path = source.model_file(config, files)
         tree = source.parse(path)  # a syntax error makes the model UNAVAILABLE here, with its line
+        node = source.declared_class(tree, config)
+        if node is not None and source.defines(node, _triton_autocomplete.METHOD):
+            # Triton calls it whatever config.pbtxt says (it may only add to it); in a process of its own.
+            interpreter = self.interpreter_for(files) if self.interpreter_for is not None else None
+            _triton_autocomplete.auto_complete(config, path, node.name, interpreter)
         if config.input or config.output:
             return config
-        node = source.declared_class(tree, config)
         if node is not None and source.complete_from_class(config, node):
             return config
         where = f"class {node.name}" if node is not None else path.name
-        hint = ("auto_complete_config is not supported: " if node is not None and node.name == source.TRITON_CLASS
-                and any(getattr(i, "name", "") == "auto_complete_config" for i in node.body) else "")
-        raise ConfigError(f"{hint}model '{config.name}' has no inputs and outputs: write them in config.pbtxt, or "
+        raise ConfigError(f"model '{config.name}' has no inputs and outputs: write them in config.pbtxt, or "
                           f"declare 'inputs' and 'outputs' in {where}")
 
     # ---- in the instance process ----

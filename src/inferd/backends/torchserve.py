@@ -29,8 +29,15 @@ archive's `model-config.yaml` giving `batchSize` > 1 (or a config that sets `max
 the instance count. A handler exception fails the whole batch ("Prediction failed", as TorchServe); a
 `PredictionException(message, code)` fails it with that message and the closest status.
 
-Not supported: a `requirementsFile` is not installed (a warning says so: install the packages in the server's
-environment), `runtime` other than python, ONNX / TensorRT serialized files, the explanations API.
+The archive's `requirementsFile` (`torch-model-archiver --requirements-file`) is installed as TorchServe does
+only when asked, with TorchServe's own switch: the config parameter `install_py_dep_per_model` "true" (for one
+model), or the environment variable `TS_INSTALL_PY_DEP_PER_MODEL=true` (TorchServe's environment form of its
+config.properties entry, for every archive; a model's parameter "false" still turns it off). The file, in the
+extracted folder, then gives the model a cached per-model environment (`scheduling/environments.py`; relative
+entries such as `--find-links .` or `./dep.whl` resolve against the extracted archive), through the backend hook
+`requirements_file`. Otherwise a warning says the file is not installed and how to turn the install on.
+
+Not supported: `runtime` other than python, ONNX / TensorRT serialized files, the explanations API.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ConfigError, DataType, ModelConfig
+from ..config import ConfigError, DataType, ModelConfig, string_parameter
 from ..types import InferError
 
 log = logging.getLogger("inferd.torchserve")
@@ -57,6 +64,8 @@ MAR_FILENAME = "model.mar"
 MANIFEST = "MAR-INF/MANIFEST.json"
 BODY, HEADERS, RESPONSE, RESPONSE_META = "body", "headers", "response", "response_meta"
 DEFAULT_MAX_BATCH_DELAY_MS = 100  # TorchServe's default maxBatchDelay
+INSTALL_DEPS_PARAMETER = "install_py_dep_per_model"  # TorchServe's config.properties name
+INSTALL_DEPS_VARIABLE = "TS_INSTALL_PY_DEP_PER_MODEL"  # ...and its environment-variable form
 _CHUNK = 1 << 20
 
 
@@ -110,6 +119,21 @@ def _model_yaml(archive: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     except (KeyError, yaml.YAMLError) as exc:
         raise ConfigError(f"{archive.name}: cannot read its config file {name}: {exc}") from None
     return doc if isinstance(doc, dict) else {}
+
+
+def _switch(value: str, where: str) -> bool:
+    text = value.strip().lower()
+    if text in ("true", "false"):
+        return text == "true"
+    raise ConfigError(f"{where} must be \"true\" or \"false\", got '{value}'")
+
+
+def install_dependencies(config: ModelConfig) -> bool:
+    """Whether the archive's requirements file is installed: the model's parameter, else the server-wide variable."""
+    if INSTALL_DEPS_PARAMETER in config.parameters:
+        return _switch(string_parameter(config, INSTALL_DEPS_PARAMETER), f"parameter '{INSTALL_DEPS_PARAMETER}'")
+    value = os.environ.get(INSTALL_DEPS_VARIABLE, "")
+    return _switch(value, f"${INSTALL_DEPS_VARIABLE}") if value.strip() else False
 
 
 def _sha256(path: Path) -> str:
@@ -233,10 +257,29 @@ class TorchServeBackend:
             _add_tensor(config.input, HEADERS, dims, optional=True)
             _add_tensor(config.output, RESPONSE, dims)
             _add_tensor(config.output, RESPONSE_META, dims)
-        if manifest["model"].get("requirementsFile"):
-            log.warning("model '%s': the archive's %s is not installed by inferd; install what it lists in the "
-                        "server's environment", config.name, manifest["model"]["requirementsFile"])
         return config
+
+    def requirements_file(self, config: ModelConfig, files: Path) -> Path | None:
+        """The extracted archive's requirements file when it is to be installed (the manager's environment hook).
+
+        Called in the server before the instances start; None (with a warning when the archive has one) leaves
+        the model on the server's environment.
+        """
+        archive = mar_path(config, files)
+        name = read_manifest(archive)["model"].get("requirementsFile")
+        if not name:
+            return None
+        if not install_dependencies(config):
+            log.warning("model '%s': the archive's %s is not installed (TorchServe's install_py_dep_per_model is "
+                        "off): set the config parameter '%s' to \"true\" or %s=true to install it into an "
+                        "environment of the model's own, or install what it lists in the server's environment",
+                        config.name, name, INSTALL_DEPS_PARAMETER, INSTALL_DEPS_VARIABLE)
+            return None
+        path = extract_mar(archive) / Path(str(name)).name
+        if not path.is_file():
+            raise ConfigError(f"{archive.name}: its manifest names the requirements file {name}, which the archive "
+                              "does not hold")
+        return path
 
     def _tensor_names(self, config: ModelConfig) -> tuple[str, str, str, str]:
         """(body, headers, response, response_meta): the configured BYTES tensors in order, or the default names."""
