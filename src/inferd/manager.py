@@ -20,9 +20,10 @@ from .model import ServedModel
 from .observability import ModelStatistics
 from .repository import ModelRepository, safe_join, select_versions, version_dirs
 from .scheduling import DirectScheduler, DynamicBatcher, InstancePool, Scheduler
+from .scheduling.bls import BlsHandler, BlsRequest, Tensors
 from .scheduling.environments import EnvironmentBuildError, EnvironmentCache, PythonEnvironment, find_requirements
 from .scheduling.process import ProcessInstance
-from .types import InferError
+from .types import ErrorKind, InferError
 
 log = logging.getLogger("inferd.manager")
 
@@ -72,6 +73,8 @@ class ModelManager:
         self._models: dict[str, ModelEntry] = {}
         self._lock = threading.RLock()
         self._load_locks: dict[str, threading.Lock] = {}
+        # Runs the BLS requests of Python models (a model calling another); the Server installs its core's.
+        self.bls: BlsHandler | None = None
 
     # ---- queries (hot path: plain dict reads) ----
 
@@ -341,7 +344,8 @@ class ModelManager:
                         if requirements is not None and environment is None:
                             environment = self.environments.ensure(requirements, name)
                         backend = ProcessInstance(BACKENDS[backend_name].target, config, path,
-                                                  devices[i % len(devices)], environment=environment)
+                                                  devices[i % len(devices)], environment=environment,
+                                                  bls=self._run_bls)
                     instances.append(backend)
             for instance in instances:
                 if isinstance(instance, ProcessInstance):
@@ -361,6 +365,13 @@ class ModelManager:
         log.info("loaded model '%s' version %d (%d instance(s), %s)", name, version, len(instances),
                  "dynamic batching" if isinstance(scheduler, DynamicBatcher) else "no batching")
         return ServedModel(name, version, config, config.platform or backend_name, scheduler, stats)
+
+    def _run_bls(self, caller: tuple[str, str], request: BlsRequest) -> Tensors:
+        """What instance processes call: the handler installed now (instances outlive a reassignment of it)."""
+        handler = self.bls
+        if handler is None:
+            raise InferError(ErrorKind.UNSUPPORTED, "BLS requests are not served by this model manager")
+        return handler(caller, request)
 
     def unload(self, name: str) -> None:
         """Stop taking requests for the model, wait for those in flight (up to `unload_timeout`), free it."""

@@ -29,6 +29,7 @@ from .model import ServedModel
 from .observability import LOG_CONTROL, FailureReason, ModelStatistics, Tracer
 from .repository import ModelRepository
 from .scheduling import BackendFailure, Job
+from .scheduling.bls import BlsRequest
 from .scheduling.environments import EnvironmentCache
 from .types import ErrorKind, InferenceRequest, InferenceResponse, InferError, RequestedOutput, datatype_of
 
@@ -84,6 +85,7 @@ class Server:
         # model_env_dir: where the Python environments of models' requirements.txt are cached.
         environments = EnvironmentCache(model_env_dir) if model_env_dir is not None else None
         self.manager = ModelManager(ModelRepository(paths), autocomplete=autocomplete, environments=environments)
+        self.manager.bls = self._run_bls  # Python models' calls of other models go through this core
         self.model_control_mode = model_control_mode
         self.load_models = list(load_models)
         self.strict_readiness = strict_readiness
@@ -285,6 +287,21 @@ class Server:
             call.release()
         call.succeeded()
         return response
+
+    def _run_bls(self, caller: tuple[str, str], call: BlsRequest) -> dict[str, np.ndarray]:
+        """A Python model's BLS request (see scheduling/bls.py), run as any request is, on the calling thread."""
+        version = call.model_version if call.model_version not in ("", "-1") else ""
+        if call.model_name == caller[0]:
+            target = self.manager.get(call.model_name, version)
+            if target.version_str == caller[1] and len(target.scheduler.pool.instances) == 1:
+                raise InferError.unavailable(
+                    f"model '{caller[0]}' version {caller[1]} has one instance, which is running this call: a BLS "
+                    "request to itself would wait for itself forever (give it more instances)")
+        datatypes = {name: datatype_of(array) for name, array in call.inputs.items()}
+        outputs = [RequestedOutput(name) for name in call.outputs] if call.outputs else None
+        parameters: dict[str, Any] = {"timeout": call.timeout_us} if call.timeout_us > 0 else {}
+        request = InferenceRequest(call.model_name, dict(call.inputs), datatypes, version, "", outputs, parameters)
+        return self.infer_request_sync(request).outputs
 
     def _admit(self, model: ServedModel, request: InferenceRequest) -> tuple[Job, _Admitted]:
         self._check_limits(request)

@@ -11,9 +11,15 @@ What differs from Triton, on purpose or for now:
   dynamically batched) batch, so `requests` always has one element.
 * `requested_output_names()` are all the outputs of the model config (the server picks what each client asked
   for afterwards); `request_id()` is empty and `correlation_id()` 0.
-* Decoupled mode and BLS (`InferenceRequest(...).exec()`) are not supported. A response
-  may still be sent through `get_response_sender().send(response, flags=TRITONSERVER_RESPONSE_COMPLETE_FINAL)`
-  with `execute` returning None (Triton's default mode allows that since 24.06).
+* BLS works as in Triton: `InferenceRequest(model_name=..., inputs=[...], requested_output_names=[...]).exec()`
+  (or `await request.async_exec()` in an `async def execute`) runs any model of the same server and returns an
+  `InferenceResponse`; a failure (unknown model, bad input) is a response whose `has_error()` is true, not an
+  exception. The request travels over the instance's pipe and runs through the server's core (see
+  `inferd.scheduling.bls`, which also states the deadlock rule: a single-instance model calling itself is refused).
+  BLS tensors are pickled, not shared; `decoupled=True` and `preferred_memory` are not supported.
+* Decoupled mode is not supported. A response may still be sent through
+  `get_response_sender().send(response, flags=TRITONSERVER_RESPONSE_COMPLETE_FINAL)` with `execute` returning None
+  (Triton's default mode allows that since 24.06).
 * `TritonPythonModel.auto_complete_config(config)` is called in a short-lived process of its own (never in the
   server process), before the instances start: the module is imported there once more.
 """
@@ -244,7 +250,8 @@ class InferenceRequest:
     """One request as `execute` receives it: the batch's input tensors.
 
     Building one yourself (`InferenceRequest(model_name=..., inputs=..., requested_output_names=...)`) is Triton's
-    BLS, which inferd does not run: `exec()` raises.
+    BLS: `exec()` runs it on the server (`model_version` -1 is the latest; `timeout` in microseconds is the
+    request's queue timeout, as in Triton).
     """
 
     def __init__(self, inputs: Iterable[Tensor] = (), requested_output_names: Iterable[str] = (),
@@ -293,11 +300,46 @@ class InferenceRequest:
         if flags & TRITONSERVER_REQUEST_RELEASE_RESCHEDULE:
             raise TritonModelException("request rescheduling (decoupled mode) is not supported by inferd")
 
-    def exec(self, *_: Any, **__: Any) -> InferenceResponse:
-        raise TritonModelException("BLS (calling another model from execute) is not supported by inferd")
+    def exec(self, decoupled: bool = False) -> InferenceResponse:
+        """Run this request on the model it names (BLS); errors come back in the response, as in Triton."""
+        if decoupled:
+            raise TritonModelException("decoupled BLS requests are not supported by inferd")
+        if not self.model_name:
+            raise TritonModelException("a BLS InferenceRequest needs a model_name")
+        from inferd.scheduling.bls import BlsRequest, call_model
+        from inferd.types import InferError
 
-    def async_exec(self, *_: Any, **__: Any) -> Any:
-        raise TritonModelException("BLS (calling another model from execute) is not supported by inferd")
+        version = str(self.model_version)
+        request = BlsRequest(str(self.model_name), "" if version == "-1" else version,
+                             {tensor.name(): tensor.as_numpy() for tensor in self._inputs}, list(self._requested),
+                             int(self._timeout or 0))
+        try:
+            outputs = call_model(request)
+        except InferError as exc:
+            return InferenceResponse(error=TritonError(exc.message, _ERROR_CODES.get(exc.kind.name,
+                                                                                     TritonError.INTERNAL)))
+        return InferenceResponse([Tensor(name, value) for name, value in outputs.items()])
+
+    def async_exec(self, decoupled: bool = False) -> Any:
+        """An awaitable of `exec()`'s response: it runs on a thread, so several may be in flight at once."""
+        import asyncio
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise TritonModelException("async_exec must be awaited inside an async execute") from None
+        return loop.run_in_executor(None, self.exec, decoupled)
+
+
+# inferd's error kinds (by name) as TritonError codes, for BLS responses.
+_ERROR_CODES = {
+    "NOT_FOUND": TritonError.NOT_FOUND,
+    "INVALID_ARGUMENT": TritonError.INVALID_ARG,
+    "TOO_LARGE": TritonError.INVALID_ARG,
+    "UNAVAILABLE": TritonError.UNAVAILABLE,
+    "UNSUPPORTED": TritonError.UNSUPPORTED,
+    "CANCELLED": TritonError.CANCELLED,
+}
 
 
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:

@@ -41,7 +41,7 @@ def test_tensors_requests_and_responses() -> None:
     with pytest.raises(pb_utils.TritonModelException):
         pb_utils.InferenceResponse(output_tensors=[x])  # type: ignore[list-item]
     with pytest.raises(pb_utils.TritonModelException):
-        request.exec()  # BLS is not supported
+        request.exec()  # a BLS request needs the name of the model it calls
 
 
 def test_errors_keep_their_code() -> None:

@@ -4,11 +4,14 @@
 `model_version`, `model_repository` (the model's folder), `model_instance_kind` (CPU / GPU),
 `model_instance_device_id`, `model_instance_name`. Each core call is one batch, handed to `execute` as a list of one
 `InferenceRequest`; the single response's tensors are the call's outputs. A response with an error fails the call
-with its message: INVALID_ARGUMENT (HTTP 400) unless the `TritonError` names a code.
+with its message: INVALID_ARGUMENT (HTTP 400) unless the `TritonError` names a code. `execute` may be
+`async def` (it runs on an event loop the instance keeps), so that it can `await request.async_exec()` (BLS).
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -65,6 +68,7 @@ class TritonModel:
         self._args = initialize_args(config, files, device)
         self._name = config.name
         self._outputs = [tensor.name for tensor in config.output]
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         try:
             self._model = cls()
         except Exception as exc:
@@ -84,6 +88,8 @@ class TritonModel:
             inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()],
             requested_output_names=self._outputs, model_name=self._name)
         returned = self._model.execute([request])
+        if inspect.isawaitable(returned):  # `async def execute` (Triton allows it, e.g. for BLS's async_exec)
+            returned = self._loop().run_until_complete(returned)
         if returned is None:  # sent through the request's response sender instead
             responses: Any = request.get_response_sender().responses
         else:
@@ -100,7 +106,18 @@ class TritonModel:
             raise infer_error(error)
         return {tensor.name(): tensor.as_numpy() for tensor in response.output_tensors()}
 
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop an async `execute` runs on: one per instance, kept across calls."""
+        if self._event_loop is None:
+            self._event_loop = asyncio.new_event_loop()
+        return self._event_loop
+
     def close(self) -> None:
         finalize = getattr(self._model, "finalize", None)
-        if finalize is not None:
-            finalize()
+        try:
+            if finalize is not None:
+                finalize()
+        finally:
+            if self._event_loop is not None:
+                self._event_loop.close()
+                self._event_loop = None

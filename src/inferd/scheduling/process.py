@@ -15,6 +15,8 @@ waits on a pipe, so the schedulers treat it like any other thread-friendly insta
   views of the request arena (no copy) and it writes its outputs into the response arena, which the server
   copies out once (the arena is reused by the next call). BYTES (object) tensors have no fixed size and travel
   pickled in the pipe message instead.
+* During a call the child may send BLS requests (a model calling another model, see bls.py): `_call` hands each
+  to the `bls` handler on a thread of its own and keeps listening; the answer goes back over the same pipe.
 * A backend exception fails that call only, with the backend's message (an `InferError` keeps its kind). If the
   process dies (a crash, `os._exit`, `kill -9`), the call in flight fails with "model instance process exited
   with code X" and the instance starts a new process (reloading the model) for the next call.
@@ -52,6 +54,7 @@ import numpy as np
 from ..backends import BackendSpec
 from ..config import ConfigError, ModelConfig
 from ..types import ErrorKind, InferError
+from .bls import BlsHandler, BlsRequest, Channel, set_channel
 from .environments import PythonEnvironment, enter_environment
 
 __all__ = ["SHM_PREFIX", "InstanceProcessError", "ProcessInstance"]
@@ -221,19 +224,23 @@ def _child_outputs(value: object) -> Tensors:
     return {str(name): np.asarray(array) for name, array in value.items()}
 
 
-def _child_execute(conn: Connection, arenas: _ChildArenas, backend: Any, message: tuple[Any, ...]) -> tuple[Any, ...]:
+def _child_execute(channel: Channel, arenas: _ChildArenas, backend: Any, message: tuple[Any, ...]) -> tuple[Any, ...]:
     _, request_name, headers, pickled, response_name, response_size = message
     inputs: Tensors = dict(pickled)
     if headers:
         request = arenas.get("request", request_name)
         for header in headers:
             inputs[header[0]] = _view(request, header)
-    outputs = _child_outputs(backend.execute(inputs))
+    channel.active = True  # the server listens for BLS requests until this call's answer
+    try:
+        outputs = _child_outputs(backend.execute(inputs))
+    finally:
+        channel.active = False
     del inputs
     out_headers, out_pickled, size = _layout(outputs)
     if size > response_size:
-        conn.send(("grow", size))
-        response_name = conn.recv()[1]
+        channel.send(("grow", size))
+        response_name = channel.receive("arena")[1]
         if response_name is None:
             raise MemoryError(f"the server could not allocate {size} bytes of shared memory for the outputs")
     response = arenas.get("response", response_name) if out_headers else None
@@ -254,25 +261,28 @@ def _child_main(conn: Connection, target: str, config_bytes: bytes, files: str, 
         return
     conn.send(("ready", os.getpid()))
     arenas = _ChildArenas()
+    channel = Channel(conn)  # from now on the pipe's only reader (BLS replies may come to other threads)
+    set_channel(channel)
     try:
         while True:
             try:
-                message = conn.recv()
-            except (EOFError, OSError):
+                message = channel.receive("command")
+            except EOFError:
                 return  # the server went away
             if message[0] == "stop":
                 return
             try:
-                reply = _child_execute(conn, arenas, backend, message)
+                reply = _child_execute(channel, arenas, backend, message)
             except EOFError:
                 return  # the server went away while this call asked for a larger response arena
             except Exception as exc:
                 reply = _describe(exc)
             try:
-                conn.send(reply)
+                channel.send(reply)
             except OSError:
                 return
     finally:
+        set_channel(None)
         try:
             backend.unload()
         except Exception:
@@ -291,12 +301,19 @@ class _Child:
         self.conn = conn
         self.loaded = False
         self.pid = process.pid
+        self.send_lock = threading.Lock()  # BLS answers are sent from threads of their own
 
     def send(self, message: tuple[Any, ...]) -> None:
         try:
-            self.conn.send(message)
+            with self.send_lock:
+                self.conn.send(message)
         except OSError:  # a broken pipe: the process is gone
             raise self.exited() from None
+
+    def send_quietly(self, message: tuple[Any, ...]) -> None:
+        """Send from a BLS thread: a child that has gone meanwhile is the call's thread's to notice."""
+        with contextlib.suppress(OSError, ValueError), self.send_lock:
+            self.conn.send(message)
 
     def recv(self) -> Any:
         """The child's next message; `_ProcessExited` if it ends first."""
@@ -414,13 +431,14 @@ class ProcessInstance:
 
     def __init__(self, target: str, config: ModelConfig | None = None, files: str | Path | None = None,
                  device: str = "cpu", *, start_method: str = "spawn", stop_timeout: float = 10.0,
-                 environment: PythonEnvironment | None = None) -> None:
+                 environment: PythonEnvironment | None = None, bls: BlsHandler | None = None) -> None:
         if start_method not in ("spawn", "forkserver"):
             raise ValueError("start_method must be 'spawn' or 'forkserver': a threaded server is never forked")
         if environment is not None and start_method != "spawn":
             raise ValueError("an instance with its own Python environment must use the 'spawn' start method")
         self.target = target
         self.environment = environment
+        self.bls = bls  # runs the model's BLS requests (see bls.py); None: they are answered with an error
         self.stop_timeout = stop_timeout
         self.restarts = 0  # processes started again after one died
         self._context: Any = multiprocessing.get_context(start_method)  # typeshed's BaseContext lacks Process
@@ -428,6 +446,7 @@ class ProcessInstance:
         self._files = ""
         self._device = device
         self._name = "model"
+        self._version = ""
         self._lock = threading.Lock()
         self._closed = False
         self._resources = _Resources()
@@ -494,6 +513,7 @@ class ProcessInstance:
         self._files = str(files)
         self._device = device
         self._name = config.name or self._name
+        self._version = Path(files).name
 
     def _spawn(self) -> _Child:
         parent_end, child_end = self._context.Pipe(duplex=True)
@@ -597,13 +617,17 @@ class ProcessInstance:
             grow_error: InferError | None = None
             while True:
                 reply = child.recv()
-                if reply[0] != "grow":
+                tag = reply[0]
+                if tag == "grow":
+                    try:
+                        name = responses.ensure(reply[1]).name
+                    except InferError as exc:  # the child fails the call; its answer comes next
+                        grow_error, name = exc, None
+                    child.send(("arena", name))
+                elif tag == "bls":
+                    self._start_bls(child, reply)
+                else:
                     break
-                try:
-                    name = responses.ensure(reply[1]).name
-                except InferError as exc:  # the child fails the call; its answer comes next
-                    grow_error, name = exc, None
-                child.send(("arena", name))
             answered = True
         finally:
             if not answered and child.process.exitcode is None:
@@ -618,6 +642,29 @@ class ProcessInstance:
         if kind is not None:
             raise InferError(ErrorKind[kind], message)
         raise InstanceProcessError(message)
+
+    def _start_bls(self, child: _Child, message: tuple[Any, ...]) -> None:
+        """Run a BLS request of the call in flight on a thread of its own, so that several may run at once and
+        this thread goes on listening (for more of them, and for the call's answer)."""
+        _, call_id, model_name, version, inputs, outputs, timeout_us = message
+        request = BlsRequest(str(model_name), str(version), dict(inputs), list(outputs), int(timeout_us))
+        caller = (self._name, self._version)
+        handler = self.bls
+
+        def run() -> None:
+            error: tuple[str, str] | None = None
+            results: Tensors | None = None
+            try:
+                if handler is None:
+                    raise InferError(ErrorKind.UNSUPPORTED, "BLS requests need a server: this instance runs alone")
+                results = handler(caller, request)
+            except InferError as exc:
+                error = (exc.kind.name, exc.message)
+            except Exception as exc:
+                error = (ErrorKind.INTERNAL.name, f"{type(exc).__name__}: {exc}")
+            child.send_quietly(("bls", call_id, error, results))
+
+        threading.Thread(target=run, name=f"inferd-bls-{self._name}", daemon=True).start()
 
     def _read(self, headers: list[Header], pickled: Tensors) -> Tensors:
         """The outputs, copied out of the response arena (the next call overwrites it)."""
