@@ -149,6 +149,7 @@ def microservice_command(args: argparse.Namespace) -> int:
         log.exception("the class's load() failed: %s", exc)
         component.close()
         return 1
+    component.custom_metrics.labels["model_name"] = os.environ.get("PREDICTIVE_UNIT_ID") or model_name
     register_component(model_name, component)
     repository = _write_repository(model_name)
     try:
@@ -180,4 +181,5 @@ async def _serve(server: Any, component: Any, args: argparse.Namespace, started:
         grpc=Endpoint(args.grpc_address, args.grpc_port) if args.grpc_port else None,
         metrics=Endpoint(args.metrics_address or args.http_address, args.metrics_port) if args.metrics_port else None,
         exit_timeout=args.exit_timeout_secs, http_name="Seldon + V2 HTTPService",
+        metrics_collectors=[component.custom_metrics],
         ready_message=f"inferd {__version__} microservice ready", started=started)

@@ -21,9 +21,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ..observability.custom_metrics import CustomMetrics, valid_metrics
+
 __all__ = [
     "SERVICE_TYPES",
-    "MetricError",
     "NotImplementedBySeldonClass",
     "RuntimeResponse",
     "SeldonComponent",
@@ -33,15 +34,10 @@ __all__ = [
 
 SERVICE_TYPES = ("MODEL", "TRANSFORMER", "OUTPUT_TRANSFORMER", "ROUTER", "COMBINER")
 _PARAMETER_TYPES: dict[str, Callable[[str], Any]] = {"INT": int, "FLOAT": float, "DOUBLE": float, "STRING": str}
-_METRIC_TYPES = ("COUNTER", "GAUGE", "TIMER")
 
 
 class NotImplementedBySeldonClass(Exception):
     """The user class does not implement the method asked for (Seldon then falls back, or answers 400)."""
-
-
-class MetricError(Exception):
-    """`metrics()` (or a runtime response) returned something that is not a list of Seldon metrics."""
 
 
 class RuntimeResponse:
@@ -144,6 +140,8 @@ class SeldonComponent:
         self.service_type = service_type
         self.executor = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix=f"seldon-{name}")
         self._loaded = threading.Event()
+        # Custom metrics for Prometheus; `inferd microservice` sets the model_name label to the V2 model name.
+        self.custom_metrics = CustomMetrics({"model_name": name.lower(), "worker_id": str(os.getpid())})
 
     @classmethod
     def create(cls, interface: str, parameters: dict[str, Any], service_type: str = "MODEL",
@@ -192,17 +190,18 @@ class SeldonComponent:
             return {}
         return dict(tags) if tags else {}
 
-    def metrics(self, runtime: list[Any] | None = None) -> list[dict[str, Any]]:
-        """The class's `metrics()` plus a response's runtime metrics, checked as Seldon checks them."""
-        runtime = list(runtime or [])
-        _check_metrics(runtime)
+    def metrics(self, runtime: list[Any] | None = None, method: str = "predict") -> list[dict[str, Any]]:
+        """The class's `metrics()` plus a response's runtime metrics, recorded for Prometheus under `method`.
+
+        Entries that are not valid Seldon metrics are logged once and dropped (Seldon answers 500 for them;
+        here a bad metric never fails the request). An exception raised by `metrics()` itself propagates."""
         try:
             found = self._optional("metrics")
         except NotImplementedBySeldonClass:
-            return runtime
-        found = list(found) if found else []
-        _check_metrics(found)
-        return found + runtime
+            found = None
+        combined = [*(found if isinstance(found, (list, tuple)) else valid_metrics(found)),
+                    *(runtime if isinstance(runtime, (list, tuple)) else valid_metrics(runtime))]
+        return self.custom_metrics.record(combined, method)
 
     def class_names(self, ndim: int, columns: int) -> list[str]:
         """Names of a response's columns: the class's `class_names` (method or attribute), else t:0, t:1, ..."""
@@ -296,13 +295,3 @@ class SeldonComponent:
                 return RuntimeResponse(None)
             raise
 
-
-def _check_metrics(metrics: Any) -> None:
-    if not isinstance(metrics, list):
-        raise MetricError(f"Bad metric created during request: {metrics!r} (metrics must be a list)")
-    for metric in metrics:
-        ok = (isinstance(metric, dict) and metric.get("type") in _METRIC_TYPES and isinstance(metric.get("key"), str)
-              and isinstance(metric.get("value"), (int, float)) and not isinstance(metric.get("value"), bool)
-              and isinstance(metric.get("tags", {}), dict))
-        if not ok:
-            raise MetricError(f"Bad metric created during request: {json.dumps(metrics, default=str)}")

@@ -15,6 +15,7 @@ returns; strings, bytes and dicts (as JSON) come back as one BYTES element.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,12 @@ from ._seldon_component import RuntimeResponse, SeldonComponent
 
 __all__ = ["COMPONENT_PARAMETER", "SeldonBackend", "register_component", "unregister_component"]
 
+log = logging.getLogger("inferd.seldon")
+
 COMPONENT_PARAMETER = "seldon_component"  # config parameter naming the registered component
 
+_METHODS = {"MODEL": "predict", "TRANSFORMER": "transform_input", "OUTPUT_TRANSFORMER": "transform_output",
+            "ROUTER": "route", "COMBINER": "aggregate"}  # the `method` label of a V2 call's custom metrics
 _COMPONENTS: dict[str, SeldonComponent] = {}
 _LOCK = threading.Lock()
 
@@ -98,8 +103,19 @@ class SeldonBackend:
             raise RuntimeError("the Seldon component is not loaded")
         features = {name: _features(array) for name, array in inputs.items()}
         x: Any = next(iter(features.values())) if len(features) == 1 else features
-        response = component.run(self._call, component, x)
+        response = component.run(self._call_and_record, component, x)
         return {self._output: _to_tensor(response.data)}
+
+    @classmethod
+    def _call_and_record(cls, component: SeldonComponent, x: Any) -> RuntimeResponse:
+        """The call, then the class's custom metrics recorded for Prometheus as a Seldon route records them
+        (a failing `metrics()` is logged: the V2 answer carries no metrics, so it need not fail)."""
+        response = cls._call(component, x)
+        try:
+            component.metrics(response.metrics, _METHODS[component.service_type])
+        except Exception:
+            log.exception("the Seldon class's metrics() raised")
+        return response
 
     @staticmethod
     def _call(component: SeldonComponent, x: Any) -> RuntimeResponse:

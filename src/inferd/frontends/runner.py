@@ -10,7 +10,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +41,11 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
 async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoint] | None,
                              grpc: Endpoint | None, metrics: Endpoint | None, exit_timeout: float,
                              grpc_max_message_bytes: int | None = None, http_name: str = "HTTPService",
-                             ready_message: str = "ready", started: float | None = None) -> None:
-    """Start the front doors that are given, log `ready_message`, and serve until SIGINT or SIGTERM."""
+                             ready_message: str = "ready", started: float | None = None,
+                             metrics_collectors: Sequence[Any] = ()) -> None:
+    """Start the front doors that are given, log `ready_message`, and serve until SIGINT or SIGTERM.
+
+    `metrics_collectors`: Prometheus collectors served on the metrics endpoint next to the model metrics."""
     from .http.server import HttpServer
 
     loop = asyncio.get_running_loop()
@@ -62,7 +65,8 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
     if metrics is not None:
         from ..observability.metrics import start_metrics_server
 
-        metrics_server = start_metrics_server(server.model_statistics, metrics.address, metrics.port)
+        metrics_server = start_metrics_server(server.model_statistics, metrics.address, metrics.port,
+                                              metrics_collectors)
         log.info("started Metrics Service at %s:%d", metrics.address, metrics.port)
     http_server = None
     if http is not None:

@@ -99,14 +99,18 @@ class ModelMetricsCollector(Collector):
         return metric
 
 
-def build_registry(source: Callable[[], Iterable[ModelStatistics]]) -> CollectorRegistry:
-    """A registry with the model metrics and the process's CPU and memory."""
+def build_registry(source: Callable[[], Iterable[ModelStatistics]],
+                   extra: Iterable[Collector] = ()) -> CollectorRegistry:
+    """A registry with the model metrics, the process's CPU and memory, and `extra` collectors (e.g. Seldon's
+    custom metrics in `inferd microservice`)."""
     from prometheus_client import PLATFORM_COLLECTOR, PROCESS_COLLECTOR
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ModelMetricsCollector(source))
     registry.register(PROCESS_COLLECTOR)
     registry.register(PLATFORM_COLLECTOR)
+    for collector in extra:
+        registry.register(collector)
     return registry
 
 
@@ -154,9 +158,9 @@ class _MetricsHandler(BaseHTTPRequestHandler):
 
 
 def start_metrics_server(source: Callable[[], Iterable[ModelStatistics]], address: str,
-                         port: int) -> ThreadingHTTPServer:
+                         port: int, extra: Iterable[Collector] = ()) -> ThreadingHTTPServer:
     """Serve `/metrics` on its own thread; returns the server (call `shutdown()` to stop it)."""
-    handler = type("MetricsHandler", (_MetricsHandler,), {"registry": build_registry(source)})
+    handler = type("MetricsHandler", (_MetricsHandler,), {"registry": build_registry(source, extra)})
     server = ThreadingHTTPServer((address, port), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="inferd-metrics", daemon=True).start()

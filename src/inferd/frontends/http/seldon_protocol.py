@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 import numpy as np
 import orjson
 
-from ...backends._seldon_component import MetricError, NotImplementedBySeldonClass, RuntimeResponse, SeldonComponent
+from ...backends._seldon_component import NotImplementedBySeldonClass, RuntimeResponse, SeldonComponent
 
 __all__ = ["SeldonError", "aggregate", "decode_body", "feedback", "health_status", "metadata", "predict", "route",
            "transform"]
@@ -157,8 +157,10 @@ def _request_path(request_meta: Message | None) -> Message:
 
 
 def build_response(component: SeldonComponent, request: Message, result: RuntimeResponse,
-                   meta: Message | None, extra_metrics: list[Any] | None = None) -> Message:
-    """A SeldonMessage for `result`, in the request's data form, with the meta Seldon's wrapper adds."""
+                   meta: Message | None, extra_metrics: list[Any] | None = None, method: str = "predict") -> Message:
+    """A SeldonMessage for `result`, in the request's data form, with the meta Seldon's wrapper adds.
+
+    The class's metrics (unless `extra_metrics` are given) are recorded for Prometheus under `method`."""
     response: Message = {}
     value = result.data
     if isinstance(value, dict):
@@ -188,10 +190,7 @@ def build_response(component: SeldonComponent, request: Message, result: Runtime
     tags.update(component.tags())
     tags.update(result.tags)
     metrics = list((meta or {}).get("metrics") or [])
-    try:
-        metrics.extend(extra_metrics if extra_metrics is not None else component.metrics(result.metrics))
-    except MetricError as exc:
-        raise SeldonError(str(exc), 500, "MICROSERVICE_BAD_METRIC") from None
+    metrics.extend(extra_metrics if extra_metrics is not None else component.metrics(result.metrics, method))
     if tags:
         out_meta["tags"] = tags
     if metrics:
@@ -226,7 +225,7 @@ def transform(component: SeldonComponent, method: str, message: Any) -> Any:
         pass
     features, meta, data = extract(message)
     result = component.call_with_meta(method, features, _names(data), meta, lambda: features)
-    return build_response(component, message, result, meta)
+    return build_response(component, message, result, meta, method=method)
 
 
 def route(component: SeldonComponent, message: Any) -> Any:
@@ -241,7 +240,7 @@ def route(component: SeldonComponent, message: Any) -> Any:
     if isinstance(result.data, bool) or not isinstance(result.data, (int, np.integer)):
         raise SeldonError(f"Routing response must be int but got {result.data}")
     result.data = np.array([[int(result.data)]])
-    return build_response(component, message, result, None)
+    return build_response(component, message, result, None, method="route")
 
 
 def aggregate(component: SeldonComponent, message: Any) -> Any:
@@ -273,10 +272,7 @@ def aggregate(component: SeldonComponent, message: Any) -> Any:
         merged["tags"].update(meta.get("tags") or {})
         merged["requestPath"].update(meta.get("requestPath") or {})
         metrics.extend(meta.get("metrics") or [])
-    try:
-        metrics.extend(component.metrics(result.metrics))
-    except MetricError as exc:
-        raise SeldonError(str(exc), 500, "MICROSERVICE_BAD_METRIC") from None
+    metrics.extend(component.metrics(result.metrics, "aggregate"))
     first = dict(messages[0]) if isinstance(messages[0], dict) else {}
     first["meta"] = {**(first.get("meta") or {}), "requestPath": merged["requestPath"]}
     return build_response(component, first, result, {"tags": merged["tags"]}, metrics)
@@ -309,11 +305,15 @@ def feedback(component: SeldonComponent, message: Any) -> Any:
                                      int(routing) if isinstance(routing, (int, float)) else None)
     if result.data is None:
         result.data = np.array([])
-    return build_response(component, request, result, None)
+    if reward:  # Seldon's wrapper counts feedback and sums its rewards as custom counters
+        component.custom_metrics.record([{"type": "COUNTER", "key": "seldon_api_model_feedback", "value": 1},
+                                         {"type": "COUNTER", "key": "seldon_api_model_feedback_reward",
+                                          "value": reward}], "send_feedback")
+    return build_response(component, request, result, None, method="send_feedback")
 
 
 def health_status(component: SeldonComponent) -> Any:
-    return build_response(component, {}, RuntimeResponse(component.health_status()), None)
+    return build_response(component, {}, RuntimeResponse(component.health_status()), None, method="health_status")
 
 
 def metadata(component: SeldonComponent) -> Message:
