@@ -15,8 +15,6 @@
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import importlib
 import importlib.util
 import json
@@ -29,6 +27,7 @@ from types import ModuleType
 from typing import Any
 
 from ..config import ConfigError
+from ..multipart import form_parts
 from ..types import ErrorKind, InferError
 
 log = logging.getLogger("inferd.torchserve")
@@ -118,22 +117,10 @@ def _decode_value(value: bytes, content_type: str) -> Any:
 
 def _form_fields(body: bytes, content_type: str) -> dict[str, Any] | None:
     """The fields of a multipart/form-data body (files as bytes, plain fields as text); None if it is not one."""
-    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", errors="replace")
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
-    if not message.is_multipart():
+    parts = form_parts(body, content_type)
+    if parts is None:
         return None
-    fields: dict[str, Any] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if not isinstance(name, str):
-            continue
-        payload = part.get_payload(decode=True)
-        value = payload if isinstance(payload, bytes) else b""
-        if part.get_filename() is None and part.get("content-type") is None:
-            fields[name] = _decode_value(value, "text/plain")
-        else:
-            fields[name] = _decode_value(value, part.get_content_type())
-    return fields
+    return {part.name: _decode_value(part.content, part.content_type) for part in parts}
 
 
 def decode_request(body: bytes, headers: dict[str, str]) -> dict[str, Any]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.parser
-import email.policy
 import os
 from typing import Any
 from urllib.parse import parse_qs
@@ -22,6 +20,7 @@ import numpy as np
 import orjson
 
 from ...backends._seldon_component import NotImplementedBySeldonClass, RuntimeResponse, SeldonComponent
+from ...multipart import form_parts
 
 __all__ = ["SeldonError", "aggregate", "decode_body", "feedback", "health_status", "metadata", "predict", "route",
            "transform"]
@@ -71,24 +70,17 @@ def _loads(text: bytes) -> Any:
 
 def _multipart(body: bytes, content_type: str) -> Message:
     """Seldon's multipart form: each field a SeldonMessage key (JSON), `strData` as text, `binData` a file."""
-    parser = email.parser.BytesParser(policy=email.policy.HTTP)
-    document = parser.parsebytes(b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
-    if not document.is_multipart():
+    parts = form_parts(body, content_type)
+    if parts is None:
         raise SeldonError("Can't find JSON in data")
     message: Message = {}
-    for part in document.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if not isinstance(name, str):
-            continue
-        payload = part.get_payload(decode=True)
-        content = payload if isinstance(payload, bytes) else b""
-        is_file = part.get_filename() is not None
-        if name == "binData":
-            message[name] = base64.b64encode(content).decode("ascii")
-        elif name == "strData" or is_file:
-            message[name] = content.decode("utf-8", errors="replace")
+    for part in parts:
+        if part.name == "binData":
+            message[part.name] = base64.b64encode(part.content).decode("ascii")
+        elif part.name == "strData" or part.filename is not None:
+            message[part.name] = part.content.decode("utf-8", errors="replace")
         else:
-            message[name] = _loads(content)
+            message[part.name] = _loads(part.content)
     return message
 
 
