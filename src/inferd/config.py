@@ -19,6 +19,7 @@ CONFIG_FILENAME = "config.pbtxt"
 
 __all__ = [
     "CONFIG_FILENAME",
+    "DEFAULT_SIGNATURE",
     "ConfigError",
     "DataType",
     "ModelConfig",
@@ -28,6 +29,7 @@ __all__ = [
     "int_parameter",
     "parse_config",
     "read_config",
+    "signature_name",
     "string_parameter",
     "v2_datatype",
     "validate_config",
@@ -121,6 +123,16 @@ def string_parameter(config: ModelConfig, key: str, default: str = "") -> str:
     if key in config.parameters:
         return str(config.parameters[key].string_value)
     return default
+
+
+DEFAULT_SIGNATURE = "serving_default"
+
+
+def signature_name(config: ModelConfig) -> str:
+    """The signature a model serves (TensorFlow, and V1's metadata): `TF_SIGNATURE_DEF` (Triton's TF backend),
+    else `signature_name` (the name TF-Serving's clients know), else `serving_default`."""
+    return (string_parameter(config, "TF_SIGNATURE_DEF") or string_parameter(config, "signature_name")
+            or DEFAULT_SIGNATURE)
 
 
 def int_parameter(config: ModelConfig, key: str) -> int | None:

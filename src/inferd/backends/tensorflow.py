@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ConfigError, DataType, ModelConfig, int_parameter, string_parameter
+from ..config import ConfigError, DataType, ModelConfig, int_parameter, signature_name
 from ..types import InferError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported; a user's value stays
@@ -40,7 +40,6 @@ import tensorflow as tf  # only after the logging level above
 log = logging.getLogger("inferd.tensorflow")
 
 DEFAULT_FILENAME = "model.savedmodel"
-DEFAULT_SIGNATURE = "serving_default"
 # Triton's default when auto-complete finds a model that supports batching.
 DEFAULT_MAX_BATCH_SIZE = 4
 _CPU = "/CPU:0"
@@ -89,12 +88,6 @@ def _model_path(config: ModelConfig, files: Path) -> Path:
     if not path.is_dir():
         raise ConfigError(f"SavedModel folder {path} not found")
     return path
-
-
-def signature_name(config: ModelConfig) -> str:
-    """The signature a model serves: `TF_SIGNATURE_DEF`, else `signature_name`, else `serving_default`."""
-    return (string_parameter(config, "TF_SIGNATURE_DEF") or string_parameter(config, "signature_name")
-            or DEFAULT_SIGNATURE)
 
 
 def _apply_threads(config: ModelConfig) -> None:

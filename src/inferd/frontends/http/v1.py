@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ...config import DEFAULT_SIGNATURE, signature_name
 from ...model import ServedModel, TensorSpec
 from ...server import Server
 from ...types import ErrorKind, InferenceRequest, InferError, numpy_dtype
@@ -27,7 +28,6 @@ from .v2 import load_json_object
 
 __all__ = ["DEFAULT_SIGNATURE", "v1_route"]
 
-DEFAULT_SIGNATURE = "serving_default"
 _PREDICT_METHOD = "tensorflow/serving/predict"
 _MAX_DIMS = 64  # as numpy's arrays
 _NOT_FOUND = InferError(ErrorKind.NOT_FOUND, "Not Found")
@@ -114,16 +114,7 @@ def _metadata(served: ServedModel) -> dict[str, Any]:
         "method_name": _PREDICT_METHOD,
     }
     return {"model_spec": {"name": served.name, "signature_name": "", "version": served.version_str},
-            "metadata": {"signature_def": {"signature_def": {_signature_of(served): signature}}}}
-
-
-def _signature_of(served: ServedModel) -> str:
-    """The model's one signature: the config's `TF_SIGNATURE_DEF` (Triton's TF backend) or `signature_name`."""
-    for key in ("TF_SIGNATURE_DEF", "signature_name"):
-        param = served.config.parameters.get(key) if served.config.parameters else None
-        if param is not None and param.string_value:
-            return str(param.string_value)
-    return DEFAULT_SIGNATURE
+            "metadata": {"signature_def": {"signature_def": {signature_name(served.config): signature}}}}
 
 
 # ---- predict ----
@@ -134,9 +125,9 @@ async def _predict(server: Server, name: str, version: str, body: bytes) -> dict
     signature = doc.get("signature_name", "")
     if not isinstance(signature, str):
         raise InferError.invalid("'signature_name' must be a string")
-    if signature and signature not in (DEFAULT_SIGNATURE, _signature_of(served)):
+    if signature and signature not in (DEFAULT_SIGNATURE, signature_name(served.config)):
         raise InferError.invalid(f"model '{name}' has no signature '{signature}' (it has "
-                                 f"'{_signature_of(served)}')")
+                                 f"'{signature_name(served.config)}')")
     has_rows, has_columns = "instances" in doc, "inputs" in doc
     if has_rows == has_columns:
         raise InferError.invalid("the request must have exactly one of 'instances' (row form) or 'inputs' "
