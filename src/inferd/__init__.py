@@ -1,7 +1,6 @@
 """inferd: a Triton-compatible model inference server in one pip install."""
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .server import Server
 from .types import ErrorKind, InferenceRequest, InferenceResponse, InferError, RequestedOutput
 

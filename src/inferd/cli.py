@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from . import __version__
+from ._version import __version__
 from .limits import DEFAULT_MAX_INPUTS, DEFAULT_MAX_TENSOR_ELEMENTS
 from .observability import LOG_CONTROL, Tracer
 from .observability.tracing import parse_trace_config

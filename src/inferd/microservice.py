@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 
 log = logging.getLogger("inferd.microservice")
 

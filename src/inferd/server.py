@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .config import ConfigError, ModelConfig, config_from_json, config_to_json
 from .limits import DEFAULT_MAX_INPUTS, DEFAULT_MAX_TENSOR_ELEMENTS, RequestLimits
 from .manager import ModelManager
