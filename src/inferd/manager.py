@@ -16,13 +16,13 @@ from typing import Any, cast
 from .backends import BACKENDS, Backend, create_backend, resolve_backend
 from .classification import read_labels
 from .config import ConfigError, ModelConfig, ModelInstanceGroup, read_config, validate_config
+from .instances.bls import BlsHandler, BlsRequest, Tensors
+from .instances.environments import EnvironmentBuildError, EnvironmentCache, PythonEnvironment, find_requirements
+from .instances.process import ProcessInstance
 from .model import ServedModel
 from .observability import ModelStatistics
 from .repository import ModelRepository, safe_join, select_versions, version_dirs
 from .scheduling import DirectScheduler, DynamicBatcher, InstancePool, Scheduler
-from .scheduling.bls import BlsHandler, BlsRequest, Tensors
-from .scheduling.environments import EnvironmentBuildError, EnvironmentCache, PythonEnvironment, find_requirements
-from .scheduling.process import ProcessInstance
 from .types import ErrorKind, InferError
 
 log = logging.getLogger("inferd.manager")

@@ -14,6 +14,8 @@ import numpy as np
 
 from ._version import __version__
 from .config import ConfigError, ModelConfig, config_from_json, config_to_json
+from .instances.bls import BlsRequest
+from .instances.environments import EnvironmentCache
 from .limits import DEFAULT_MAX_INPUTS, DEFAULT_MAX_TENSOR_ELEMENTS, RequestLimits
 from .manager import ModelManager
 from .memory import (
@@ -29,8 +31,6 @@ from .model import ServedModel
 from .observability import LOG_CONTROL, FailureReason, ModelStatistics, Tracer
 from .repository import ModelRepository
 from .scheduling import BackendFailure, Job
-from .scheduling.bls import BlsRequest
-from .scheduling.environments import EnvironmentCache
 from .types import ErrorKind, InferenceRequest, InferenceResponse, InferError, RequestedOutput, datatype_of
 
 log = logging.getLogger("inferd.server")

@@ -15,7 +15,7 @@ What differs from Triton, on purpose or for now:
   (or `await request.async_exec()` in an `async def execute`) runs any model of the same server and returns an
   `InferenceResponse`; a failure (unknown model, bad input) is a response whose `has_error()` is true, not an
   exception. The request travels over the instance's pipe and runs through the server's core (see
-  `inferd.scheduling.bls`, which also states the deadlock rule: a single-instance model calling itself is refused).
+  `inferd.instances.bls`, which also states the deadlock rule: a single-instance model calling itself is refused).
   BLS tensors are pickled, not shared; `decoupled=True` and `preferred_memory` are not supported.
 * Decoupled mode is not supported. A response may still be sent through
   `get_response_sender().send(response, flags=TRITONSERVER_RESPONSE_COMPLETE_FINAL)` with `execute` returning None
@@ -306,7 +306,7 @@ class InferenceRequest:
             raise TritonModelException("decoupled BLS requests are not supported by inferd")
         if not self.model_name:
             raise TritonModelException("a BLS InferenceRequest needs a model_name")
-        from inferd.scheduling.bls import BlsRequest, call_model
+        from inferd.instances.bls import BlsRequest, call_model
         from inferd.types import InferError
 
         version = str(self.model_version)

@@ -27,7 +27,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from clients import make_input
-from inferd.scheduling.environments import EnvironmentBuildError, EnvironmentCache
+from inferd.instances.environments import EnvironmentBuildError, EnvironmentCache
 from serving import ServerProcess, start_server
 
 DEP = "inferd_test_dep"
@@ -284,7 +284,7 @@ def test_concurrent_builds_build_once(tmp_path: Path, simple_requirements: Path,
         except BaseException as exc:  # reported below
             errors.append(exc)
 
-    with caplog.at_level(logging.INFO, logger="inferd.scheduling.environments"):
+    with caplog.at_level(logging.INFO, logger="inferd.instances.environments"):
         threads = [threading.Thread(target=build) for _ in range(3)]
         for thread in threads:
             thread.start()
@@ -327,7 +327,7 @@ def test_environment_copy_of_a_module_the_server_imported_is_reported(tmp_path: 
     write_wheel(tmp_path, "0.0.1", "numpy")  # a stand-in numpy that only this environment holds
     path = tmp_path / "requirements.txt"
     path.write_text(requirements(tmp_path, "0.0.1", "numpy"))
-    with caplog.at_level(logging.WARNING, logger="inferd.scheduling.environments"):
+    with caplog.at_level(logging.WARNING, logger="inferd.instances.environments"):
         environment = EnvironmentCache(tmp_path / "envs").ensure(path, "shadow")
     assert (Path(environment.site_dirs[0]) / "numpy" / "__init__.py").is_file()
     assert np.__version__ != "0.0.1"  # the server's numpy was left alone

@@ -21,7 +21,7 @@ import pytest
 
 import inferd
 from gil_backend import registered, write_gil_model, write_gil_text_model
-from inferd.scheduling.process import SHM_PREFIX, ProcessInstance
+from inferd.instances.process import SHM_PREFIX, ProcessInstance
 from recording_backend import RecordingBackend, write_recording_model
 from recording_backend import registered as recording_registered
 

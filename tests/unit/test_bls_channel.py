@@ -1,4 +1,4 @@
-"""The child's pipe channel (scheduling/bls.py): each message reaches the thread waiting for it, whatever the order."""
+"""The child's pipe channel (instances/bls.py): each message reaches the thread waiting for it, whatever the order."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inferd.scheduling.bls import BlsRequest, Channel
+from inferd.instances.bls import BlsRequest, Channel
 from inferd.types import ErrorKind, InferError
 
 

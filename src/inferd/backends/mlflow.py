@@ -35,7 +35,7 @@ without the GIL (scikit-learn, XGBoost, LightGBM, PyTorch, TensorFlow, ONNX); th
 enforcement, a DataFrame of the rows) is a small fixed cost per call, which dynamic batching spreads over many rows.
 Threads share the server's packages and memory and load in milliseconds. Instance processes would also pick up the
 `requirements.txt` MLflow writes into every model folder and build a virtual environment from it (see
-scheduling/environments.py): MLflow pins the full `mlflow` package there (its tracking server, pyarrow,
+instances/environments.py): MLflow pins the full `mlflow` package there (its tracking server, pyarrow,
 matplotlib...), a large download per model that a server must not start behind its user's back. Like
 `mlflow models serve --env-manager local`, the model runs with the server's packages. A custom `PythonModel` that
 is pure Python and slow is better served as an inferd Python model (`model.py`), which runs in instance processes.

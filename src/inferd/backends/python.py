@@ -15,7 +15,7 @@ model code. A Triton class that defines the static method `auto_complete_config`
 process of its own (see `_triton_autocomplete`), with the model's environment when it has one. Outputs are
 converted to the data type the config declares (str and bytes for TYPE_STRING).
 
-`releases_gil = False`: the server runs each instance in a child process (scheduling/process.py) and this class is
+`releases_gil = False`: the server runs each instance in a child process (instances/process.py) and this class is
 what runs there. An exception from the model fails that call: HTTP 500 (the model failed, not necessarily the
 request), unless it raised `inferd.InferError` (its kind) or a `TritonError`, or (Triton API) answered with an
 error response: those are 400 unless their code says otherwise. A process that dies is restarted by the instance.

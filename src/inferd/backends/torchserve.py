@@ -9,7 +9,7 @@ model store: model `<name>`, version 1). The archive is extracted once into
 absolute paths, `..` or links leading out; every instance of the model loads from there.
 
 Handlers are Python code and hold the GIL, so `releases_gil` is False: each instance is a process of its own
-(`scheduling/process.py`) in which inferd's `ts` shim is importable (see `_torchserve_handlers`).
+(`instances/process.py`) in which inferd's `ts` shim is importable (see `_torchserve_handlers`).
 
 Tensors (auto-completed when the config gives none):
 
@@ -33,7 +33,7 @@ The archive's `requirementsFile` (`torch-model-archiver --requirements-file`) is
 only when asked, with TorchServe's own switch: the config parameter `install_py_dep_per_model` "true" (for one
 model), or the environment variable `TS_INSTALL_PY_DEP_PER_MODEL=true` (TorchServe's environment form of its
 config.properties entry, for every archive; a model's parameter "false" still turns it off). The file, in the
-extracted folder, then gives the model a cached per-model environment (`scheduling/environments.py`; relative
+extracted folder, then gives the model a cached per-model environment (`instances/environments.py`; relative
 entries such as `--find-links .` or `./dep.whl` resolve against the extracted archive), through the backend hook
 `requirements_file`. Otherwise a warning says the file is not installed and how to turn the install on.
 

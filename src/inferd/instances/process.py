@@ -38,6 +38,7 @@ import multiprocessing.resource_tracker
 import multiprocessing.spawn
 import multiprocessing.util  # its exit hook is registered now, so ours (see _hold) always comes after and runs first
 import os
+import pkgutil
 import secrets
 import signal
 import threading
@@ -51,7 +52,6 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import BackendSpec
 from ..config import ConfigError, ModelConfig
 from ..types import ErrorKind, InferError
 from .bls import BlsHandler, BlsRequest, Channel, set_channel
@@ -59,7 +59,7 @@ from .environments import PythonEnvironment, enter_environment
 
 __all__ = ["SHM_PREFIX", "InstanceProcessError", "ProcessInstance"]
 
-log = logging.getLogger("inferd.scheduling.process")
+log = logging.getLogger("inferd.instances.process")
 
 Tensors = dict[str, np.ndarray]
 # (name, dtype str, shape, offset): where one fixed-size tensor lies in an arena.
@@ -254,7 +254,7 @@ def _child_main(conn: Connection, target: str, config_bytes: bytes, files: str, 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the server's to handle; it stops its instances
     try:
         enter_environment(site_dirs)
-        backend: Any = BackendSpec(target, "").load_class()()
+        backend: Any = pkgutil.resolve_name(target)()  # "module:Class", the registry's target
         backend.load(ModelConfig.FromString(config_bytes), Path(files), device)
     except BaseException as exc:  # whatever stops the load is the reason the instance is unavailable
         conn.send(_describe(exc))

@@ -56,7 +56,7 @@ from pathlib import Path
 __all__ = ["ENV_DIR_VARIABLE", "REQUIREMENTS", "EnvironmentBuildError", "EnvironmentCache", "PythonEnvironment",
            "default_env_dir", "enter_environment", "find_requirements", "shadowed_modules"]
 
-log = logging.getLogger("inferd.scheduling.environments")
+log = logging.getLogger("inferd.instances.environments")
 
 REQUIREMENTS = "requirements.txt"
 ENV_DIR_VARIABLE = "INFERD_CACHE_DIR"  # environments go to $INFERD_CACHE_DIR/envs
