@@ -8,8 +8,9 @@ accepted and ignored. The HTTP port speaks Seldon's protocol and V2; the gRPC po
 own gRPC services). The class runs in this process, as in Seldon: it is created once, `load()` is called once,
 and `--threads` (default 1, as Seldon's) calls may run at once, whichever protocol they came in by.
 
-Behind the scenes the class is one V2 model (backend `seldon`) in a temporary repository, so V2 requests get the
-core's checks, statistics and metrics.
+Behind the scenes the class is one model (backend `seldon`) in a temporary repository, and every call — Seldon's
+routes as much as V2 HTTP and gRPC — is a request of the core's one pipeline: checks, statistics, metrics,
+traces and queueing alike.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def add_microservice_parser(subparsers: Any) -> None:
 
 
 def add_microservice_arguments(parser: argparse.ArgumentParser) -> None:
-    from .backends._seldon_component import SERVICE_TYPES
+    from .compat.seldon.component import SERVICE_TYPES
 
     parser.add_argument("interface_name", metavar="INTERFACE",
                         help="the user class: MODULE:CLASS, MODULE.CLASS, or NAME (module NAME, class NAME)")
@@ -103,21 +104,22 @@ def _install_logging(level: str) -> None:
                         warning=level != "ERROR", error=True)
 
 
-def _write_repository(model_name: str) -> Path:
-    """A repository of one model whose config names the registered component; the backend completes its I/O."""
+def _write_repository(model_name: str, threads: int) -> Path:
+    """A repository of one model whose config names the registered component; the backend completes its I/O.
+    As many instances as the class may take calls at once (`--threads`): every call goes through the core."""
     from .backends.seldon import COMPONENT_PARAMETER
 
     root = Path(tempfile.mkdtemp(prefix="inferd-microservice-"))
     (root / model_name / "1").mkdir(parents=True)
     (root / model_name / "config.pbtxt").write_text(
-        f'backend: "seldon"\nmax_batch_size: 0\n'
+        f'backend: "seldon"\nmax_batch_size: 0\ninstance_group [{{ count: {threads} kind: KIND_CPU }}]\n'
         f'parameters {{ key: "{COMPONENT_PARAMETER}" value {{ string_value: "{model_name}" }} }}\n')
     return root
 
 
 def microservice_command(args: argparse.Namespace) -> int:
-    from .backends._seldon_component import SeldonComponent, parse_parameters
     from .backends.seldon import register_component, unregister_component
+    from .compat.seldon.component import SeldonComponent, parse_parameters
     from .manager import check_model_name
     from .server import Server
     from .types import InferError
@@ -151,7 +153,7 @@ def microservice_command(args: argparse.Namespace) -> int:
         return 1
     component.custom_metrics.labels["model_name"] = os.environ.get("PREDICTIVE_UNIT_ID") or model_name
     register_component(model_name, component)
-    repository = _write_repository(model_name)
+    repository = _write_repository(model_name, threads)
     try:
         server = Server(repository, server_name="inferd")
         try:
@@ -161,7 +163,7 @@ def microservice_command(args: argparse.Namespace) -> int:
                 return 1
             from .frontends.runner import run_event_loop
 
-            run_event_loop(_serve(server, component, args, started))
+            run_event_loop(_serve(server, component, model_name, args, started))
         finally:
             server.close()
     finally:
@@ -171,11 +173,13 @@ def microservice_command(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(server: Any, component: Any, args: argparse.Namespace, started: float) -> None:
-    from .frontends.http.seldon import SeldonHttpFrontend
+async def _serve(server: Any, component: Any, model_name: str, args: argparse.Namespace, started: float) -> None:
+    from .frontends.http import HttpFrontend
+    from .frontends.http.routes import MICROSERVICE_ROUTES
     from .frontends.runner import Endpoint, serve_until_signal
 
-    frontend = SeldonHttpFrontend(server, component, max_input_size=args.http_max_input_size)
+    frontend = HttpFrontend(server, max_input_size=args.http_max_input_size, routes=MICROSERVICE_ROUTES,
+                            default_model=model_name)
     await serve_until_signal(
         server, http=(frontend, Endpoint(args.http_address, args.http_port)),
         grpc=Endpoint(args.grpc_address, args.grpc_port) if args.grpc_port else None,

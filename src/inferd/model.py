@@ -8,15 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from .classification import class_count, top_classes
 from .config import ModelConfig, v2_datatype
 from .observability import ModelStatistics
 from .scheduling import Scheduler
-from .types import InferenceRequest, InferError, datatype_of
-
-Tensors = dict[str, np.ndarray]
+from .types import InferenceRequest, InferError, Tensors, datatype_of
 
 
 @dataclass(slots=True, frozen=True)
@@ -75,6 +71,8 @@ class ServedModel:
         self.outputs = _specs(config.output)
         self._required = [s.name for s in self.inputs.values() if not s.optional]
         self.labels: dict[str, list[str]] = {}  # per output, from its label_filename (set when the model loads)
+        # Its backend takes whole protocol messages (Seldon's wrapper classes), not only tensors.
+        self.takes_messages = any(getattr(i, "takes_messages", False) for i in scheduler.pool.instances)
         batching = self.max_batch_size > 0
         self._metadata_io = (
             [s.metadata(batching) for s in self.inputs.values()],

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,19 +17,24 @@ from .instances.environments import EnvironmentCache
 from .limits import DEFAULT_MAX_INPUTS, DEFAULT_MAX_TENSOR_ELEMENTS, RequestLimits
 from .manager import ModelManager
 from .memory import (
-    SHM_BYTE_SIZE,
-    SHM_OFFSET,
-    SHM_REGION,
     CudaSharedMemory,
-    SharedMemoryLease,
     SystemSharedMemory,
-    shared_memory_ref,
 )
 from .model import ServedModel
-from .observability import LOG_CONTROL, FailureReason, ModelStatistics, Tracer
+from .observability import LOG_CONTROL, ModelStatistics, Tracer
+from .pipeline import (
+    SDK,
+    AccountStage,
+    AdmitStage,
+    Pipeline,
+    RequestContext,
+    ResolveStage,
+    RespondStage,
+    ScheduleStage,
+    Stage,
+)
 from .repository import ModelRepository
-from .scheduling import BackendFailure, Job
-from .types import ErrorKind, InferenceRequest, InferenceResponse, InferError, RequestedOutput, datatype_of
+from .types import InferenceRequest, InferenceResponse, InferError, RequestedOutput, datatype_of
 
 log = logging.getLogger("inferd.server")
 
@@ -73,6 +76,7 @@ class Server:
         max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS,
         max_inputs: int = DEFAULT_MAX_INPUTS,
         model_env_dir: str | Path | None = None,
+        stages: Iterable[Stage] = (),
         start: bool = True,
     ) -> None:
         paths = [model_repository] if isinstance(model_repository, (str, Path)) else list(model_repository)
@@ -94,11 +98,22 @@ class Server:
         self.tracer = tracer or Tracer()
         self.logs = LOG_CONTROL
         self.tracer.log_requests(self.logs.debug)
+        # The one request pipeline: the core stages, then stages from installed plugins and the caller.
+        self.pipeline = Pipeline(core_stages(self))
+        for stage in (*plugin_stages(self), *stages):
+            self.add_stage(stage)
+        self._run = self.pipeline.run
+        self._run_sync = self.pipeline.run_sync
         self._live = False
         self._stop_polling = threading.Event()
         self._poller: threading.Thread | None = None
         if start:
             self.start()
+
+    def add_stage(self, stage: Stage) -> None:
+        """Add a stage to every request's pipeline, where its `before` or `after` attribute (a stage name) says;
+        by default before `admit` (the model is known, the request not yet checked)."""
+        self.pipeline.insert(stage, before=getattr(stage, "before", None), after=getattr(stage, "after", None))
 
     # ---- lifecycle ----
 
@@ -156,6 +171,15 @@ class Server:
 
     def model(self, name: str, version: str = "") -> ServedModel:
         return self.manager.get(name, version)
+
+    def version_states(self, name: str) -> tuple[dict[int, tuple[str, str]], str] | None:
+        """A known model's versions (number -> (state, reason)) and why the model as a whole is unavailable ("" if
+        it is not); None for a name the server does not know."""
+        entry = self.manager.entry(name)
+        if entry is None:
+            return None
+        states = {number: (status.state.value, status.reason) for number, status in list(entry.versions.items())}
+        return states, entry.reason
 
     def model_ready(self, name: str, version: str = "") -> bool:
         return self.manager.is_ready(name, version)
@@ -242,51 +266,15 @@ class Server:
         self.tracer.log_requests(self.logs.debug)
         return current
 
-    # ---- inference ----
+    # ---- inference: every request of every protocol goes through the one pipeline ----
 
-    async def infer_request(self, request: InferenceRequest) -> InferenceResponse:
-        """Run one request (the frontends' entry point). Raises InferError."""
-        start = time.perf_counter_ns()
-        model = self.manager.get(request.model_name, request.model_version)
-        call = _Call(self.tracer, model, request.id, start)
-        try:
-            job, call.admitted = self._admit(model, request)
-            job.trace = call.trace
-            results = await model.scheduler.run(job)
-            response = self._respond(request, model, results, call.admitted, job.rows)
-        except asyncio.CancelledError as exc:
-            call.cancelled(exc)
-            raise
-        except Exception as exc:
-            error = call.failed(exc)
-            try:
-                raise error from None
-            finally:
-                del error  # no frame-traceback cycle: a failed request's tensors go now, not at the next GC
-        finally:
-            call.release()
-        call.succeeded()
-        return response
+    async def infer_request(self, request: InferenceRequest, context: RequestContext = SDK) -> InferenceResponse:
+        """Run one request through the pipeline (the front doors' entry point). Raises InferError."""
+        return await self._run(request, context)
 
-    def infer_request_sync(self, request: InferenceRequest) -> InferenceResponse:
-        start = time.perf_counter_ns()
-        model = self.manager.get(request.model_name, request.model_version)
-        call = _Call(self.tracer, model, request.id, start)
-        try:
-            job, call.admitted = self._admit(model, request)
-            job.trace = call.trace
-            results = model.scheduler.run_sync(job)
-            response = self._respond(request, model, results, call.admitted, job.rows)
-        except Exception as exc:
-            error = call.failed(exc)
-            try:
-                raise error from None
-            finally:
-                del error
-        finally:
-            call.release()
-        call.succeeded()
-        return response
+    def infer_request_sync(self, request: InferenceRequest, context: RequestContext = SDK) -> InferenceResponse:
+        """The same pipeline on the caller's thread (no event loop needed)."""
+        return self._run_sync(request, context)
 
     def _run_bls(self, caller: tuple[str, str], call: BlsRequest) -> dict[str, np.ndarray]:
         """A Python model's BLS request (see scheduling/bls.py), run as any request is, on the calling thread."""
@@ -301,156 +289,38 @@ class Server:
         outputs = [RequestedOutput(name) for name in call.outputs] if call.outputs else None
         parameters: dict[str, Any] = {"timeout": call.timeout_us} if call.timeout_us > 0 else {}
         request = InferenceRequest(call.model_name, dict(call.inputs), datatypes, version, "", outputs, parameters)
-        return self.infer_request_sync(request).outputs
-
-    def _admit(self, model: ServedModel, request: InferenceRequest) -> tuple[Job, _Admitted]:
-        self._check_limits(request)
-        lease = self._bind_shared_memory(request) if _uses_shared_memory(request) else None
-        try:
-            feeds, rows = model.check_inputs(request)
-            names = model.check_outputs(request)
-            classes = model.classifications(request) if request.outputs else {}
-            params = request.parameters
-            if params:
-                job = model.scheduler.make_job(feeds, rows, _int_param(params, "priority"),
-                                               _int_param(params, "timeout"))
-            else:
-                job = model.scheduler.make_job(feeds, rows, 0, 0)
-        except BaseException:
-            if lease is not None:
-                lease.release()
-            raise
-        return job, _Admitted(names, classes, lease)
-
-    def _check_limits(self, request: InferenceRequest) -> None:
-        """The request limits, for requests built in-process (frontends check them before decoding)."""
-        limits = self.limits
-        limits.check_input_count(len(request.inputs) + len(request.shared_inputs))
-        for name, array in request.inputs.items():
-            limits.check_count(name, array.size)
-        for name, (shape, _) in request.shared_inputs.items():
-            limits.check_elements(name, shape)
-
-    def _bind_shared_memory(self, request: InferenceRequest) -> SharedMemoryLease:
-        """Hold the regions the request names: its shared inputs become views of them, its placed outputs are
-        checked before the model runs."""
-        lease = SharedMemoryLease(self.shared_memory)
-        try:
-            for name, (shape, ref) in request.shared_inputs.items():
-                if name in request.inputs:
-                    raise InferError.invalid(f"input '{name}' is given more than once")
-                request.inputs[name] = lease.read_input(name, request.datatypes.get(name, ""), shape, ref)
-            for out in request.outputs or ():
-                placed = shared_memory_ref(f"output '{out.name}'", out.parameters) if out.parameters else None
-                if placed is not None:
-                    lease.place_output(out.name, placed)
-        except BaseException:
-            lease.release()
-            raise
-        return lease
-
-    @staticmethod
-    def _respond(request: InferenceRequest, model: ServedModel, results: dict[str, np.ndarray],
-                 admitted: _Admitted, batch: int) -> InferenceResponse:
-        outputs = model.shape_outputs(results, admitted.names, batch)
-        if admitted.classes:
-            model.classify(outputs, admitted.classes)
-        response = InferenceResponse(model.name, model.version_str, outputs, request.id)
-        if admitted.lease is not None:
-            response.shared_outputs = admitted.lease.finish(outputs)
-        return response
+        return self._run_sync(request, _BLS).outputs
 
     def infer(self, model_name: str, inputs: Mapping[str, Any], *, version: str = "",
               outputs: Iterable[str] | None = None, request_id: str = "") -> InferenceResponse:
         """Run the model on numpy inputs (anything `np.asarray` takes) and return its outputs."""
-        return self.infer_request_sync(build_request(model_name, inputs, version, outputs, request_id))
+        return self._run_sync(build_request(model_name, inputs, version, outputs, request_id), SDK)
 
     async def infer_async(self, model_name: str, inputs: Mapping[str, Any], *, version: str = "",
                           outputs: Iterable[str] | None = None, request_id: str = "") -> InferenceResponse:
-        return await self.infer_request(build_request(model_name, inputs, version, outputs, request_id))
+        return await self._run(build_request(model_name, inputs, version, outputs, request_id), SDK)
 
 
-class _Call:
-    """One request's bookkeeping, the same for the sync and async paths: statistics (pending count, outcome,
-    duration), its trace if sampled, and the shared-memory regions it holds."""
-
-    __slots__ = ("admitted", "model", "start", "trace", "tracer")
-
-    def __init__(self, tracer: Tracer, model: ServedModel, request_id: str, start: int) -> None:
-        self.tracer = tracer
-        self.model = model
-        self.start = start
-        self.trace = tracer.begin(model.name, model.version, request_id, start) if tracer.enabled else None
-        self.admitted: _Admitted | None = None
-        model.stats.enter()
-
-    def _end(self, reason: FailureReason | None, error: BaseException | None) -> None:
-        now = time.perf_counter_ns()
-        self.model.stats.record_request(now - self.start, reason)
-        if self.trace is not None:
-            self.tracer.end(self.trace, now, error)
-
-    def succeeded(self) -> None:
-        self._end(None, None)
-
-    def cancelled(self, exc: BaseException) -> None:
-        self._end(FailureReason.CANCELED, exc)
-
-    def failed(self, exc: Exception) -> InferError:
-        """The error the caller gets (see `_classify`), recorded under its failure reason."""
-        error, reason = _classify(self.model, exc)
-        self._end(reason, error)
-        return error
-
-    def release(self) -> None:
-        if self.admitted is not None and self.admitted.lease is not None:
-            self.admitted.lease.release()
+_BLS = RequestContext("bls")
 
 
-class _Admitted:
-    """What admitting a request decided beyond its job: the outputs to return, those to return as classes, and
-    the shared-memory regions it holds."""
+def plugin_stages(server: Server) -> list[Stage]:
+    """Stages from the `inferd.stages` entry-point group: each entry point is a factory `(server) -> Stage`."""
+    from importlib.metadata import entry_points
 
-    __slots__ = ("classes", "lease", "names")
-
-    def __init__(self, names: list[str], classes: dict[str, int], lease: SharedMemoryLease | None) -> None:
-        self.names = names
-        self.classes = classes
-        self.lease = lease
-
-
-_SHM_PARAMETERS = frozenset((SHM_REGION, SHM_OFFSET, SHM_BYTE_SIZE))
+    found = []
+    for entry in entry_points(group="inferd.stages"):
+        try:
+            found.append(entry.load()(server))
+        except Exception as exc:  # a broken plugin is reported and left out, never a server that cannot start
+            log.error("pipeline stage plugin '%s' (%s) failed to load: %s", entry.name, entry.value, exc)
+    return found
 
 
-def _uses_shared_memory(request: InferenceRequest) -> bool:
-    if request.shared_inputs:
-        return True
-    return any(out.parameters and not _SHM_PARAMETERS.isdisjoint(out.parameters) for out in request.outputs or ())
-
-
-def _classify(model: ServedModel, exc: Exception) -> tuple[InferError, FailureReason]:
-    """The error a failed request gets, and the reason it counts under in statistics and metrics."""
-    if isinstance(exc, InferError):
-        if exc.kind == ErrorKind.UNAVAILABLE:
-            return exc, FailureReason.REJECTED
-        if exc.kind == ErrorKind.INTERNAL:
-            return exc, FailureReason.BACKEND
-        return exc, FailureReason.OTHER
-    if isinstance(exc, BackendFailure):
-        return InferError.internal(f"model '{model.name}' failed: {exc}"), FailureReason.BACKEND
-    return InferError.internal(f"model '{model.name}' failed: {type(exc).__name__}: {exc}"), FailureReason.OTHER
-
-
-def _int_param(params: Mapping[str, Any], key: str) -> int:
-    value = params.get(key, 0)
-    if value is None or value == "":
-        return 0
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise InferError.invalid(f"parameter '{key}' must be an integer")
-    try:
-        return int(value)
-    except ValueError:
-        raise InferError.invalid(f"parameter '{key}' must be an integer, got '{value}'") from None
+def core_stages(server: Server) -> list[Stage]:
+    """The stages every request passes, in order, before any added one."""
+    return [ResolveStage(server.manager.get), AccountStage(server.tracer),
+            AdmitStage(server.limits, server.shared_memory), ScheduleStage(), RespondStage()]
 
 
 def build_request(model_name: str, inputs: Mapping[str, Any], version: str = "",

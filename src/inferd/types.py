@@ -10,6 +10,7 @@ import numpy as np
 
 __all__ = [
     "CONFIG_TO_V2",
+    "MESSAGE_TENSOR",
     "V2_TO_CONFIG",
     "V2_TO_NUMPY",
     "ErrorKind",
@@ -18,9 +19,18 @@ __all__ = [
     "InferenceResponse",
     "RequestedOutput",
     "SharedMemoryRef",
+    "Tensors",
     "datatype_of",
     "numpy_dtype",
 ]
+
+
+# Named tensors: what models take and give, and what the core passes around.
+Tensors = dict[str, np.ndarray]
+
+# The one-element object tensor that carries a whole protocol message (operation, message) to a model that takes
+# messages rather than tensors (Seldon's wrapper classes), and its answer back.
+MESSAGE_TENSOR = "__message__"
 
 
 class ErrorKind(enum.Enum):
@@ -161,6 +171,9 @@ class InferenceRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     # Inputs whose data lies in shared memory (their shape and where), read by the core into `inputs`.
     shared_inputs: dict[str, tuple[tuple[int, ...], SharedMemoryRef]] = field(default_factory=dict)
+    # A whole protocol message instead of tensors (a Seldon call), and what to do with it ("predict", "route", ...).
+    message: Any = None
+    operation: str = ""
 
 
 @dataclass(slots=True)
@@ -172,3 +185,5 @@ class InferenceResponse:
     parameters: dict[str, Any] = field(default_factory=dict)
     # Outputs the core wrote into shared memory: frontends send their datatype and shape, not their data.
     shared_outputs: dict[str, SharedMemoryRef] = field(default_factory=dict)
+    # The answer to a message request (see InferenceRequest.message).
+    message: Any = None

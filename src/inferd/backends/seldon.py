@@ -1,4 +1,8 @@
-"""A Seldon-style user class as a V2 model, so `inferd microservice` answers V2 HTTP and gRPC through the core.
+"""A Seldon-style user class as a model of the core, so `inferd microservice` answers Seldon's protocol, V2 HTTP
+and gRPC through the one pipeline (statistics, limits, traces and queueing as for any model).
+
+Seldon's own routes reach `execute` as one message tensor (`MESSAGE_TENSOR`: the operation and the
+SeldonMessage), answered by compat/seldon/protocol.py on the component's executor.
 
 `inferd microservice` creates the user object once and registers it here under the model's name; this backend
 serves that same object (never a second copy: `load()` may be expensive and the object may keep state), calling
@@ -22,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from ..compat.seldon import protocol
+from ..compat.seldon.component import RuntimeResponse, SeldonComponent
 from ..config import ConfigError, ModelConfig
-from ..types import V2_TO_CONFIG
-from ._seldon_component import RuntimeResponse, SeldonComponent
+from ..types import MESSAGE_TENSOR, V2_TO_CONFIG
 
 __all__ = ["COMPONENT_PARAMETER", "SeldonBackend", "register_component", "unregister_component"]
 
@@ -72,6 +77,7 @@ class SeldonBackend:
     """Serves the registered component's service-type method to V2 requests (in-process, on its executor)."""
 
     releases_gil = True  # the user code runs on the component's own executor, not on the core's threads
+    takes_messages = True  # Seldon's own protocol: whole SeldonMessages (see compat/seldon/protocol.py)
 
     def __init__(self) -> None:
         self._component: SeldonComponent | None = None
@@ -101,6 +107,12 @@ class SeldonBackend:
         component = self._component
         if component is None:
             raise RuntimeError("the Seldon component is not loaded")
+        carrier = inputs.get(MESSAGE_TENSOR)
+        if carrier is not None:  # a call of Seldon's API: (operation, SeldonMessage) -> (status, answer)
+            operation, message = carrier[0]
+            answer = np.empty(1, dtype=np.object_)
+            answer[0] = component.run(protocol.answer, component, operation, message)
+            return {MESSAGE_TENSOR: answer}
         features = {name: _features(array) for name, array in inputs.items()}
         x: Any = next(iter(features.values())) if len(features) == 1 else features
         response = component.run(self._call_and_record, component, x)

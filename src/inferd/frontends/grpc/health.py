@@ -52,7 +52,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
             ready = self._server.ready()
         elif self._server.model_ready(service):
             ready = True
-        elif self._server.manager.entry(service) is not None:
+        elif self._server.version_states(service) is not None:
             ready = False
         else:
             return None

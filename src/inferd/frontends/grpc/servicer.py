@@ -15,6 +15,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from ...pipeline import RequestContext
 from ...server import Server
 from ...types import InferError
 from .codec import (
@@ -112,7 +113,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         async with status_on_error(context, "ModelInfer"):
-            response = await self._server.infer_request(decode_infer_request(request, self._server.limits))
+            response = await self._server.infer_request(decode_infer_request(request, self._server.limits),
+                                                        RequestContext("v2-grpc", metadata=context.invocation_metadata))
             return encode_infer_response(response)
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
@@ -126,9 +128,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         running: set[asyncio.Task[None]] = set()
         done = object()
 
+        caller = RequestContext("v2-grpc", metadata=context.invocation_metadata)
+
         async def answer(request: Any) -> None:
             try:
-                answers.put_nowait(await self._stream_answer(request))
+                answers.put_nowait(await self._stream_answer(request, caller))
             finally:
                 slots.release()
 
@@ -155,9 +159,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             for task in list(running):
                 task.cancel()
 
-    async def _stream_answer(self, request: Any) -> Any:
+    async def _stream_answer(self, request: Any, caller: RequestContext) -> Any:
         try:
-            response = await self._server.infer_request(decode_infer_request(request, self._server.limits))
+            response = await self._server.infer_request(decode_infer_request(request, self._server.limits), caller)
             return pb.ModelStreamInferResponse(infer_response=encode_infer_response(response))
         except InferError as err:
             message = err.message

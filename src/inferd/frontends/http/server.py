@@ -21,14 +21,16 @@ from typing import Any
 import httptools
 
 from ...scheduling import ARRIVALS
-from .app import QUERY_HEADER, WANTED_HEADERS, HttpFrontend, Reply, error_reply
+from .app import HttpFrontend
+from .messages import QUERY_HEADER, Reply, error_reply
 
 log = logging.getLogger("inferd.http")
 
 KEEP_ALIVE_TIMEOUT = 75.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
-_KEPT_HEADERS = WANTED_HEADERS | {b"expect"}
+# Headers a request may carry before the rest are ignored (a bound on what one request can make us keep).
+MAX_HEADERS = 100
 
 
 class _Clock:
@@ -129,9 +131,11 @@ class _Connection(asyncio.Protocol):
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if name in _KEPT_HEADERS:
-            self.headers[name] = value
+        # Every header is kept (by lower-case name): pipeline stages read what they need (authorization, host,
+        # traceparent, ...) through the request's context.
+        headers = self.headers
+        if len(headers) < MAX_HEADERS:
+            headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
         declared = self.headers.get(b"content-length")

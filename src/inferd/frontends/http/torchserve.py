@@ -21,19 +21,21 @@ the management API (`/models`, its own port in TorchServe) is not served.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
 from ...model import ServedModel
+from ...pipeline import RequestContext
 from ...server import Server
 from ...types import InferenceRequest, InferError
+from .messages import HttpRequest, Params, Reply
 
-__all__ = ["TORCHSERVE_ROUTES", "torchserve_route"]
+if TYPE_CHECKING:
+    from .app import HttpFrontend
 
-TORCHSERVE_ROUTES = frozenset(("predictions", "ping"))
-Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
+__all__ = ["not_allowed", "ping", "predict"]
 
 _JSON = [(b"content-type", b"application/json")]
 _PREDICTION_FAILED = "Prediction failed"
@@ -47,46 +49,36 @@ def _error(code: int, kind: str, message: str) -> Reply:
     return code, body, _JSON
 
 
-def _not_allowed() -> Reply:
+def not_allowed() -> Reply:
     return _error(405, "MethodNotAllowedException", "Requested method is not allowed, please refer to API document.")
 
 
-async def torchserve_route(server: Server, method: str, parts: list[str], headers: dict[bytes, bytes],
-                           body: bytes) -> Reply | None:
-    """Answer `/ping` and `/predictions/...` (the path split on "/"); None for other paths (the app's 404).
+async def ping(app: HttpFrontend, request: HttpRequest, params: Params) -> Reply:
+    healthy = app.server.live()  # TorchServe counts only registered models; unloaded and failed ones are not
+    doc = {"status": "Healthy" if healthy else "Unhealthy"}
+    return 200 if healthy else 500, orjson.dumps(doc, option=orjson.OPT_INDENT_2), _JSON
 
-    Never raises InferError: errors are TorchServe's JSON.
-    """
-    if parts[0] == "ping":
-        if len(parts) != 1:
-            return None
-        if method not in ("GET", "HEAD"):
-            return _not_allowed()
-        healthy = server.live()  # TorchServe counts only registered models; unloaded and failed ones are not
-        doc = {"status": "Healthy" if healthy else "Unhealthy"}
-        return 200 if healthy else 500, orjson.dumps(doc, option=orjson.OPT_INDENT_2), _JSON
-    if len(parts) not in (2, 3) or not parts[1] or (len(parts) == 3 and not parts[2]):
-        return None
-    if method not in ("POST", "PUT"):
-        return _not_allowed()
-    name, version = parts[1], parts[2] if len(parts) == 3 else ""
-    found = _served(server, name, version)
+
+async def predict(app: HttpFrontend, request: HttpRequest, params: Params) -> Reply:
+    """`POST|PUT /predictions/{model}[/{version}]`; never raises InferError: errors are TorchServe's JSON."""
+    server = app.server
+    found = _served(server, params["model_name"], params.get("model_version", ""))
     if not isinstance(found, ServedModel):
         return found
     try:
-        return await _predict(server, found, headers, body)
+        return await _predict(server, found, request)
     except InferError as exc:
         return _failed(exc)
 
 
 def _served(server: Server, name: str, version: str) -> ServedModel | Reply:
-    entry = server.manager.entry(name)
-    if entry is None:
+    known = server.version_states(name)
+    if known is None:
         return _error(404, "ModelNotFoundException", f"Model not found: {name}")
     number = ""
     if version:
         match = _VERSION.match(version)
-        if match is None or int(match.group(1)) not in entry.versions:
+        if match is None or int(match.group(1)) not in known[0]:
             return _error(404, "ModelVersionNotFoundException",
                           f"Model version: {version} does not exist for model: {name}")
         number = str(int(match.group(1)))
@@ -105,7 +97,8 @@ def _bytes_tensor(value: bytes, batching: bool) -> np.ndarray:
     return array.reshape((1, 1) if batching else (1,))
 
 
-async def _predict(server: Server, served: ServedModel, headers: dict[bytes, bytes], body: bytes) -> Reply:
+async def _predict(server: Server, served: ServedModel, request: HttpRequest) -> Reply:
+    headers, body = request.headers, request.body
     byte_inputs = [n for n, s in served.inputs.items() if s.datatype == "BYTES"]
     if not byte_inputs:
         return _error(400, "BadRequestException", f"model '{served.name}' has no BYTES input: /predictions serves "
@@ -117,8 +110,8 @@ async def _predict(server: Server, served: ServedModel, headers: dict[bytes, byt
         content_type = headers.get(b"content-type", b"").decode("latin-1")
         given = {"content-type": content_type} if content_type else {}
         inputs["headers"] = _bytes_tensor(orjson.dumps(given), batching)
-    request = InferenceRequest(served.name, inputs, dict.fromkeys(inputs, "BYTES"), served.version_str)
-    response = await server.infer_request(request)
+    call = InferenceRequest(served.name, inputs, dict.fromkeys(inputs, "BYTES"), served.version_str)
+    response = await server.infer_request(call, RequestContext("torchserve", headers))
     outputs = response.outputs
     answer = outputs.get("response")
     if answer is None or answer.dtype != np.object_:

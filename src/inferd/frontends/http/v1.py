@@ -16,21 +16,25 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ...config import DEFAULT_SIGNATURE, signature_name
 from ...model import ServedModel, TensorSpec
+from ...pipeline import RequestContext
 from ...server import Server
 from ...types import ErrorKind, InferenceRequest, InferError, numpy_dtype
+from .messages import HttpRequest, Params, Reply, json_reply
 from .v2 import load_json_object
 
-__all__ = ["DEFAULT_SIGNATURE", "v1_route"]
+if TYPE_CHECKING:
+    from .app import HttpFrontend
+
+__all__ = ["DEFAULT_SIGNATURE", "classify_or_regress", "model_metadata", "model_status", "predict"]
 
 _PREDICT_METHOD = "tensorflow/serving/predict"
 _MAX_DIMS = 64  # as numpy's arrays
-_NOT_FOUND = InferError(ErrorKind.NOT_FOUND, "Not Found")
 
 # V2 datatype names -> TensorFlow's DataType enum names (for the metadata's signature).
 _TF_DTYPES = {
@@ -41,46 +45,36 @@ _TF_DTYPES = {
 # The manager's version states in TF-Serving's words (its enum has no "unavailable": a failed version has ENDed).
 _TF_STATES = {"READY": "AVAILABLE", "LOADING": "LOADING", "UNLOADING": "UNLOADING", "UNAVAILABLE": "END"}
 
-Answer = tuple[int, Any]
+async def model_status(app: HttpFrontend, request: HttpRequest, params: Params) -> Reply:
+    """`GET /v1/models/{m}[/versions/{v}]`: the versions' states in TF-Serving's words."""
+    return json_reply(200, _status(app.server, params["model_name"], params.get("model_version", "")))
 
 
-async def v1_route(server: Server, method: str, parts: list[str], body: bytes) -> Answer:
-    """The status and JSON document for a `/v1/...` path (split on "/"); raises InferError for errors."""
-    if len(parts) < 3 or parts[1] != "models":
-        raise _NOT_FOUND
-    rest = parts[2:]
-    head, colon, verb = rest[-1].rpartition(":")
-    if colon:
-        rest = [*rest[:-1], head]
-    name, version = rest[0], ""
-    if len(rest) >= 3 and rest[1] == "versions":
-        version, rest = rest[2], [name, *rest[3:]]
-    if not name or (len(rest) > 1 and (colon or rest[1:] != ["metadata"])):
-        raise _NOT_FOUND
-    if colon:
-        if verb not in ("predict", "classify", "regress"):
-            raise _NOT_FOUND
-        if method != "POST":
-            return 405, {"error": f"method {method} is not allowed here (use POST)"}
-        if verb != "predict":
-            raise InferError(ErrorKind.UNSUPPORTED, f"the :{verb} API is not supported (it needs TensorFlow "
-                             "Example protos): use :predict")
-        return 200, await _predict(server, name, version, body)
-    if method not in ("GET", "HEAD"):
-        return 405, {"error": f"method {method} is not allowed here"}
-    if len(rest) > 1:
-        return 200, _metadata(server.model(name, version))
-    return 200, _status(server, name, version)
+async def model_metadata(app: HttpFrontend, request: HttpRequest, params: Params) -> Reply:
+    """`GET /v1/models/{m}[/versions/{v}]/metadata`: the signature in TF-Serving's shape."""
+    return json_reply(200, _metadata(app.server.model(params["model_name"], params.get("model_version", ""))))
+
+
+async def predict(app: HttpFrontend, request: HttpRequest, params: Params) -> Reply:
+    doc = await _predict(app.server, params["model_name"], params.get("model_version", ""), request)
+    return json_reply(200, doc)
+
+
+async def classify_or_regress(app: HttpFrontend, request: HttpRequest, params: Params) -> Reply:
+    verb = request.path.rpartition(":")[2]
+    raise InferError(ErrorKind.UNSUPPORTED, f"the :{verb} API is not supported (it needs TensorFlow Example "
+                     "protos): use :predict")
 
 
 # ---- status and metadata ----
 
 def _status(server: Server, name: str, version: str) -> dict[str, Any]:
-    entry = server.manager.entry(name)
-    if entry is None:
+    known = server.version_states(name)
+    if known is None:
         server.model(name, version)  # raises the core's "unknown model" error
         raise InferError.not_found(f"Request for unknown model: '{name}' is not found")
-    versions = sorted(list(entry.versions.items()), reverse=True)
+    states, model_reason = known
+    versions = sorted(states.items(), reverse=True)
     if version:
         if not version.isdigit():
             raise InferError.invalid(f"model version must be a non-negative integer, got '{version}'")
@@ -88,15 +82,14 @@ def _status(server: Server, name: str, version: str) -> dict[str, Any]:
         if not versions:
             raise InferError.not_found(f"Request for unknown model: '{name}' version {version} is not found")
     elif not versions:
-        reason = f": {entry.reason}" if entry.reason else ""
+        reason = f": {model_reason}" if model_reason else ""
         raise InferError.not_found(f"Request for unknown model: '{name}' has no versions{reason}")
     rows = []
-    for number, status in versions:
-        state = status.state.value
+    for number, (state, why) in versions:
         failed = state == "UNAVAILABLE"
         rows.append({"version": str(number), "state": _TF_STATES.get(state, "UNKNOWN"),
                      "status": {"error_code": "UNAVAILABLE" if failed else "OK",
-                                "error_message": status.reason if failed else ""}})
+                                "error_message": why if failed else ""}})
     return {"model_version_status": rows}
 
 
@@ -119,7 +112,8 @@ def _metadata(served: ServedModel) -> dict[str, Any]:
 
 # ---- predict ----
 
-async def _predict(server: Server, name: str, version: str, body: bytes) -> dict[str, Any]:
+async def _predict(server: Server, name: str, version: str, request: HttpRequest) -> dict[str, Any]:
+    body = request.body
     served = server.model(name, version)  # an unknown model is the first error
     doc = load_json_object(body)
     signature = doc.get("signature_name", "")
@@ -142,7 +136,8 @@ async def _predict(server: Server, name: str, version: str, body: bytes) -> dict
     for input_name, array in inputs.items():
         server.limits.check_elements(input_name, array.shape)
     datatypes = {n: served.inputs[n].datatype for n in inputs}
-    response = await server.infer_request(InferenceRequest(name, inputs, datatypes, version))
+    context = RequestContext("v1", request.headers)
+    response = await server.infer_request(InferenceRequest(name, inputs, datatypes, version), context)
     outputs = {n: _output_value(n, _to_model_shape(served.outputs.get(n), a, batching))
                for n, a in response.outputs.items()}
     if rows:

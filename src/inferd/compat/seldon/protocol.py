@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 from typing import Any
 from urllib.parse import parse_qs
@@ -19,11 +20,14 @@ from urllib.parse import parse_qs
 import numpy as np
 import orjson
 
-from ...backends._seldon_component import NotImplementedBySeldonClass, RuntimeResponse, SeldonComponent
 from ...multipart import form_parts
+from ...types import ErrorKind, InferError
+from .component import NotImplementedBySeldonClass, RuntimeResponse, SeldonComponent
 
-__all__ = ["SeldonError", "aggregate", "decode_body", "feedback", "health_status", "metadata", "predict", "route",
-           "transform"]
+__all__ = ["OPERATIONS", "SeldonError", "SeldonFailure", "aggregate", "answer", "decode_body", "feedback",
+           "health_status", "metadata", "predict", "route", "transform"]
+
+log = logging.getLogger("inferd.seldon")
 
 Message = dict[str, Any]
 
@@ -39,6 +43,41 @@ class SeldonError(Exception):
 
     def to_dict(self) -> Message:
         return {"status": {"status": 1, "info": self.info, "code": -1, "reason": self.reason}}
+
+
+_KINDS = {400: ErrorKind.INVALID_ARGUMENT, 404: ErrorKind.NOT_FOUND, 405: ErrorKind.INVALID_ARGUMENT}
+
+
+class SeldonFailure(InferError):
+    """A Seldon call that failed, carrying the answer Seldon's wrapper gives for it (status and JSON), so the
+    core counts it as any failed request and the front door answers in Seldon's form."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        info = body.get("status", {}).get("info", "") if isinstance(body, dict) else ""
+        kind = _KINDS.get(status, ErrorKind.INTERNAL if status >= 500 else ErrorKind.INVALID_ARGUMENT)
+        super().__init__(kind, str(info) or f"Seldon call failed with status {status}")
+        self.status = status
+        self.body = body
+
+
+def failure(exc: BaseException) -> SeldonFailure:
+    """Seldon's error answer for an exception: its own errors, a SeldonMicroserviceException the class raised
+    (anything with `to_dict()` and an int `status_code`), or any other error as MICROSERVICE_INTERNAL_ERROR."""
+    if isinstance(exc, SeldonFailure):
+        return exc
+    if isinstance(exc, SeldonError):
+        log.info("bad Seldon request: %s", exc.info)
+        return SeldonFailure(exc.status_code, exc.to_dict())
+    to_dict = getattr(exc, "to_dict", None)
+    status = getattr(exc, "status_code", None)
+    if callable(to_dict) and isinstance(status, int):  # seldon_core's SeldonMicroserviceException and subclasses
+        try:
+            return SeldonFailure(status, to_dict())
+        except Exception:  # a broken to_dict: fall through to the generic form
+            pass
+    log.error("the Seldon class raised: %s: %s", type(exc).__name__, exc, exc_info=exc)
+    error = SeldonError(f"{type(exc).__name__}: {exc}", 500, "MICROSERVICE_INTERNAL_ERROR")
+    return SeldonFailure(500, error.to_dict())
 
 
 # ---- request bodies ----
@@ -302,6 +341,45 @@ def feedback(component: SeldonComponent, message: Any) -> Any:
                                          {"type": "COUNTER", "key": "seldon_api_model_feedback_reward",
                                           "value": reward}], "send_feedback")
     return build_response(component, request, result, None, method="send_feedback")
+
+
+def _health_status(component: SeldonComponent, message: Any) -> Any:
+    return health_status(component)
+
+
+def _metadata(component: SeldonComponent, message: Any) -> Any:
+    return metadata(component)
+
+
+# The calls of Seldon's API by operation name (the route's path, as Seldon's wrapper names it).
+OPERATIONS: dict[str, Any] = {
+    "predict": predict,
+    "transform-input": lambda c, m: transform(c, "transform_input", m),
+    "transform-output": lambda c, m: transform(c, "transform_output", m),
+    "route": route,
+    "aggregate": aggregate,
+    "send-feedback": feedback,
+    "health-status": _health_status,
+    "metadata": _metadata,
+}
+
+
+def answer(component: SeldonComponent, operation: str, message: Any) -> tuple[int, Any]:
+    """Run one call of Seldon's API on the user's object (on the calling thread): the HTTP status and JSON
+    answer; a failure is raised as SeldonFailure carrying Seldon's error answer."""
+    call = OPERATIONS.get(operation)
+    if call is None:
+        raise SeldonFailure(404, SeldonError(f"unknown Seldon operation '{operation}'", 404).to_dict())
+    try:
+        response = call(component, message)
+    except Exception as exc:
+        raise failure(exc) from None
+    status = 200
+    if isinstance(response, dict):  # a *_raw method may answer with a status of its own
+        code = (response.get("status") or {}).get("code") if isinstance(response.get("status"), dict) else None
+        if isinstance(code, int) and 100 <= code <= 599:
+            status = code
+    return status, response
 
 
 def health_status(component: SeldonComponent) -> Any:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..observability.custom_metrics import CustomMetrics, valid_metrics
+from ...observability.custom_metrics import CustomMetrics, valid_metrics
 
 __all__ = [
     "SERVICE_TYPES",

@@ -1,0 +1,23 @@
+"""Stage `schedule`: the job goes to its model's scheduler (queue, dynamic batcher, instances) and the model's
+raw outputs come back — awaited on the event loop, or waited for on the caller's thread for synchronous calls."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+
+from .call import Call
+
+
+class ScheduleStage:
+    name = "schedule"
+
+    def __call__(self, call: Call) -> Awaitable[None] | None:
+        model = call.served()
+        if call.sync:
+            call.results = model.scheduler.run_sync(call.job)  # type: ignore[arg-type]
+            return None
+        return self._run(call)
+
+    @staticmethod
+    async def _run(call: Call) -> None:
+        call.results = await call.model.scheduler.run(call.job)  # type: ignore[union-attr, arg-type]
