@@ -46,6 +46,7 @@ class Behaviour:
     executing: threading.Event = field(default_factory=threading.Event)
     loads: list[int] = field(default_factory=list)  # version of every load, in order
     unloads: list[int] = field(default_factory=list)  # version of every unload, in order
+    executed: list[int] = field(default_factory=list)  # version of every execution, in order
 
 
 BEHAVIOURS: dict[str, Behaviour] = {}
@@ -78,6 +79,7 @@ class FunctionBackend:
         self.behaviour.loads.append(self.version)
 
     def execute(self, inputs: Tensors) -> Tensors:
+        self.behaviour.executed.append(self.version)
         self.behaviour.executing.set()
         gate = self.behaviour.exec_gate
         if gate is not None and not gate.wait(GATE_TIMEOUT_S):
