@@ -11,7 +11,7 @@ import json
 import pytest
 
 import triton_python_backend_utils as pb_utils
-from inferd.backends._triton_autocomplete import merge
+from inferd.compat.triton_autocomplete import merge
 from inferd.config import ConfigError, config_to_json, parse_config
 
 PBTXT = """

@@ -1,18 +1,13 @@
-"""A Python model's source: read without running it (in the server), imported and its class chosen (in the child).
+"""A Python model's source: read without running it (in the server), its class chosen once imported (in the child).
 
 The server process never runs a model's code: auto-complete parses `model.py` with `ast` (a syntax error makes the
 model UNAVAILABLE with the line and message) and reads the I/O a class declares as plain literals. The instance
-process imports the file, with its version folder and model folder first on `sys.path` so that it can import the
-modules that lie beside it.
+process imports the file (`inferd.model_import`) and serves the class `served_class` picks.
 """
 
 from __future__ import annotations
 
 import ast
-import importlib.util
-import logging
-import sys
-import traceback
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,9 +15,8 @@ from typing import Any
 from google.protobuf import json_format
 
 from ..config import ConfigError, ModelConfig, string_parameter
+from ..model_import import syntax_error_reason
 from ..types import V2_TO_CONFIG
-
-log = logging.getLogger("inferd.python")
 
 MODEL_FILENAME = "model.py"
 TRITON_CLASS = "TritonPythonModel"
@@ -38,11 +32,6 @@ def model_file(config: ModelConfig, files: Path) -> Path:
 
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
-
-
-def syntax_error_reason(path: Path, exc: SyntaxError) -> str:
-    where = f"line {exc.lineno}" if exc.lineno else "?"
-    return f"{path.name} {where}: SyntaxError: {_one_line(exc.msg)}"
 
 
 # ---- in the server: the source, parsed ----
@@ -131,32 +120,7 @@ def complete_from_class(config: ModelConfig, node: ast.ClassDef) -> bool:
     return True
 
 
-# ---- in the instance process: the module, imported ----
-
-
-def import_model(path: Path) -> ModuleType:
-    """Import the model file as a module named after it, its folders first on the import path."""
-    for folder in (path.parent.parent, path.parent):  # so the version folder ends up first
-        entry = str(folder.resolve())
-        if entry in sys.path:
-            sys.path.remove(entry)
-        sys.path.insert(0, entry)
-    name = path.stem
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ConfigError(f"{path} cannot be imported as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except SyntaxError as exc:
-        sys.modules.pop(name, None)
-        raise ConfigError(syntax_error_reason(path, exc)) from None
-    except Exception as exc:  # whatever the module raises at import is why the model cannot load
-        sys.modules.pop(name, None)
-        log.error("importing %s failed:\n%s", path, "".join(traceback.format_exception(exc)).rstrip())
-        raise ConfigError(f"importing {path.name} raised {type(exc).__name__}: {_one_line(exc)}") from None
-    return module
+# ---- in the instance process: the class to serve ----
 
 
 def served_class(module: ModuleType, config: ModelConfig, path: Path) -> type:

@@ -4,15 +4,15 @@ Two kinds of `model.py` are served:
 
 * inferd's own API (see `_python_api`): a class with `predict(inputs: dict[str, np.ndarray]) -> dict[str,
   np.ndarray]` and optional `load`, `preprocess`, `postprocess` (sync or async).
-* Triton's python backend (see `_triton_python`): `TritonPythonModel` with `initialize(args)`, `execute(requests)`,
-  `finalize()`, using the `triton_python_backend_utils` module inferd provides.
+* Triton's python backend (see `inferd.compat.triton_python`): `TritonPythonModel` with `initialize(args)`,
+  `execute(requests)`, `finalize()`, using the `triton_python_backend_utils` module inferd provides.
 
 The class served is the one named by the config parameter `class`, else `TritonPythonModel`, else the one class
 of model.py with a `predict` method. The model's I/O comes from config.pbtxt or, with none there, from class
 attributes `inputs` / `outputs` (lists of `{"name", "data_type" | "datatype", "dims" | "shape"}`) and
 `max_batch_size`, written as plain literals: they are read from the source, so that the server process never runs
 model code. A Triton class that defines the static method `auto_complete_config` has it called in a short-lived
-process of its own (see `_triton_autocomplete`), with the model's environment when it has one. Outputs are
+process of its own (see `inferd.compat.triton_autocomplete`), with the model's environment when it has one. Outputs are
 converted to the data type the config declares (str and bytes for TYPE_STRING).
 
 `releases_gil = False`: the server runs each instance in a child process (instances/process.py) and this class is
@@ -32,10 +32,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..compat import triton_autocomplete
 from ..config import ConfigError, DataType, ModelConfig
+from ..model_import import import_model
 from ..types import CONFIG_TO_V2, V2_TO_NUMPY, InferError
 from . import _python_source as source
-from . import _triton_autocomplete
 
 log = logging.getLogger("inferd.python")
 
@@ -83,10 +84,10 @@ class PythonBackend:
         path = source.model_file(config, files)
         tree = source.parse(path)  # a syntax error makes the model UNAVAILABLE here, with its line
         node = source.declared_class(tree, config)
-        if node is not None and source.defines(node, _triton_autocomplete.METHOD):
+        if node is not None and source.defines(node, triton_autocomplete.METHOD):
             # Triton calls it whatever config.pbtxt says (it may only add to it); in a process of its own.
             interpreter = self.interpreter_for(files) if self.interpreter_for is not None else None
-            _triton_autocomplete.auto_complete(config, path, node.name, interpreter)
+            triton_autocomplete.auto_complete(config, path, node.name, interpreter)
         if config.input or config.output:
             return config
         if node is not None and source.complete_from_class(config, node):
@@ -100,11 +101,11 @@ class PythonBackend:
     def load(self, config: ModelConfig, files: Path, device: str) -> None:
         _ensure_logging()
         path = source.model_file(config, files)
-        module = source.import_model(path)
+        module = import_model(path)
         cls = source.served_class(module, config, path)
         adapter: _Adapter
         if cls.__name__ == source.TRITON_CLASS or not callable(getattr(cls, "predict", None)):
-            from ._triton_python import TritonModel
+            from ..compat.triton_python import TritonModel
 
             adapter = TritonModel(cls, config, files, device)
         else:
@@ -128,7 +129,7 @@ class PythonBackend:
             from triton_python_backend_utils import TritonError
 
             if isinstance(exc, TritonError):
-                from ._triton_python import infer_error
+                from ..compat.triton_python import infer_error
 
                 raise infer_error(exc) from None
             log.error("model '%s' raised:\n%s", self._name, "".join(traceback.format_exception(exc)).rstrip())

@@ -9,7 +9,7 @@ model store: model `<name>`, version 1). The archive is extracted once into
 absolute paths, `..` or links leading out; every instance of the model loads from there.
 
 Handlers are Python code and hold the GIL, so `releases_gil` is False: each instance is a process of its own
-(`instances/process.py`) in which inferd's `ts` shim is importable (see `_torchserve_handlers`).
+(`instances/process.py`) in which inferd's `ts` shim is importable (see `inferd.compat.torchserve_handlers`).
 
 Tensors (auto-completed when the config gives none):
 
@@ -292,7 +292,7 @@ class TorchServeBackend:
         return body, headers, response, meta
 
     def load(self, config: ModelConfig, files: Path, device: str) -> None:
-        from ._torchserve_handlers import HandlerService
+        from ..compat.torchserve_handlers import HandlerService
 
         if not config.input or not config.output:
             raise ConfigError("a TorchServe model needs a BYTES input and a BYTES output")

@@ -1,6 +1,6 @@
 """Running a TorchServe handler in an inferd instance process, with TorchServe's contract.
 
-* `install_ts_package()` makes inferd's `ts` shim (`inferd.backends._ts`) importable as `ts` in this process only.
+* `install_ts_package()` makes inferd's `ts` shim (`inferd.compat.torchserve`) importable as `ts` in this process only.
 * `load_entry_point()` finds the handler as TorchServe's model loader does: `handler` in the manifest is a file
   of the archive (`handler.py`, optionally `handler.py:function`) or the name of a built-in handler
   (`image_classifier`, `vision_handler`, `base_handler`). A module with a `handle(data, context)` function (or the
@@ -39,7 +39,7 @@ BUILTIN_HANDLERS = ("image_classifier", "vision_handler", "base_handler")
 MISSING_BUILTINS = ("text_classifier", "object_detector", "image_segmenter", "text_handler", "dali_image_classifier")
 PREDICTION_FAILED = "Prediction failed"
 
-_SHIM = Path(__file__).with_name("_ts")
+_SHIM = Path(__file__).with_name("torchserve")  # the `ts` package
 
 EntryPoint = Callable[[Any, Any], Any]
 

@@ -1,7 +1,7 @@
 """TorchServe's handler API (`ts`), as inferd provides it to the handlers of `.mar` archives.
 
 Inside an instance process that runs a TorchServe handler, this package is importable as `ts` (see
-`inferd.backends._torchserve_handlers.install_ts_package`), so a handler's `from ts.torch_handler.base_handler import
+`inferd.compat.torchserve_handlers.install_ts_package`), so a handler's `from ts.torch_handler.base_handler import
 BaseHandler` works unchanged. Nothing is installed under the top-level name `ts`: a real TorchServe install in the same
 environment is left as it is, and the server process never imports this package under that name.
 

@@ -1,6 +1,6 @@
 """Triton's `TritonPythonModel.auto_complete_config`, run in a short-lived process so the server never runs model code.
 
-The server starts `python -m inferd.backends._triton_autocomplete` (the model's own environment's interpreter when it
+The server starts `python -m inferd.compat.triton_autocomplete` (the model's own environment's interpreter when it
 has a requirements.txt, else the server's), sends the model file, the class to use and the current config in
 Triton's JSON form on standard input, and reads one JSON line back. The child imports model.py, calls the static
 method with a `pb_utils.ModelConfig` of that config and answers with the config it returns. Everything the model
@@ -120,7 +120,7 @@ def merge(config: ModelConfig, completed: Any) -> None:
 def _complete(payload: dict[str, Any]) -> dict[str, Any]:
     import triton_python_backend_utils as pb_utils
 
-    from ._python_source import import_model
+    from ..model_import import import_model
 
     path = Path(payload["model_file"])
     module = import_model(path)
