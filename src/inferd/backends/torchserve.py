@@ -150,7 +150,7 @@ def extract_mar(archive: Path, root: Path | None = None) -> Path:
     Keyed by the content hash: instances and restarts reuse it, a changed archive gets a folder of its own.
     Several processes may extract at once; each writes a private folder and the first rename wins.
     """
-    from ..repository.remote import extract_archive
+    from ..archives import extract_archive
 
     base = root if root is not None else cache_dir()
     target = base / _sha256(archive)
