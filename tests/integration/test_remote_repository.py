@@ -26,8 +26,9 @@ import boto3
 import httpx
 import pytest
 
+from inferd.paths import UnsafePathError
 from inferd.repository import ModelRepository, version_dirs
-from inferd.repository.remote import RemoteRepository, UnsafePathError
+from inferd.repository.remote import RemoteRepository
 from models import SIMPLE, SIMPLE_CONFIG, add_constant_model, simple_model, tensor_config
 from serving import HOST, ServerProcess, free_ports
 

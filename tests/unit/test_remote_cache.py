@@ -11,18 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from inferd.repository.remote import (
-    MissingExtraError,
-    RemoteRepository,
-    S3Settings,
-    UnsafePathError,
-    default_cache_dir,
-    extract_archive,
-    is_remote,
-    local_path,
-    redact,
-    safe_join,
-)
+from inferd.archives import extract_archive
+from inferd.paths import UnsafePathError, safe_join
+from inferd.repository.cache import default_cache_dir
+from inferd.repository.mirror import MissingExtraError
+from inferd.repository.remote import RemoteRepository
+from inferd.repository.store_options import S3Settings
+from inferd.repository.uris import is_remote, local_path, redact
 
 # ---- safe_join ----
 
@@ -359,7 +354,7 @@ def test_unsafe_archive_leaves_the_previous_tree(tmp_path: Path) -> None:
 
 
 def test_progress_bar_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
-    from inferd.repository.remote import _ProgressLog
+    from inferd.repository.progress import ProgressLog as _ProgressLog
 
     with caplog.at_level("INFO", logger="inferd.repository"):
         progress = _ProgressLog("m/1/model.onnx", 40_000_000, interval=0)

@@ -42,7 +42,8 @@ class ModelRepository:
     """
 
     def __init__(self, paths: list[str | Path]) -> None:
-        from .remote import RemoteRepository, is_remote
+        from .remote import RemoteRepository
+        from .uris import is_remote
 
         self.remotes: dict[int, RemoteRepository] = {
             i: RemoteRepository(str(p)) for i, p in enumerate(paths) if isinstance(p, str) and is_remote(p)}

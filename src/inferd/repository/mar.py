@@ -14,6 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
+from .cache import default_cache_dir
+
 __all__ = ["MAR_SUFFIX", "is_bare_mar", "mar_model_folder"]
 
 MAR_SUFFIX = ".mar"
@@ -26,8 +28,6 @@ def is_bare_mar(entry: Path) -> bool:
 
 def mar_model_folder(archive: Path) -> Path:
     """The model folder standing for a bare archive in its repository (made or brought up to date now)."""
-    from .remote import default_cache_dir
-
     real = archive.resolve()
     key = hashlib.sha256(str(real.parent).encode("utf-8")).hexdigest()[:16]
     model_dir = default_cache_dir() / "mar-store" / key / archive.name[: -len(MAR_SUFFIX)]
