@@ -1,14 +1,17 @@
 """Triton's dynamic batcher: one queue per model version, shared by all its instances.
 
-Two ways to run, chosen by the model's measured cost:
+Two ways to run, chosen by the model's configuration and its measured cost:
 
-* cheap models with no queue delay (Triton's default `dynamic_batching { }`) batch on the event loop: requests
-  that arrive in the same loop iteration are gathered by one `call_soon` callback and run as one batch inline, so
-  a lone request never waits and no thread hand-off is paid;
+* cheap models with a plain `dynamic_batching { }` (no queue delay, one priority level, no queue policy) batch
+  on the event loop: requests that arrive in the same loop iteration are gathered by one `call_soon` callback
+  and run as one batch inline, so a lone request never waits and no thread hand-off is paid;
 * everything else goes through the shared queue, served by one worker thread per instance: an idle instance
   takes the next batch (greedy with no delay; with a delay, it waits up to the delay for a preferred size).
 
-Priorities, queue policies (timeouts with REJECT or DELAY, max queue size) apply to the shared queue.
+Priorities, queue policies (timeouts with REJECT or DELAY, max queue size) apply to the shared queue, so a model
+that configures any of them never takes the inline path: a request run there would overtake the queue (a
+low-priority request run the moment it arrives while high-priority ones wait, or a long execution holding the
+event loop so that waiting requests reach the queue only after it).
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ class DynamicBatcher:
             if level in dynamic_batching.priority_queue_policy else default_policy
             for level in range(1, self.levels + 1)
         ]
+        # Only a plain FIFO queue with no delay may be bypassed by running requests inline (see the docstring).
+        self._inline_allowed = self.delay_ns == 0 and self.levels == 1 and self.policies == [QueuePolicy()]
         self._queues: list[collections.deque[Job]] = [collections.deque() for _ in range(self.levels)]
         self._delayed: collections.deque[Job] = collections.deque()
         self._queued = 0
@@ -106,7 +111,7 @@ class DynamicBatcher:
         if self._stopping:
             raise unloading_error(self.name)
         loop = asyncio.get_running_loop()
-        if self.delay_ns == 0 and self.pool.cheap:
+        if self._inline_allowed and self.pool.cheap:
             pending = self._inline.get(loop)
             if not pending and ARRIVALS.get(loop) == 0:
                 # Nothing else has arrived that could join a batch: run now rather than a loop iteration later.
@@ -139,8 +144,7 @@ class DynamicBatcher:
     # ---- inline batching on the event loop ----
 
     def _flush_inline(self, loop: asyncio.AbstractEventLoop) -> None:
-        jobs = [j for j in self._inline.pop(loop, []) if not j.abandoned()]
-        jobs.sort(key=lambda j: j.priority)
+        jobs = [j for j in self._inline.pop(loop, []) if not j.abandoned()]  # one priority level: arrival order
         while jobs:
             batch, jobs = self._take_compatible(jobs, self.max_batch_size)
             try:
