@@ -12,7 +12,7 @@ from ._version import __version__
 from .limits import DEFAULT_MAX_INPUTS, DEFAULT_MAX_TENSOR_ELEMENTS
 from .observability import LOG_CONTROL, Tracer
 from .observability.tracing import parse_trace_config
-from .server import Server
+from .server import Server, stage_from_spec
 
 log = logging.getLogger("inferd")
 
@@ -67,9 +67,10 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        help="with --model-control-mode=explicit: load this model at start-up ('*' for all)")
     serve.add_argument("--repository-poll-secs", type=float, default=15.0,
                        help="with --model-control-mode=poll: seconds between repository scans")
-    serve.add_argument("--http-port", type=int, default=8000)
-    serve.add_argument("--grpc-port", type=int, default=8001)
-    serve.add_argument("--metrics-port", type=int, default=8002)
+    any_port = "; 0: a free port the system picks, logged as 'started ... at ADDRESS:PORT'"
+    serve.add_argument("--http-port", type=int, default=8000, help=f"HTTP/REST port (default 8000{any_port})")
+    serve.add_argument("--grpc-port", type=int, default=8001, help=f"gRPC port (default 8001{any_port})")
+    serve.add_argument("--metrics-port", type=int, default=8002, help=f"/metrics port (default 8002{any_port})")
     serve.add_argument("--http-address", default="0.0.0.0")
     serve.add_argument("--grpc-address", default="0.0.0.0")
     serve.add_argument("--metrics-address", default=None, help="listen address of /metrics (default: --http-address)")
@@ -109,8 +110,26 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--trace-config", action="append", default=[], metavar="[MODE,]SETTING=VALUE",
                        help="Triton's trace settings: level=OFF|TIMESTAMPS|TENSORS, rate=N, count=N, "
                        "file=PATH, log-frequency=N (optionally prefixed 'triton,', e.g. triton,file=trace.json)")
+    add_pipeline_stage_argument(serve)
     for flag in _IGNORED_TRITON_FLAGS:
         serve.add_argument(flag, action="append", default=None, help=argparse.SUPPRESS)
+
+
+def add_pipeline_stage_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pipeline-stage", action="append", default=[], metavar="MODULE:FACTORY",
+                        help="add a stage to every request's pipeline: FACTORY(server) returns it; it runs where its "
+                        "'before' / 'after' attribute (a stage name) says, by default before 'admit'")
+
+
+def add_pipeline_stages(server: Server, specs: list[str]) -> bool:
+    """Install `--pipeline-stage` stages; False (after logging why) when one cannot be."""
+    for spec in specs:
+        try:
+            server.add_stage(stage_from_spec(spec, server))
+        except Exception as exc:
+            log.error("cannot add pipeline stage %s: %s: %s", spec, type(exc).__name__, exc)
+            return False
+    return True
 
 
 def status_table(rows: list[dict[str, str]]) -> str:
@@ -162,6 +181,9 @@ def serve_command(args: argparse.Namespace) -> int:
         )
     except (OSError, ValueError, ImportError) as exc:  # a missing or unreachable repository
         log.error("%s", exc)
+        return 1
+    if not add_pipeline_stages(server, args.pipeline_stage):
+        server.close()
         return 1
     rows = server.repository_index()
     print(status_table(rows), flush=True)

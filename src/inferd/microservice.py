@@ -93,6 +93,9 @@ def add_microservice_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest HTTP request body in bytes")
     parser.add_argument("--exit-timeout-secs", type=float, default=30.0,
                         help="on shutdown, how long in-flight requests may take to finish")
+    from .cli import add_pipeline_stage_argument
+
+    add_pipeline_stage_argument(parser)
     for flag in _IGNORED_FLAGS:
         parser.add_argument(flag, nargs="?", const="1", default=None, help=argparse.SUPPRESS)
 
@@ -157,6 +160,10 @@ def microservice_command(args: argparse.Namespace) -> int:
     try:
         server = Server(repository, server_name="inferd")
         try:
+            from .cli import add_pipeline_stages
+
+            if not add_pipeline_stages(server, args.pipeline_stage):
+                return 1
             row = next((r for r in server.repository_index() if r.get("name") == model_name), {})
             if row.get("state") != "READY":
                 log.error("the V2 model '%s' did not load: %s", model_name, row.get("reason", "unknown reason"))

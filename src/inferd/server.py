@@ -304,6 +304,19 @@ class Server:
 _BLS = RequestContext("bls")
 
 
+def stage_from_spec(spec: str, server: Server) -> Stage:
+    """The stage a `MODULE:FACTORY` names (`--pipeline-stage`): FACTORY is called with the server."""
+    import importlib
+
+    module_name, colon, attribute = spec.partition(":")
+    if not colon or not module_name or not attribute:
+        raise ValueError(f"--pipeline-stage takes MODULE:FACTORY, got '{spec}'")
+    factory = getattr(importlib.import_module(module_name), attribute, None)
+    if not callable(factory):
+        raise ValueError(f"--pipeline-stage {spec}: '{attribute}' is not a callable of module '{module_name}'")
+    return factory(server)
+
+
 def plugin_stages(server: Server) -> list[Stage]:
     """Stages from the `inferd.stages` entry-point group: each entry point is a factory `(server) -> Stage`."""
     from importlib.metadata import entry_points

@@ -103,7 +103,7 @@ class Pipeline:
             finally:
                 del error  # no frame-traceback cycle: a failed request's tensors go now, not at the next GC
         finally:
-            call.finish()
+            _finish(call)
         return _answer(call)
 
     def run_sync(self, request: InferenceRequest, context: RequestContext) -> InferenceResponse:
@@ -123,8 +123,17 @@ class Pipeline:
             finally:
                 del error
         finally:
-            call.finish()
+            _finish(call)
         return _answer(call)
+
+
+def _finish(call: Call) -> None:
+    try:
+        call.finish()
+    finally:
+        # The exceptions' tracebacks hold this frame, which holds the call: no cycle may keep a failed request's
+        # tensors (shared-memory views among them) alive until the next garbage collection.
+        call.error = call.cause = None
 
 
 def _answer(call: Call) -> InferenceResponse:

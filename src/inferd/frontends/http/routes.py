@@ -162,6 +162,8 @@ class RouteTable:
             return None, []
         route = group.by_method.get("GET" if method == "HEAD" else method)
         if route is None:
+            if ":" in parts[-1]:  # `m:explain`: an unknown verb, not a wrong method of the model's status
+                return None, []
             allowed = sorted(group.by_method)
             return None, ["GET", "HEAD", *allowed[1:]] if allowed[0] == "GET" else allowed
         return route, {name: parts[i] for name, i in group.params}
