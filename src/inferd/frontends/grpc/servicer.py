@@ -35,6 +35,9 @@ log = logging.getLogger("inferd.grpc")
 
 __all__ = ["InferenceServicer"]
 
+# grpc.aio.ServicerContext (grpc ships without types)
+Context = Any
+
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     """The V2 inference service. Runs on the gRPC frontend's own event loop.
@@ -51,86 +54,92 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     # ---- shared memory (regions live in the core; CUDA registration is refused there) ----
 
-    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+    async def SystemSharedMemoryStatus(self, request: pb.SystemSharedMemoryStatusRequest,
+                                       context: Context) -> pb.SystemSharedMemoryStatusResponse:
         async with status_on_error(context, "SystemSharedMemoryStatus"):
             return system_shared_memory_status_response(self._server.shared_memory.status(request.name))
 
-    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+    async def SystemSharedMemoryRegister(self, request: pb.SystemSharedMemoryRegisterRequest,
+                                         context: Context) -> pb.SystemSharedMemoryRegisterResponse:
         async with status_on_error(context, "SystemSharedMemoryRegister"):
             self._server.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
             return pb.SystemSharedMemoryRegisterResponse()
 
-    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+    async def SystemSharedMemoryUnregister(self, request: pb.SystemSharedMemoryUnregisterRequest,
+                                           context: Context) -> pb.SystemSharedMemoryUnregisterResponse:
         async with status_on_error(context, "SystemSharedMemoryUnregister"):
             self._server.shared_memory.unregister(request.name)
             return pb.SystemSharedMemoryUnregisterResponse()
 
-    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+    async def CudaSharedMemoryStatus(self, request: pb.CudaSharedMemoryStatusRequest,
+                                     context: Context) -> pb.CudaSharedMemoryStatusResponse:
         async with status_on_error(context, "CudaSharedMemoryStatus"):
             return cuda_shared_memory_status_response(self._server.cuda_shared_memory.status(request.name))
 
-    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+    async def CudaSharedMemoryRegister(self, request: pb.CudaSharedMemoryRegisterRequest,
+                                       context: Context) -> pb.CudaSharedMemoryRegisterResponse:
         async with status_on_error(context, "CudaSharedMemoryRegister"):
             self._server.cuda_shared_memory.register(request.name, request.raw_handle, request.device_id,
                                                      request.byte_size)
             return pb.CudaSharedMemoryRegisterResponse()
 
-    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+    async def CudaSharedMemoryUnregister(self, request: pb.CudaSharedMemoryUnregisterRequest,
+                                         context: Context) -> pb.CudaSharedMemoryUnregisterResponse:
         async with status_on_error(context, "CudaSharedMemoryUnregister"):
             self._server.cuda_shared_memory.unregister(request.name)
             return pb.CudaSharedMemoryUnregisterResponse()
 
     # ---- health and metadata ----
 
-    async def ServerLive(self, request: Any, context: Any) -> Any:
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self._server.live())
 
-    async def ServerReady(self, request: Any, context: Any) -> Any:
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self._server.ready())
 
-    async def ModelReady(self, request: Any, context: Any) -> Any:
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
         # An unknown model is simply not ready (Triton answers the same way, without an error).
         return pb.ModelReadyResponse(ready=self._server.model_ready(request.name, request.version))
 
-    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Context) -> pb.ServerMetadataResponse:
         async with status_on_error(context, "ServerMetadata"):
             return server_metadata_response(self._server.metadata())
 
-    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Context) -> pb.ModelMetadataResponse:
         async with status_on_error(context, "ModelMetadata"):
             return model_metadata_response(self._server.model_metadata(request.name, request.version))
 
-    async def ModelConfig(self, request: Any, context: Any) -> Any:
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Context) -> pb.ModelConfigResponse:
         async with status_on_error(context, "ModelConfig"):
             return pb.ModelConfigResponse(config=self._server.model_config(request.name, request.version))
 
-    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Context) -> pb.ModelStatisticsResponse:
         async with status_on_error(context, "ModelStatistics"):
             stats = self._server.statistics(request.name, request.version)
             return json_format.ParseDict(stats, pb.ModelStatisticsResponse(), ignore_unknown_fields=True)
 
     # ---- inference ----
 
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         async with status_on_error(context, "ModelInfer"):
             response = await self._server.infer_request(decode_infer_request(request, self._server.limits),
                                                         RequestContext("v2-grpc", metadata=context.invocation_metadata))
             return encode_infer_response(response)
 
-    async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+    async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],
+                               context: Context) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Answer each request of the stream as it completes; a failed request is answered with error_message.
 
         Requests enter the core in the order they arrive (each task is started in order and reaches the core
         before its first await); answers go back in the order they finish, matched by request id, as in Triton.
         """
-        answers: asyncio.Queue[Any] = asyncio.Queue()
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()  # None: the end
         slots = asyncio.Semaphore(self._stream_window)
         running: set[asyncio.Task[None]] = set()
-        done = object()
 
         caller = RequestContext("v2-grpc", metadata=context.invocation_metadata)
 
-        async def answer(request: Any) -> None:
+        async def answer(request: pb.ModelInferRequest) -> None:
             try:
                 answers.put_nowait(await self._stream_answer(request, caller))
             finally:
@@ -148,18 +157,19 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             finally:
                 if running:
                     await asyncio.gather(*running, return_exceptions=True)
-                answers.put_nowait(done)
+                answers.put_nowait(None)
 
         reader = asyncio.ensure_future(read())
         try:
-            while (item := await answers.get()) is not done:
+            while (item := await answers.get()) is not None:
                 yield item
         finally:
             reader.cancel()
             for task in list(running):
                 task.cancel()
 
-    async def _stream_answer(self, request: Any, caller: RequestContext) -> Any:
+    async def _stream_answer(self, request: pb.ModelInferRequest,
+                             caller: RequestContext) -> pb.ModelStreamInferResponse:
         try:
             response = await self._server.infer_request(decode_infer_request(request, self._server.limits), caller)
             return pb.ModelStreamInferResponse(infer_response=encode_infer_response(response))
@@ -174,7 +184,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     # ---- trace and log settings ----
 
-    async def TraceSetting(self, request: Any, context: Any) -> Any:
+    async def TraceSetting(self, request: pb.TraceSettingRequest, context: Context) -> pb.TraceSettingResponse:
         """No settings in the request: read them; otherwise change the given ones (globally or for one model)."""
         async with status_on_error(context, "TraceSetting"):
             values = trace_setting_values(request)
@@ -184,7 +194,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 settings = self._server.trace_settings(request.model_name)
             return trace_setting_response(settings)
 
-    async def LogSettings(self, request: Any, context: Any) -> Any:
+    async def LogSettings(self, request: pb.LogSettingsRequest, context: Context) -> pb.LogSettingsResponse:
         async with status_on_error(context, "LogSettings"):
             values = log_setting_values(request)
             settings = self._server.update_log_settings(values) if values else self._server.log_settings()
@@ -192,7 +202,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     # ---- model repository ----
 
-    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Context) -> pb.RepositoryIndexResponse:
         async with status_on_error(context, "RepositoryIndex"):
             if request.repository_name:
                 raise InferError.invalid("'repository_name' specification is not supported")
@@ -200,7 +210,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             rows = await asyncio.to_thread(self._server.repository_index, request.ready)
             return repository_index_response(rows)
 
-    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,
+                                  context: Context) -> pb.RepositoryModelLoadResponse:
         async with status_on_error(context, "RepositoryModelLoad"):
             if request.repository_name:
                 raise InferError.invalid("'repository_name' specification is not supported")
@@ -209,7 +220,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             await asyncio.to_thread(self._server.load, request.model_name, config, files or None)
             return pb.RepositoryModelLoadResponse()
 
-    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,
+                                    context: Context) -> pb.RepositoryModelUnloadResponse:
         async with status_on_error(context, "RepositoryModelUnload"):
             if request.repository_name:
                 raise InferError.invalid("'repository_name' specification is not supported")

@@ -34,9 +34,11 @@ class status_on_error:  # lower case: it reads as the function it was, `async wi
         return None
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> bool:
+                        tb: TracebackType | None) -> None:
+        # Returns None, never True: the manager never swallows an exception (so type checkers see every RPC
+        # body as either returning or raising).
         if exc is None or isinstance(exc, grpc.aio.AbortError) or not isinstance(exc, Exception):
-            return False
+            return
         if isinstance(exc, InferError):
             code, message = grpc.StatusCode[exc.kind.grpc_code_name], exc.message
         else:
@@ -44,5 +46,4 @@ class status_on_error:  # lower case: it reads as the function it was, `async wi
             code, message = grpc.StatusCode.INTERNAL, f"{self._rpc} failed: {type(exc).__name__}: {exc}"
         exc.__traceback__ = None
         del exc, tb
-        await self._context.abort(code, message)
-        return False  # not reached: abort raises
+        await self._context.abort(code, message)  # raises
