@@ -83,7 +83,7 @@ def encode_parameters(values: Mapping[str, Any], target: Any) -> None:
 
 # ---- inference ----
 
-def decode_infer_request(request: Any, limits: RequestLimits = DEFAULT_LIMITS) -> InferenceRequest:
+def decode_infer_request(request: pb.ModelInferRequest, limits: RequestLimits = DEFAULT_LIMITS) -> InferenceRequest:
     """A `ModelInferRequest` as the core's request. Raises INVALID_ARGUMENT in Triton's words.
 
     `limits` are checked on the declared shapes before any data is decoded. Inputs placed in shared memory have no
@@ -129,7 +129,7 @@ def decode_infer_request(request: Any, limits: RequestLimits = DEFAULT_LIMITS) -
                             decode_parameters(request.parameters), shared)
 
 
-def _raw_count_error(request: Any, shared: int) -> InferError:
+def _raw_count_error(request: pb.ModelInferRequest, shared: int) -> InferError:
     expected = len(request.inputs) - shared
     return InferError.invalid(f"expected {expected} raw_input_contents for model '{request.model_name}' (one per "
                               f"input not in shared memory, in input order), got {len(request.raw_input_contents)}")
@@ -157,7 +157,7 @@ def _decode_contents(model: str, name: str, datatype: str, shape: tuple[int, ...
     return decode_list(name, datatype, shape, list(contents[0][1]))
 
 
-def encode_infer_response(response: InferenceResponse) -> Any:
+def encode_infer_response(response: InferenceResponse) -> pb.ModelInferResponse:
     """A `ModelInferResponse`; outputs always as raw_output_contents, as Triton sends them and tritonclient reads."""
     message = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version,
                                     id=response.id)
@@ -177,17 +177,17 @@ def encode_infer_response(response: InferenceResponse) -> Any:
 
 # ---- metadata and repository ----
 
-def server_metadata_response(metadata: Mapping[str, Any]) -> Any:
+def server_metadata_response(metadata: Mapping[str, Any]) -> pb.ServerMetadataResponse:
     return pb.ServerMetadataResponse(name=metadata["name"], version=metadata["version"],
                                      extensions=metadata.get("extensions", []))
 
 
-def _tensor_metadata(tensors: Iterable[Mapping[str, Any]]) -> list[Any]:
+def _tensor_metadata(tensors: Iterable[Mapping[str, Any]]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
     return [pb.ModelMetadataResponse.TensorMetadata(name=t["name"], datatype=t["datatype"], shape=t["shape"])
             for t in tensors]
 
 
-def model_metadata_response(metadata: Mapping[str, Any]) -> Any:
+def model_metadata_response(metadata: Mapping[str, Any]) -> pb.ModelMetadataResponse:
     return pb.ModelMetadataResponse(
         name=metadata["name"],
         versions=metadata.get("versions", []),
@@ -197,7 +197,7 @@ def model_metadata_response(metadata: Mapping[str, Any]) -> Any:
     )
 
 
-def repository_index_response(rows: Iterable[Mapping[str, str]]) -> Any:
+def repository_index_response(rows: Iterable[Mapping[str, str]]) -> pb.RepositoryIndexResponse:
     return pb.RepositoryIndexResponse(models=[
         pb.RepositoryIndexResponse.ModelIndex(name=row["name"], version=row.get("version", ""),
                                               state=row.get("state", ""), reason=row.get("reason", ""))
@@ -205,7 +205,8 @@ def repository_index_response(rows: Iterable[Mapping[str, str]]) -> Any:
     ])
 
 
-def system_shared_memory_status_response(regions: Iterable[Mapping[str, Any]]) -> Any:
+def system_shared_memory_status_response(
+        regions: Iterable[Mapping[str, Any]]) -> pb.SystemSharedMemoryStatusResponse:
     response = pb.SystemSharedMemoryStatusResponse()
     for region in regions:
         response.regions[region["name"]].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(
@@ -213,7 +214,8 @@ def system_shared_memory_status_response(regions: Iterable[Mapping[str, Any]]) -
     return response
 
 
-def cuda_shared_memory_status_response(regions: Iterable[Mapping[str, Any]]) -> Any:
+def cuda_shared_memory_status_response(
+        regions: Iterable[Mapping[str, Any]]) -> pb.CudaSharedMemoryStatusResponse:
     response = pb.CudaSharedMemoryStatusResponse()
     for region in regions:
         response.regions[region["name"]].CopyFrom(pb.CudaSharedMemoryStatusResponse.RegionStatus(
@@ -221,7 +223,7 @@ def cuda_shared_memory_status_response(regions: Iterable[Mapping[str, Any]]) -> 
     return response
 
 
-def load_parameters(request: Any) -> tuple[str | None, dict[str, bytes]]:
+def load_parameters(request: pb.RepositoryModelLoadRequest) -> tuple[str | None, dict[str, bytes]]:
     """The JSON config override (`config` parameter) and the model files (`file:<path>` bytes parameters) of a
     `RepositoryModelLoadRequest`."""
     config: str | None = None
