@@ -4,8 +4,8 @@ A fake model instance records every batch it executes (by the tag in column 0 of
 batch holding a HOLD row waits at the model's gate until the test opens it. With the only instance held, the test
 knows every request it sends is waiting in the queue. Order comes from events and futures, never from sleeping.
 
-Queue policies (timeouts, REJECT / DELAY, overrides, max queue size) are in test_queue_policy.py, which shares
-the fake model and the helpers of this module.
+Queue policies (timeouts, REJECT / DELAY, overrides, max queue size) are in test_queue_policy.py and the direct
+scheduler in test_direct_scheduler.py; both share the fake model and the helpers of this module.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from google.protobuf import text_format
 from tritonclient.grpc.model_config_pb2 import ModelDynamicBatching
 
 from inferd.config import ModelConfig
-from inferd.scheduling import BackendFailure, DynamicBatcher, InstancePool, Job, Tensors
+from inferd.scheduling import BackendFailure, DynamicBatcher, InstancePool, Job, Scheduler, Tensors
 from inferd.types import ErrorKind, InferError
 
 HOLD = -1  # a batch holding a row with this tag waits at the gate
@@ -137,26 +137,26 @@ def rows(tag: int, count: int = 1, width: int = 4) -> np.ndarray:
     return x
 
 
-def job(batcher: DynamicBatcher, tag: int, count: int = 1, *, priority: int = 0, timeout_us: int = 0,
+def job(scheduler: Scheduler, tag: int, count: int = 1, *, priority: int = 0, timeout_us: int = 0,
         width: int = 4) -> Job:
     x = rows(tag, count, width)
-    return batcher.make_job({"INPUT0": x}, count, priority, timeout_us)
+    return scheduler.make_job({"INPUT0": x}, count, priority, timeout_us)
 
 
-async def send(batcher: DynamicBatcher, *jobs: Job) -> list[asyncio.Task[Tensors]]:
-    """Start the requests in this order and return once the batcher has every one of them.
+async def send(scheduler: Scheduler, *jobs: Job) -> list[asyncio.Task[Tensors]]:
+    """Start the requests in this order and return once the scheduler has every one of them.
 
     `run` hands a job over before it first waits; asyncio runs the tasks created here, in order, before this
     coroutine resumes from its one yield.
     """
-    tasks = [asyncio.ensure_future(batcher.run(j)) for j in jobs]
+    tasks = [asyncio.ensure_future(scheduler.run(j)) for j in jobs]
     await asyncio.sleep(0)
     return tasks
 
 
-async def hold(batcher: DynamicBatcher, model: FakeModel, count: int = 1, priority: int = 0) -> asyncio.Task[Tensors]:
+async def hold(scheduler: Scheduler, model: FakeModel, count: int = 1, priority: int = 0) -> asyncio.Task[Tensors]:
     """Send a request of `count` rows and return once an instance is executing it, held at the gate."""
-    [blocker] = await send(batcher, job(batcher, HOLD, count, priority=priority))
+    [blocker] = await send(scheduler, job(scheduler, HOLD, count, priority=priority))
     await model.held()
     return blocker
 
@@ -179,13 +179,13 @@ def answer_of(result: Tensors | BaseException, tag: int, count: int = 1, width: 
     np.testing.assert_array_equal(result["OUTPUT0"], 2 * rows(tag, count, width))
 
 
-async def warm_up(batcher: DynamicBatcher, model: FakeModel) -> None:
+async def warm_up(scheduler: Scheduler, model: FakeModel) -> None:
     """Run quick requests until the model counts as cheap (the case the event loop path is for)."""
     for tag in range(200):
-        if batcher.pool.cheap:
+        if scheduler.pool.cheap:
             model.batches.clear()
             return
-        answer_of(await batcher.run(job(batcher, 1000 + tag)), 1000 + tag)
+        answer_of(await scheduler.run(job(scheduler, 1000 + tag)), 1000 + tag)
     pytest.fail("the fake model never counted as cheap")
 
 
