@@ -1,9 +1,15 @@
-"""Start the real `inferd serve` as a subprocess on free ports of 127.0.0.1, and stop it by its PID."""
+"""Start the real `inferd serve` as a subprocess on 127.0.0.1, and stop it by its PID.
+
+The server binds port 0 for HTTP, gRPC and metrics and logs the ports the system gave it (`started HTTPService at
+127.0.0.1:PORT`, as Triton logs them); the ports are read from that log, so no two test servers can race for a port
+picked beforehand.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,9 +25,15 @@ INFERD = Path(sys.executable).parent / "inferd"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 
+# The lines `inferd serve` logs once a front door listens, and the one once all of them do.
+_STARTED = re.compile(r"started (HTTPService|GRPCInferenceService|Metrics Service) at \S+:(\d+)\s*$", re.MULTILINE)
+_READY = re.compile(r"inferd \S+ ready\b")
+_SERVICES = {"HTTPService": "http", "GRPCInferenceService": "grpc", "Metrics Service": "metrics"}
+
 
 def free_ports(count: int) -> list[int]:
-    """Distinct free TCP ports of 127.0.0.1 (held together while picked, so they differ)."""
+    """Distinct free TCP ports of 127.0.0.1 (held together while picked, so they differ). Only for servers that
+    cannot bind port 0 and say which port they got; another process may take a port before it is used."""
     with contextlib.ExitStack() as stack:
         ports = []
         for _ in range(count):
@@ -31,25 +43,90 @@ def free_ports(count: int) -> list[int]:
         return ports
 
 
+def _log_file_arg(args: Sequence[str]) -> Path | None:
+    """The `--log-file` an argument list gives (the server then logs there instead of to its output)."""
+    found: Path | None = None
+    for i, arg in enumerate(args):
+        if arg == "--log-file" and i + 1 < len(args):
+            found = Path(args[i + 1])
+        elif arg.startswith("--log-file="):
+            found = Path(arg.split("=", 1)[1])
+    return found if found is not None and str(found) else None
+
+
 class ServerProcess:
-    """One `inferd serve` subprocess; its output goes to a log file so a failure can show it."""
+    """One `inferd serve` subprocess; its output goes to a log file so a failure can show it.
+
+    `http_port`, `grpc_port` and `metrics_port` are the ports the server reports it bound; reading one waits (up to
+    START_TIMEOUT_S) until the server has started its front doors.
+    """
 
     def __init__(self, repository: Path | Sequence[Path], log_path: Path, *extra_args: str,
                  env: dict[str, str] | None = None) -> None:
         repositories = [repository] if isinstance(repository, Path) else list(repository)
-        self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
         self.log_path = log_path
         self.args = [str(INFERD), "serve"]
         for repo in repositories:
             self.args += ["--model-repository", str(repo)]
         self.args += [
-            "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
-            "--http-address", HOST, "--grpc-address", HOST, "--metrics-port", str(self.metrics_port),
+            "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
+            "--http-address", HOST, "--grpc-address", HOST,
             *extra_args,
         ]
+        # Where the "started ... at" lines go: the server's own log file when one is given, else its output.
+        self._report_path = _log_file_arg(extra_args) or log_path
+        self._ports: dict[str, int] | None = None
         self._log = open(log_path, "wb")  # closed in wait_exit()
+        # A log file the server appends to may hold an earlier server's lines: only what this one writes counts.
+        self._report_offset = self._report_path.stat().st_size if self._report_path.exists() else 0
         self.process = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT,
                                         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+    @property
+    def http_port(self) -> int:
+        return self._port("http")
+
+    @property
+    def grpc_port(self) -> int:
+        return self._port("grpc")
+
+    @property
+    def metrics_port(self) -> int:
+        return self._port("metrics")
+
+    def _port(self, service: str) -> int:
+        ports = self.wait_started()
+        if service not in ports:
+            raise RuntimeError(f"inferd reported no {service} port (is that front door turned off?):\n{self.log()}")
+        return ports[service]
+
+    def _reported(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        try:
+            with open(self._report_path, "rb") as handle:
+                handle.seek(self._report_offset)
+                return handle.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_started(self, timeout: float = START_TIMEOUT_S) -> dict[str, int]:
+        """The ports the server listens on ("http", "grpc", "metrics"; those turned on), once it logged that it is
+        ready; raise with the server's log if it exits first or never gets there."""
+        if self._ports is not None:
+            return self._ports
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self._reported()
+            if _READY.search(text):
+                self._ports = {_SERVICES[name]: int(port) for name, port in _STARTED.findall(text)}
+                return self._ports
+            if self.process.poll() is not None:
+                raise RuntimeError(f"inferd exited with {self.process.returncode} before it started serving:\n"
+                                   f"{self.log()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"inferd did not start serving within {timeout} s:\n{self.log()}")
+            time.sleep(0.05)
 
     @property
     def http_url(self) -> str:
@@ -69,8 +146,14 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_live(self, timeout: float = START_TIMEOUT_S) -> None:
-        """Wait until /v2/health/live answers 200; raise with the server's log if it exits or never does."""
+        """Wait until the server reported its ports and /v2/health/live answers 200; raise with the server's log if
+        it exits or never does."""
         deadline = time.monotonic() + timeout
+        try:
+            self.wait_started(timeout)
+        except RuntimeError:
+            self.stop()
+            raise
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"inferd exited with {self.process.returncode} before it was live:\n{self.log()}")

@@ -67,7 +67,8 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
 
         metrics_server = start_metrics_server(server.model_statistics, metrics.address, metrics.port,
                                               metrics_collectors)
-        log.info("started Metrics Service at %s:%d", metrics.address, metrics.port)
+        # The bound port (not the asked one): with port 0 the system picks it, and this line is how callers learn it.
+        log.info("started Metrics Service at %s:%d", metrics.address, metrics_server.server_address[1])
     http_server = None
     if http is not None:
         frontend, endpoint = http
