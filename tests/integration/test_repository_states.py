@@ -31,6 +31,7 @@ from models import (
     add_simple,
     add_slow,
 )
+from observing import metric, scrape
 from serving import ServerProcess, start_server
 
 
@@ -195,6 +196,15 @@ def _slow_inputs(module: Any, rounds: int, x: np.ndarray) -> list[Any]:
             make_input(module, "DELAY", np.array([rounds], dtype=np.int64), "INT64")]
 
 
+def _wait_pending(process: ServerProcess, model: str, count: int, clients: list[threading.Thread]) -> None:
+    """Until the server counts `count` requests of the model in flight (its pending-request gauge); bounded."""
+    deadline = time.monotonic() + 60
+    while metric(scrape(process.metrics_port), "nv_inference_pending_request_count", model=model, version="1") < count:
+        assert all(c.is_alive() for c in clients), "a request ended before the others arrived"
+        assert time.monotonic() < deadline, f"never {count} requests of {model} in flight:\n{process.log()}"
+        time.sleep(0.02)
+
+
 def test_sigterm_finishes_in_flight_requests_and_exits_cleanly(good_repository: Path, server_log: Path,
                                                                  own_server: list[ServerProcess]) -> None:
     process = start_server(good_repository, server_log)
@@ -224,7 +234,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_cleanly(good_repository: 
     threads = [threading.Thread(target=over_http), threading.Thread(target=over_grpc)]
     for thread in threads:
         thread.start()
-    time.sleep(0.5)  # let both requests reach the server; each then runs for seconds
+    _wait_pending(process, SLOW, 2, threads)  # both requests are in the server; each then runs for seconds
     assert not results, f"too fast a machine: the slow requests finished before SIGTERM was sent: {results}"
     process.terminate()
     for thread in threads:
