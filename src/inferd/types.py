@@ -21,6 +21,7 @@ __all__ = [
     "SharedMemoryRef",
     "Tensors",
     "datatype_of",
+    "describe_error",
     "numpy_dtype",
 ]
 
@@ -81,6 +82,11 @@ class InferError(Exception):
     @classmethod
     def internal(cls, message: str) -> InferError:
         return cls(ErrorKind.INTERNAL, message)
+
+
+def describe_error(exc: BaseException) -> str:
+    """An exception in one line for a message: its type and text (`ValueError: bad shape`)."""
+    return f"{type(exc).__name__}: {exc}"
 
 
 # V2 datatype names <-> numpy. BYTES tensors are object arrays of `bytes`.

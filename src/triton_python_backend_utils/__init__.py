@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from inferd.types import CONFIG_TO_V2, V2_TO_NUMPY
+
 __all__ = [
     "TRITONSERVER_REQUEST_FLAG_SEQUENCE_END",
     "TRITONSERVER_REQUEST_FLAG_SEQUENCE_START",
@@ -70,19 +72,10 @@ TRITONSERVER_REQUEST_RELEASE_RESCHEDULE = 2
 
 # model_config.proto's DataType: enum names and numbers, and the numpy type of each.
 _TRITON_TYPES: dict[str, tuple[int, Any]] = {
-    "TYPE_BOOL": (1, np.bool_),
-    "TYPE_UINT8": (2, np.uint8),
-    "TYPE_UINT16": (3, np.uint16),
-    "TYPE_UINT32": (4, np.uint32),
-    "TYPE_UINT64": (5, np.uint64),
-    "TYPE_INT8": (6, np.int8),
-    "TYPE_INT16": (7, np.int16),
-    "TYPE_INT32": (8, np.int32),
-    "TYPE_INT64": (9, np.int64),
-    "TYPE_FP16": (10, np.float16),
-    "TYPE_FP32": (11, np.float32),
-    "TYPE_FP64": (12, np.float64),
-    "TYPE_STRING": (13, np.object_),
+    name: (number, V2_TO_NUMPY[CONFIG_TO_V2[name]].type) for name, number in (
+        ("TYPE_BOOL", 1), ("TYPE_UINT8", 2), ("TYPE_UINT16", 3), ("TYPE_UINT32", 4), ("TYPE_UINT64", 5),
+        ("TYPE_INT8", 6), ("TYPE_INT16", 7), ("TYPE_INT32", 8), ("TYPE_INT64", 9), ("TYPE_FP16", 10),
+        ("TYPE_FP32", 11), ("TYPE_FP64", 12), ("TYPE_STRING", 13))
 }
 _NUMBER_TO_NUMPY = {number: dtype for number, dtype in _TRITON_TYPES.values()}
 

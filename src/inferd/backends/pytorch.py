@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, DataType, ModelConfig, int_parameter, string_parameter
-from ..types import InferError
+from ..types import CONFIG_TO_V2, V2_TO_NUMPY, InferError
 
 log = logging.getLogger("inferd.pytorch")
 
@@ -60,20 +60,9 @@ _TORCH_TO_CONFIG: dict[torch.dtype, str] = {
     torch.float32: "TYPE_FP32",
     torch.float64: "TYPE_FP64",
 }
-_CONFIG_TO_NUMPY: dict[str, type] = {
-    "TYPE_BOOL": np.bool_,
-    "TYPE_UINT8": np.uint8,
-    "TYPE_UINT16": np.uint16,
-    "TYPE_UINT32": np.uint32,
-    "TYPE_UINT64": np.uint64,
-    "TYPE_INT8": np.int8,
-    "TYPE_INT16": np.int16,
-    "TYPE_INT32": np.int32,
-    "TYPE_INT64": np.int64,
-    "TYPE_FP16": np.float16,
-    "TYPE_FP32": np.float32,
-    "TYPE_FP64": np.float64,
-}
+# Config data types a TorchScript output can have (every numeric one), as numpy types.
+_CONFIG_TO_NUMPY: dict[str, type] = {name: V2_TO_NUMPY[v2].type for name, v2 in CONFIG_TO_V2.items()
+                                     if v2 in V2_TO_NUMPY and v2 != "BYTES"}
 _INDEXED = re.compile(r"^.+__(\d+)$")
 # torch.export.load keeps its deserializer in a module global: two models loading at once on the server's
 # threads fail with "_CURRENT_DESERIALIZER is already set". Loads of model files take turns.

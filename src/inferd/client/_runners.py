@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..types import describe_error
 from ._inputs import TensorData
 from ._loadgen import BenchError, LoadClient, StepPlan, StepSample, Target, new_event_loop, run_step
 from ._report import ProgressBar
@@ -126,7 +127,7 @@ def worker_main(pipe: Connection, index: int, target: Target, input_sets: list[l
                 sample = loop.run_until_complete(run_step(client, plan, ready=ready, progress=report))
             except Exception as exc:  # sent to the parent, which stops the run with this message
                 barrier.abort()
-                sample = StepSample(np.empty(0, np.int64), Counter(), 0, 0.0, failure=f"{type(exc).__name__}: {exc}")
+                sample = StepSample(np.empty(0, np.int64), Counter(), 0, 0.0, failure=f"{describe_error(exc)}")
             pipe.send(sample)
     except (EOFError, KeyboardInterrupt):
         pass

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Coroutine, Iterable
 from typing import Any, Protocol, runtime_checkable
 
 from ..scheduling import BackendFailure
-from ..types import ErrorKind, InferenceRequest, InferenceResponse, InferError
+from ..types import ErrorKind, InferenceRequest, InferenceResponse, InferError, describe_error
 from .call import Call, RequestContext
 
 __all__ = ["Pipeline", "Stage", "as_infer_error"]
@@ -177,4 +177,4 @@ def as_infer_error(call: Call, exc: Exception) -> InferError:
     name = call.model.name if call.model is not None else call.request.model_name
     if isinstance(exc, BackendFailure):
         return InferError.internal(f"model '{name}' failed: {exc}")
-    return InferError(ErrorKind.INTERNAL, f"model '{name}' failed: {type(exc).__name__}: {exc}")
+    return InferError(ErrorKind.INTERNAL, f"model '{name}' failed: {describe_error(exc)}")

@@ -21,7 +21,7 @@ import numpy as np
 import orjson
 
 from ...multipart import form_parts
-from ...types import ErrorKind, InferError
+from ...types import ErrorKind, InferError, describe_error
 from .component import NotImplementedBySeldonClass, RuntimeResponse, SeldonComponent
 
 __all__ = ["OPERATIONS", "SeldonError", "SeldonFailure", "aggregate", "answer", "decode_body", "feedback",
@@ -76,7 +76,7 @@ def failure(exc: BaseException) -> SeldonFailure:
         except Exception:  # a broken to_dict: fall through to the generic form
             pass
     log.error("the Seldon class raised: %s: %s", type(exc).__name__, exc, exc_info=exc)
-    error = SeldonError(f"{type(exc).__name__}: {exc}", 500, "MICROSERVICE_INTERNAL_ERROR")
+    error = SeldonError(f"{describe_error(exc)}", 500, "MICROSERVICE_INTERNAL_ERROR")
     return SeldonFailure(500, error.to_dict())
 
 

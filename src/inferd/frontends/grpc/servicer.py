@@ -17,7 +17,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from ...pipeline import RequestContext
 from ...server import Server
-from ...types import InferError
+from ...types import InferError, describe_error
 from .codec import (
     cuda_shared_memory_status_response,
     decode_infer_request,
@@ -177,7 +177,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             message = err.message
         except Exception as exc:
             log.exception("ModelStreamInfer request failed")
-            message = f"ModelStreamInfer failed: {type(exc).__name__}: {exc}"
+            message = f"ModelStreamInfer failed: {describe_error(exc)}"
         # The id tells the client which request failed.
         return pb.ModelStreamInferResponse(error_message=message,
                                            infer_response=pb.ModelInferResponse(id=request.id))

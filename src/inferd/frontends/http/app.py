@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from ...server import Server
-from ...types import ErrorKind, InferError
+from ...types import ErrorKind, InferError, describe_error
 from . import seldon, torchserve
 from .messages import QUERY_HEADER, HttpRequest, Reply, error_reply
 from .routes import SERVE_ROUTES, Route, RouteTable
@@ -81,7 +81,7 @@ class HttpFrontend:
             return error_reply(exc.kind.http_status, exc.message)
         except Exception as exc:  # a handler bug is a 500 for this request, never a dead server
             log.exception("unhandled error on %s %s", method, path)
-            return error_reply(500, f"internal error: {type(exc).__name__}: {exc}")
+            return error_reply(500, f"internal error: {describe_error(exc)}")
 
     def _unrouted(self, method: str, path: str, allowed: list[str]) -> Reply:
         if not allowed:

@@ -150,19 +150,21 @@ class RouteTable:
         method; (None, []) when no route has the path."""
         parts = path.strip("/").split("/")
         group = None
+        unknown_verb = False
         if ":" in parts[-1]:  # `{model_name}:predict` first; a name that merely holds a colon after
             head, _, verb = parts[-1].rpartition(":")
             split = [*parts[:-1], head, ":" + verb]
             group = self._find(split)
             if group is not None:
                 parts = split
+            unknown_verb = group is None
         if group is None:
             group = self._find(parts)
         if group is None:
             return None, []
         route = group.by_method.get("GET" if method == "HEAD" else method)
         if route is None:
-            if ":" in parts[-1]:  # `m:explain`: an unknown verb, not a wrong method of the model's status
+            if unknown_verb:  # `m:explain`: an unknown verb, not a wrong method of the model's status
                 return None, []
             allowed = sorted(group.by_method)
             return None, ["GET", "HEAD", *allowed[1:]] if allowed[0] == "GET" else allowed
