@@ -11,7 +11,8 @@ import orjson
 import pytest
 
 from inferd.frontends.http.v2 import OutputOptions, decode_infer_request, encode_infer_response, load_json_object
-from inferd.types import InferenceResponse, InferError
+from inferd.limits import RequestLimits
+from inferd.types import ErrorKind, InferenceResponse, InferError, SharedMemoryRef
 
 
 def _binary_body(doc: dict, *blobs: bytes) -> tuple[bytes, int]:
@@ -226,3 +227,49 @@ def test_load_json_object() -> None:
         load_json_object(b"[1]")
     with pytest.raises(InferError):
         load_json_object(b"{")
+
+
+def _invalid_with(body: bytes, *words: str, limits: RequestLimits | None = None) -> None:
+    with pytest.raises(InferError) as caught:
+        decode_infer_request(body, None, "m", "", *(() if limits is None else (limits,)))
+    assert caught.value.kind is ErrorKind.INVALID_ARGUMENT
+    for word in words:
+        assert word in caught.value.message
+
+
+def test_shared_memory_input_is_left_for_the_core() -> None:
+    body = orjson.dumps({"inputs": [
+        {"name": "A", "datatype": "FP32", "shape": [2, 2],
+         "parameters": {"shared_memory_region": "in", "shared_memory_byte_size": 16, "shared_memory_offset": 8}},
+        {"name": "B", "datatype": "INT32", "shape": [1], "data": [5]},
+    ]})
+    request, _ = decode_infer_request(body, None, "m", "")
+    assert request.shared_inputs == {"A": ((2, 2), SharedMemoryRef("in", 16, 8))}
+    assert "A" not in request.inputs
+    assert request.inputs["B"].tolist() == [5]
+    assert request.datatypes == {"A": "FP32", "B": "INT32"}
+
+
+def test_shared_memory_input_with_data_too() -> None:
+    _invalid_with(orjson.dumps({"inputs": [{"name": "A", "datatype": "INT32", "shape": [1], "data": [1],
+                                       "parameters": {"shared_memory_region": "in", "shared_memory_byte_size": 4}}]}),
+             "'A'", "shared memory", "'data'")
+
+
+def test_data_count_must_match_the_shape() -> None:
+    _invalid_with(orjson.dumps({"inputs": [{"name": "A", "datatype": "INT32", "shape": [2, 3], "data": [1, 2, 3]}]}),
+             "'A'", "6 elements", "got 3")
+
+
+def test_an_input_given_twice() -> None:
+    item = {"name": "A", "datatype": "INT32", "shape": [1], "data": [1]}
+    _invalid_with(orjson.dumps({"inputs": [item, item]}), "'A'", "more than once")
+
+
+def test_limits_are_checked_on_declared_shapes_before_data() -> None:
+    limits = RequestLimits(max_tensor_elements=100, max_inputs=1)
+    _invalid_with(orjson.dumps({"inputs": [{"name": "A", "datatype": "FP32", "shape": [1000, 1000]}]}),
+             "'A'", "--max-tensor-elements", limits=limits)
+    item = {"datatype": "INT32", "shape": [1], "data": [1]}
+    _invalid_with(orjson.dumps({"inputs": [{"name": "A", **item}, {"name": "B", **item}]}), "2 inputs", "--max-inputs",
+             limits=limits)
