@@ -22,7 +22,7 @@ from .instances.process import ProcessInstance
 from .model import ServedModel
 from .observability import ModelStatistics
 from .repository import ModelRepository, safe_join, select_versions, version_dirs
-from .scheduling import DirectScheduler, DynamicBatcher, InstancePool, Scheduler
+from .scheduling import Arrivals, DirectScheduler, DynamicBatcher, InstancePool, Scheduler
 from .types import ErrorKind, InferError
 
 log = logging.getLogger("inferd.manager")
@@ -64,8 +64,10 @@ class ModelEntry:
 
 class ModelManager:
     def __init__(self, repository: ModelRepository, *, autocomplete: bool = True, unload_timeout: float = 30.0,
-                 environments: EnvironmentCache | None = None) -> None:
+                 environments: EnvironmentCache | None = None, arrivals: Arrivals | None = None) -> None:
         self.repository = repository
+        # The front doors' arrival reports, handed to every dynamic batcher (see scheduling.Arrivals).
+        self.arrivals = arrivals if arrivals is not None else Arrivals()
         # Per-model Python environments (a requirements.txt next to a model that runs in instance processes).
         self.environments = environments if environments is not None else EnvironmentCache()
         self.autocomplete = autocomplete
@@ -359,7 +361,8 @@ class ModelManager:
         pool = InstancePool(instances, stats)
         scheduler: Scheduler
         if config.HasField("dynamic_batching") and config.max_batch_size > 0:
-            scheduler = DynamicBatcher(pool, f"{name}-{version}", config.max_batch_size, config.dynamic_batching)
+            scheduler = DynamicBatcher(pool, f"{name}-{version}", config.max_batch_size, config.dynamic_batching,
+                                       self.arrivals)
         else:
             scheduler = DirectScheduler(pool, f"{name}-{version}")
         log.info("loaded model '%s' version %d (%d instance(s), %s)", name, version, len(instances),

@@ -34,6 +34,7 @@ from .pipeline import (
     Stage,
 )
 from .repository import ModelRepository
+from .scheduling import Arrivals
 from .types import InferenceRequest, InferenceResponse, InferError, RequestedOutput, datatype_of
 
 log = logging.getLogger("inferd.server")
@@ -88,7 +89,10 @@ class Server:
         self.cuda_shared_memory = CudaSharedMemory()
         # model_env_dir: where the Python environments of models' requirements.txt are cached.
         environments = EnvironmentCache(model_env_dir) if model_env_dir is not None else None
-        self.manager = ModelManager(ModelRepository(paths), autocomplete=autocomplete, environments=environments)
+        # What the front doors have read but not yet started, per event loop: the batchers' hint (see Arrivals).
+        self.arrivals = Arrivals()
+        self.manager = ModelManager(ModelRepository(paths), autocomplete=autocomplete, environments=environments,
+                                    arrivals=self.arrivals)
         self.manager.bls = self._run_bls  # Python models' calls of other models go through this core
         self.model_control_mode = model_control_mode
         self.load_models = list(load_models)

@@ -16,9 +16,7 @@ import numpy as np
 
 from ..backends import Backend
 from ..observability import ModelStatistics, Trace
-from ..types import InferError
-
-Tensors = dict[str, np.ndarray]
+from ..types import InferError, Tensors
 
 # A model whose batches take less than this runs on the event loop: a thread hand-off would cost more than the model.
 INLINE_BUDGET_NS = 300_000
@@ -34,7 +32,8 @@ class Arrivals:
     """Per event loop, how many requests a frontend has read whose handling has not started yet.
 
     The batcher uses it to tell a lone request (run it now) from one that others will join within the same
-    loop iteration (gather them into one batch). A loop whose frontend does not report counts as busy.
+    loop iteration (gather them into one batch). A loop whose frontend does not report counts as busy. The
+    `Server` owns one and hands it to its schedulers; its front doors report to it.
     """
 
     def __init__(self) -> None:
@@ -49,8 +48,6 @@ class Arrivals:
     def started(self, loop: asyncio.AbstractEventLoop) -> None:
         self._waiting[loop] -= 1
 
-
-ARRIVALS = Arrivals()
 
 
 class Job:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..types import InferError
-from .base import ARRIVALS, InstancePool, Job, Tensors, settle, settle_from_thread, unloading_error, unwrap
+from .base import Arrivals, InstancePool, Job, Tensors, settle, settle_from_thread, unloading_error, unwrap
 
 _REJECT, _DELAY = 0, 1  # ModelQueuePolicy.TimeoutAction
 
@@ -45,8 +45,11 @@ class QueuePolicy:
 
 
 class DynamicBatcher:
-    def __init__(self, pool: InstancePool, name: str, max_batch_size: int, dynamic_batching: Any) -> None:
+    def __init__(self, pool: InstancePool, name: str, max_batch_size: int, dynamic_batching: Any,
+                 arrivals: Arrivals | None = None) -> None:
         self.pool = pool
+        # What the front doors report of requests read but not started (no reports: every loop counts as busy).
+        self._arrivals = arrivals if arrivals is not None else Arrivals()
         self.name = name
         self.max_batch_size = max(1, max_batch_size)
         self.preferred = sorted({int(s) for s in dynamic_batching.preferred_batch_size if 0 < s <= max_batch_size})
@@ -113,7 +116,7 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         if self._inline_allowed and self.pool.cheap:
             pending = self._inline.get(loop)
-            if not pending and ARRIVALS.get(loop) == 0:
+            if not pending and self._arrivals.get(loop) == 0:
                 # Nothing else has arrived that could join a batch: run now rather than a loop iteration later.
                 try:
                     instance = self.pool.idle.get_nowait()

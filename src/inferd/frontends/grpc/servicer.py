@@ -122,8 +122,15 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         async with status_on_error(context, "ModelInfer"):
-            response = await self._server.infer_request(decode_infer_request(request, self._server.limits),
-                                                        RequestContext("v2-grpc", metadata=context.invocation_metadata))
+            server = self._server
+            loop = asyncio.get_running_loop()
+            server.arrivals.arrived(loop)  # read, not yet started: what the batcher asks before running inline
+            try:
+                decoded = decode_infer_request(request, server.limits)
+            finally:
+                server.arrivals.started(loop)
+            response = await server.infer_request(decoded,
+                                                  RequestContext("v2-grpc", metadata=context.invocation_metadata))
             return encode_infer_response(response)
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],

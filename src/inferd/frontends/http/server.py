@@ -20,7 +20,6 @@ from typing import Any
 
 import httptools
 
-from ...scheduling import ARRIVALS
 from .app import HttpFrontend
 from .messages import QUERY_HEADER, Reply, error_reply
 
@@ -69,6 +68,7 @@ class _Connection(asyncio.Protocol):
         self.frontend = server.frontend
         self.limit = server.max_input_size
         self.loop = server.loop
+        self.arrivals = server.frontend.server.arrivals
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
@@ -103,7 +103,7 @@ class _Connection(asyncio.Protocol):
         if self.task is not None:
             # The client went away: a request still queued for its model leaves the queue without running.
             if not self.task_started:
-                ARRIVALS.started(self.loop)
+                self.arrivals.started(self.loop)
             self.task.cancel()
         self.waiting.clear()
 
@@ -180,13 +180,13 @@ class _Connection(asyncio.Protocol):
             self._answer(request, error_reply(413, f"request body exceeds the limit of {self.limit} bytes "
                                                    "(--http-max-input-size)"))
             return
-        ARRIVALS.arrived(self.loop)
+        self.arrivals.arrived(self.loop)
         self.task_started = False
         self.task = self.loop.create_task(self._run(request))
 
     async def _run(self, request: _Request) -> None:
         self.task_started = True
-        ARRIVALS.started(self.loop)
+        self.arrivals.started(self.loop)
         reply = await self.frontend.handle(request.method, request.path, request.headers, request.body)
         self.task = None
         self._answer(request, reply)
