@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .config import ConfigError, ModelConfig
-from .repository.paths import UnsafePathError, safe_join
+from .paths import UnsafePathError, safe_join
 from .types import InferError, datatype_of
 
 __all__ = ["CLASSIFICATION", "class_count", "read_labels", "top_classes"]

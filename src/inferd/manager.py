@@ -23,7 +23,7 @@ from .model import ServedModel
 from .observability import ModelStatistics
 from .repository import ModelRepository, safe_join, select_versions, version_dirs
 from .scheduling import Arrivals, DirectScheduler, DynamicBatcher, InstancePool, Scheduler
-from .types import ErrorKind, InferError
+from .types import ErrorKind, InferError, describe_error
 
 log = logging.getLogger("inferd.manager")
 
@@ -208,8 +208,8 @@ class ModelManager:
         try:
             config, backend, versions, probe = self._prepare(name, model_dir, config)
             labels = read_labels(model_dir, config)
-        except ConfigError as exc:
-            reason = str(exc)
+        except Exception as exc:  # a bad config, or an auto-complete that raised: the model is UNAVAILABLE
+            reason = str(exc) if isinstance(exc, (ConfigError, InferError)) else describe_error(exc)
             with self._lock:
                 entry = self._models.setdefault(name, ModelEntry(name))
                 entry.fingerprint = fingerprint
@@ -228,8 +228,13 @@ class ModelManager:
                 served = self._load_version(name, version, path, config, backend, first[1] if first else None)
                 served.labels = labels
                 loaded[version] = VersionStatus(ModelState.READY, served=served)
-            except (ConfigError, InferError, OSError, EnvironmentBuildError) as exc:
-                reason = exc.message if isinstance(exc, InferError) else str(exc)
+            except Exception as exc:  # whatever a backend raises, the version is UNAVAILABLE with the reason
+                if isinstance(exc, InferError):
+                    reason = exc.message
+                elif isinstance(exc, (ConfigError, OSError, EnvironmentBuildError)):
+                    reason = str(exc)
+                else:
+                    reason = describe_error(exc)
                 loaded[version] = VersionStatus(ModelState.UNAVAILABLE, reason)
                 log.error("model '%s' version %d is UNAVAILABLE: %s", name, version, reason)
         failed = [f"version {v}: {s.reason}" for v, s in loaded.items() if s.state != ModelState.READY]

@@ -137,10 +137,15 @@ def numpy_dtype(datatype: str) -> np.dtype[Any]:
 
 def datatype_of(array: np.ndarray) -> str:
     """The V2 datatype name of an array (strings of any kind count as BYTES)."""
-    name = _NUMPY_TO_V2.get(array.dtype)
+    dtype = array.dtype
+    name = _NUMPY_TO_V2.get(dtype)
     if name is not None:
         return name
-    if array.dtype.kind in "SU":
+    if not dtype.isnative:  # a big-endian array is the same datatype; encoders write it little-endian
+        name = _NUMPY_TO_V2.get(dtype.newbyteorder("="))
+        if name is not None:
+            return name
+    if dtype.kind in "SU":
         return "BYTES"
     raise InferError.internal(f"no V2 datatype for numpy dtype {array.dtype}")
 

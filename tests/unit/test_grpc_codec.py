@@ -269,8 +269,6 @@ def test_bytes_and_string_outputs_are_length_prefixed() -> None:
     assert InferResult(message).as_numpy("S").tolist() == ["é".encode()]
 
 
-@pytest.mark.xfail(strict=True, raises=InferError,
-                   reason="bug: datatype_of looks dtypes up by equality, so '>i4' has no V2 datatype (INTERNAL)")
 def test_big_endian_output_is_sent_little_endian() -> None:
     values = np.array([1, 256], dtype=">i4")
     message = encode_infer_response(_response(Y=values))

@@ -158,10 +158,6 @@ def test_a_failing_load_is_unavailable_with_its_reason(manager: ModelManager, re
     assert not manager.all_ready()
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="bug: only ConfigError / InferError / OSError from Backend.load are caught; any other "
-                   "exception (a plugin's RuntimeError) escapes load() and load_all(), so one bad model stops the "
-                   "server from starting instead of being UNAVAILABLE")
 def test_a_backend_raising_any_exception_is_unavailable_with_its_reason(manager: ModelManager, repo: Path) -> None:
     write_model(repo, MODEL, CONFIG)
     behaviour(MODEL).load_error = RuntimeError("CUDA out of memory")
