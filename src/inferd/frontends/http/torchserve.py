@@ -30,7 +30,7 @@ from ...model import ServedModel
 from ...pipeline import RequestContext
 from ...server import Server
 from ...types import InferenceRequest, InferError
-from .messages import HttpRequest, Params, Reply
+from .messages import HttpRequest, Params, Reply, error_reply
 
 if TYPE_CHECKING:
     from .app import HttpFrontend
@@ -62,6 +62,8 @@ async def ping(app: HttpFrontend, request: HttpRequest, params: Params) -> Reply
 async def predict(app: HttpFrontend, request: HttpRequest, params: Params) -> Reply:
     """`POST|PUT /predictions/{model}[/{version}]`; never raises InferError: errors are TorchServe's JSON."""
     server = app.server
+    if not params["model_name"]:  # `/predictions//1`: no model named at all is no TorchServe route
+        return error_reply(404, "Not Found")
     found = _served(server, params["model_name"], params.get("model_version", ""))
     if not isinstance(found, ServedModel):
         return found
