@@ -200,3 +200,42 @@ def _http_port(log_path: Path, process: subprocess.Popen[bytes]) -> int:
         assert process.poll() is None, text
         time.sleep(0.05)
     raise AssertionError(log_path.read_text(errors="replace"))
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_readme_stage_example(tmp_path: Path) -> None:
+    """The README's `my_stages.py`, served as the README says, refuses requests without the key in each
+    protocol's own form and lets keyed ones through."""
+    text = README.read_text()
+    start = text.index("```python\n# my_stages.py\n") + len("```python\n")
+    (tmp_path / "my_stages.py").write_text(text[start:text.index("```", start)])
+    assert "--pipeline-stage my_stages:make" in text
+    repo = tmp_path / "models"
+    repo.mkdir()
+    add_simple(repo)
+    process = start_server(repo, tmp_path / "server.log", "--pipeline-stage", "my_stages:make",
+                           env={"PYTHONPATH": str(tmp_path)})
+    try:
+        body = {"inputs": [{"name": n, "datatype": "INT32", "shape": [1, 16], "data": list(range(16))}
+                           for n in ("INPUT0", "INPUT1")]}
+        url = f"{process.base_url}/v2/models/{SIMPLE}/infer"
+        refused = httpx.post(url, json=body, timeout=30)
+        assert refused.status_code == 401
+        assert refused.json() == {"error": "missing or wrong x-api-key"}
+        assert httpx.post(url, json=body, timeout=30, headers={"x-api-key": "s3cret"}).status_code == 200
+        a, b = _simple_inputs()
+        grpc = grpcclient.InferenceServerClient(process.grpc_url)
+        ginputs = [grpcclient.InferInput("INPUT0", [1, 16], "INT32"),
+                   grpcclient.InferInput("INPUT1", [1, 16], "INT32")]
+        ginputs[0].set_data_from_numpy(a)
+        ginputs[1].set_data_from_numpy(b)
+        with pytest.raises(InferenceServerException) as error:
+            grpc.infer(SIMPLE, ginputs)
+        assert error.value.status() == "StatusCode.UNAUTHENTICATED"
+        assert (grpc.infer(SIMPLE, ginputs, headers={"x-api-key": "s3cret"}).as_numpy("OUTPUT0") == a + b).all()
+        # Health checks are not inference: the stage is not asked.
+        assert httpx.get(f"{process.base_url}/v2/health/ready", timeout=30).status_code == 200
+    finally:
+        process.stop()
