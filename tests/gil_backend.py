@@ -1,7 +1,7 @@
 """A GIL-bound test backend (`releases_gil = False`): plain Python that the server runs in instance processes.
 
 Registered in `inferd.backends.BACKENDS` in-process (see `registered`); the instance processes import this module
-by its registry target. They find it because a spawned process starts with its parent's `sys.path`, where pytest
+by its registry target. They find it because an instance process starts with the server's `sys.path`, where pytest
 put tests/ (and `registered` also puts tests/ on PYTHONPATH, for anything the child itself starts).
 
 Outputs for FP32 INPUT0 [n, w]: OUTPUT0 = 2 * INPUT0, and per row: PID (the executing process), START / END

@@ -60,7 +60,7 @@ def _rows(tags: list[float], width: int = 4) -> dict[str, np.ndarray]:
 
 
 def _instance_children() -> set[int]:
-    """The server's (this process's) child processes that are spawned instances (not the resource tracker)."""
+    """The server's (this process's) child processes that are model instances (not the resource tracker)."""
     me = os.getpid()
     found = set()
     for entry in os.listdir("/proc"):
@@ -72,7 +72,7 @@ def _instance_children() -> set[int]:
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == me and b"spawn_main" in cmdline:
+        if ppid == me and b"inferd.instances.worker" in cmdline:
             found.add(int(entry))
     return found
 

@@ -4,27 +4,24 @@ Two instances of a pure-Python model on two threads would take turns on one GIL;
 once. `ProcessInstance` is itself a backend with `releases_gil = True`: the instance thread that drives it only
 waits on a pipe, so the schedulers treat it like any other thread-friendly instance.
 
-* The child is started with multiprocessing's "spawn" method (a threaded server is never forked). It imports
-  only its own model's backend class, by its registry target ("module:Class"), loads the model once and then
-  serves `execute` calls one at a time. One process per instance: a model is never loaded into a process that
-  does not serve it. Like any spawned process, the child imports the server's `__main__` module (as
-  `__mp_main__`): a script that embeds `inferd.Server` needs the usual `if __name__ == "__main__":` guard.
-* Tensors cross through shared memory, not pickles. Each instance has a request arena and a response arena
-  (`multiprocessing.shared_memory` segments the server process creates, grows and unlinks; the child only maps
-  them). The pipe carries a small header per tensor (name, dtype, shape, offset); the child's inputs are numpy
-  views of the request arena (no copy) and it writes its outputs into the response arena, which the server
-  copies out once (the arena is reused by the next call). BYTES (object) tensors have no fixed size and travel
-  pickled in the pipe message instead.
+* The child is a fresh interpreter started with `subprocess` (a threaded server is never forked), running
+  `worker.py`: it imports only its own model's backend class, by its registry target ("module:Class"), loads the
+  model once and then serves `execute` calls one at a time. One process per instance: a model is never loaded into
+  a process that does not serve it. Unlike multiprocessing's spawn, the child never imports the server's
+  `__main__` module, so a script, a notebook or `python -c` embeds `inferd.Server` with no `__main__` guard.
+* Tensors cross through shared memory, not pickles (see arenas.py): the server writes a call's inputs into the
+  instance's request arena and copies its outputs out of the response arena once (the arena is reused by the next
+  call). BYTES (object) tensors have no fixed size and travel pickled in the pipe message instead.
 * During a call the child may send BLS requests (a model calling another model, see bls.py): `_call` hands each
   to the `bls` handler on a thread of its own and keeps listening; the answer goes back over the same pipe.
 * A backend exception fails that call only, with the backend's message (an `InferError` keeps its kind). If the
   process dies (a crash, `os._exit`, `kill -9`), the call in flight fails with "model instance process exited
   with code X" and the instance starts a new process (reloading the model) for the next call.
 * `unload()` stops the process and unlinks both arenas; instances left running at interpreter exit are stopped
-  by an exit hook (their children are not daemonic, so a model may start processes of its own).
-* An instance given a `PythonEnvironment` (a model's own requirements, see environments.py) is spawned with that
+  by an exit hook.
+* An instance given a `PythonEnvironment` (a model's own requirements, see environments.py) runs that
   environment's interpreter, and its site-packages go first on the child's `sys.path` before the backend is
-  imported. multiprocessing's executable is process-wide, so every spawn here holds `_SPAWN_LOCK` around it.
+  imported.
 """
 
 from __future__ import annotations
@@ -35,41 +32,26 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.resource_tracker
-import multiprocessing.spawn
-import multiprocessing.util  # its exit hook is registered now, so ours (see _hold) always comes after and runs first
 import os
-import pkgutil
-import secrets
 import signal
+import subprocess
+import sys
 import threading
-import traceback
 import weakref
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
-from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..config import ConfigError, ModelConfig
 from ..types import ErrorKind, InferError
-from .bls import BlsHandler, BlsRequest, Channel, set_channel
-from .environments import PythonEnvironment, enter_environment
+from .arenas import SHM_PREFIX, Header, ServerArena, Tensors, layout, view, write
+from .bls import BlsHandler, BlsRequest
+from .environments import PythonEnvironment
+from .worker import command as worker_command
 
 __all__ = ["SHM_PREFIX", "InstanceProcessError", "ProcessInstance"]
 
 log = logging.getLogger("inferd.instances.process")
-
-Tensors = dict[str, np.ndarray]
-# (name, dtype str, shape, offset): where one fixed-size tensor lies in an arena.
-Header = tuple[str, str, tuple[int, ...], int]
-
-SHM_PREFIX = "inferd-"  # shared memory segments are /dev/shm/inferd-<server pid>-<random>
-_ALIGN = 64
-_MIN_ARENA = 1 << 16
-_PAGE = 1 << 12
-
 
 class InstanceProcessError(RuntimeError):
     """A call on an instance process failed: the backend raised, or the process died."""
@@ -93,210 +75,58 @@ class _ProcessExited(Exception):
         self.exitcode = exitcode
 
 
-# ---- tensors in arenas (both sides) ----
+# ---- the server side ----
 
 
-def _aligned(size: int, to: int = _ALIGN) -> int:
-    return (size + to - 1) // to * to
+class _WorkerProcess:
+    """A started instance process (see worker.py): its `Popen`, and a sentinel that becomes readable when it ends.
 
+    The sentinel is the read end of a pipe whose only write end the child holds (multiprocessing's own way): it
+    wakes `multiprocessing.connection.wait` when the process exits, whatever became of the process's end of the
+    pipe to the server.
+    """
 
-def _layout(tensors: Tensors) -> tuple[list[Header], Tensors, int]:
-    """Headers of the fixed-size tensors, the tensors that go pickled (object or structured dtypes), total bytes."""
-    headers: list[Header] = []
-    pickled: Tensors = {}
-    offset = 0
-    for name, value in tensors.items():
-        if value.dtype.hasobject or value.dtype.fields is not None:
-            pickled[name] = value
-            continue
-        headers.append((name, value.dtype.str, tuple(value.shape), offset))
-        offset += _aligned(value.nbytes)
-    return headers, pickled, offset
-
-
-def _view(shm: SharedMemory, header: Header) -> np.ndarray:
-    _, dtype, shape, offset = header
-    return np.ndarray(shape, dtype=np.dtype(dtype), buffer=shm.buf, offset=offset)
-
-
-def _write(shm: SharedMemory | None, headers: list[Header], tensors: Tensors) -> None:
-    if shm is None:
-        return
-    for header in headers:
-        view = _view(shm, header)
-        view[...] = tensors[header[0]]
-        del view
-
-
-def _close_mapping(shm: SharedMemory) -> bool:
-    """Unmap a segment; False when numpy views of it are still alive (it is unmapped when they go)."""
-    try:
-        shm.close()
-    except BufferError:
-        return False
-    return True
-
-
-class _Arena:
-    """A shared memory segment owned by the server process: created, grown and unlinked here, mapped by the child."""
-
-    def __init__(self) -> None:
-        self.shm: SharedMemory | None = None
-
-    @property
-    def name(self) -> str | None:
-        return self.shm.name if self.shm is not None else None
-
-    @property
-    def size(self) -> int:
-        return self.shm.size if self.shm is not None else 0
-
-    def ensure(self, size: int) -> SharedMemory:
-        """The segment, replaced by a larger one (at least double) when it holds fewer than `size` bytes."""
-        shm = self.shm
-        if shm is not None and shm.size >= size:
-            return shm
-        new_size = _aligned(max(size, 2 * self.size, _MIN_ARENA), _PAGE)
-        new = SharedMemory(f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(6)}", create=True, size=new_size)
+    def __init__(self, python: str, conn_fd: int) -> None:
+        tracker_fd = multiprocessing.resource_tracker.getfd()  # started (once) with the server's interpreter
+        if tracker_fd is None:
+            raise OSError("multiprocessing's resource tracker is not running")
+        sentinel, alive = os.pipe()
         try:
-            # Reserve the pages now: a full /dev/shm then fails here, not with SIGBUS on the first write.
-            fd = getattr(new, "_fd", -1)
-            if fd >= 0 and hasattr(os, "posix_fallocate"):
-                os.posix_fallocate(fd, 0, new_size)
-        except OSError as exc:
-            _close_mapping(new)
-            new.unlink()
-            raise InferError(ErrorKind.RESOURCE_EXHAUSTED,
-                             f"cannot allocate {new_size} bytes of shared memory for a model instance: "
-                             f"{exc.strerror or exc}") from None
-        self.release()
-        self.shm = new
-        return new
+            self._popen = subprocess.Popen(worker_command(python, conn_fd, tracker_fd), stdin=subprocess.DEVNULL,
+                                           pass_fds=(conn_fd, alive, tracker_fd))
+        except BaseException:
+            os.close(sentinel)
+            raise
+        finally:
+            os.close(alive)
+        self.sentinel = sentinel
+        self.pid = self._popen.pid
 
-    def release(self) -> None:
-        shm, self.shm = self.shm, None
-        if shm is not None:
-            _close_mapping(shm)
-            with contextlib.suppress(FileNotFoundError):
-                shm.unlink()
+    @property
+    def exitcode(self) -> int | None:
+        """None while it runs; negative: the signal that ended it."""
+        return self._popen.poll()
 
+    def join(self, timeout: float) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._popen.wait(timeout)
 
-# ---- the child process ----
+    def terminate(self) -> None:
+        self._popen.terminate()
 
-
-class _ChildArenas:
-    """The child's mappings of the server's arenas, remapped when the server replaces one."""
-
-    def __init__(self) -> None:
-        self.mapped: dict[str, SharedMemory] = {}  # role ("request" / "response") -> mapping
-        self.lingering: list[SharedMemory] = []  # replaced mappings a backend still holds views of
-
-    def get(self, role: str, name: str) -> SharedMemory:
-        shm = self.mapped.get(role)
-        if shm is not None and shm.name == name:
-            return shm
-        if shm is not None and not _close_mapping(shm):
-            self.lingering.append(shm)
-        self.lingering = [s for s in self.lingering if not _close_mapping(s)]
-        # Python < 3.13 registers a mapped segment with the resource tracker too; a spawned child shares the
-        # server's tracker, and the server unregisters the name when it unlinks the segment.
-        shm = SharedMemory(name, create=False)
-        self.mapped[role] = shm
-        return shm
+    def kill(self) -> None:
+        self._popen.kill()
 
     def close(self) -> None:
-        for shm in [*self.mapped.values(), *self.lingering]:
-            _close_mapping(shm)
-        self.mapped.clear()
-        self.lingering.clear()
-
-
-def _describe(exc: BaseException) -> tuple[str, str | None, str, str, str]:
-    """A backend exception as plain data for the pipe: ("failed", InferError kind, type, message, traceback)."""
-    kind = exc.kind.name if isinstance(exc, InferError) else None
-    message = " ".join(str(exc).split()) or type(exc).__name__
-    return "failed", kind, type(exc).__name__, message, "".join(traceback.format_exception(exc))
-
-
-def _child_outputs(value: object) -> Tensors:
-    if not isinstance(value, dict):
-        raise TypeError(f"execute returned {type(value).__name__}, not a dict of output name -> array")
-    return {str(name): np.asarray(array) for name, array in value.items()}
-
-
-def _child_execute(channel: Channel, arenas: _ChildArenas, backend: Any, message: tuple[Any, ...]) -> tuple[Any, ...]:
-    _, request_name, headers, pickled, response_name, response_size = message
-    inputs: Tensors = dict(pickled)
-    if headers:
-        request = arenas.get("request", request_name)
-        for header in headers:
-            inputs[header[0]] = _view(request, header)
-    channel.active = True  # the server listens for BLS requests until this call's answer
-    try:
-        outputs = _child_outputs(backend.execute(inputs))
-    finally:
-        channel.active = False
-    del inputs
-    out_headers, out_pickled, size = _layout(outputs)
-    if size > response_size:
-        channel.send(("grow", size))
-        response_name = channel.receive("arena")[1]
-        if response_name is None:
-            raise MemoryError(f"the server could not allocate {size} bytes of shared memory for the outputs")
-    response = arenas.get("response", response_name) if out_headers else None
-    _write(response, out_headers, outputs)
-    return "done", out_headers, out_pickled
-
-
-def _child_main(conn: Connection, target: str, config_bytes: bytes, files: str, device: str,
-                site_dirs: tuple[str, ...] = ()) -> None:
-    """The instance process: load the model, then answer execute calls until told to stop or the server goes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the server's to handle; it stops its instances
-    try:
-        enter_environment(site_dirs)
-        backend: Any = pkgutil.resolve_name(target)()  # "module:Class", the registry's target
-        backend.load(ModelConfig.FromString(config_bytes), Path(files), device)
-    except BaseException as exc:  # whatever stops the load is the reason the instance is unavailable
-        conn.send(_describe(exc))
-        return
-    conn.send(("ready", os.getpid()))
-    arenas = _ChildArenas()
-    channel = Channel(conn)  # from now on the pipe's only reader (BLS replies may come to other threads)
-    set_channel(channel)
-    try:
-        while True:
-            try:
-                message = channel.receive("command")
-            except EOFError:
-                return  # the server went away
-            if message[0] == "stop":
-                return
-            try:
-                reply = _child_execute(channel, arenas, backend, message)
-            except EOFError:
-                return  # the server went away while this call asked for a larger response arena
-            except Exception as exc:
-                reply = _describe(exc)
-            try:
-                channel.send(reply)
-            except OSError:
-                return
-    finally:
-        set_channel(None)
-        try:
-            backend.unload()
-        except Exception:
-            traceback.print_exc()
-        arenas.close()
-
-
-# ---- the server side ----
+        sentinel, self.sentinel = self.sentinel, -1
+        if sentinel >= 0:
+            os.close(sentinel)
 
 
 class _Child:
     """One started child process and the server's end of its pipe."""
 
-    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+    def __init__(self, process: _WorkerProcess, conn: Connection) -> None:
         self.process = process
         self.conn = conn
         self.loaded = False
@@ -347,11 +177,16 @@ class _Child:
             if process.exitcode is None:
                 process.kill()
                 process.join(5)
-        self.conn.close()
+        self.close()
 
     def kill(self) -> None:
         with contextlib.suppress(Exception):
             self.process.kill()
+
+    def close(self) -> None:
+        """Close the server's ends: the pipe and the sentinel (the process has ended, or been killed)."""
+        self.conn.close()
+        self.process.close()
 
 
 class _Resources:
@@ -363,8 +198,8 @@ class _Resources:
 
     def __init__(self) -> None:
         self.child: _Child | None = None
-        self.requests = _Arena()
-        self.responses = _Arena()
+        self.requests = ServerArena()
+        self.responses = ServerArena()
 
     def release(self, timeout: float) -> None:
         child, self.child = self.child, None
@@ -373,25 +208,6 @@ class _Resources:
         self.requests.release()
         self.responses.release()
         _HELD.pop(id(self), None)
-
-
-# multiprocessing's spawn executable is one global: spawns take turns so each starts with its own interpreter.
-_SPAWN_LOCK = threading.Lock()
-
-
-def _start(process: BaseProcess, executable: str | None) -> None:
-    """Start a spawned process with `executable` (None: the server's own interpreter)."""
-    with _SPAWN_LOCK:
-        if executable is None:
-            process.start()
-            return
-        multiprocessing.resource_tracker.ensure_running()  # with the server's interpreter, not the model's
-        previous = multiprocessing.spawn.get_executable()
-        multiprocessing.spawn.set_executable(executable)
-        try:
-            process.start()
-        finally:
-            multiprocessing.spawn.set_executable(previous)
 
 
 # Resources of every instance that has started a process, until released.
@@ -405,15 +221,7 @@ def _release_all_at_exit() -> None:
             resources.release(_EXIT_STOP_TIMEOUT_S)
 
 
-def _hold(resources: _Resources) -> None:
-    """Track resources for the exit hook, and move the hook to the front of the exit queue.
-
-    multiprocessing's own exit hook waits for every non-daemonic child, and ours would still be waiting on
-    their pipes; exit hooks run last-registered first, so ours is re-registered at each start.
-    """
-    _HELD[id(resources)] = resources
-    atexit.unregister(_release_all_at_exit)
-    atexit.register(_release_all_at_exit)
+atexit.register(_release_all_at_exit)
 
 
 class ProcessInstance:
@@ -430,18 +238,13 @@ class ProcessInstance:
     releases_gil = True  # the calling thread only waits on the pipe
 
     def __init__(self, target: str, config: ModelConfig | None = None, files: str | Path | None = None,
-                 device: str = "cpu", *, start_method: str = "spawn", stop_timeout: float = 10.0,
-                 environment: PythonEnvironment | None = None, bls: BlsHandler | None = None) -> None:
-        if start_method not in ("spawn", "forkserver"):
-            raise ValueError("start_method must be 'spawn' or 'forkserver': a threaded server is never forked")
-        if environment is not None and start_method != "spawn":
-            raise ValueError("an instance with its own Python environment must use the 'spawn' start method")
+                 device: str = "cpu", *, stop_timeout: float = 10.0, environment: PythonEnvironment | None = None,
+                 bls: BlsHandler | None = None) -> None:
         self.target = target
         self.environment = environment
         self.bls = bls  # runs the model's BLS requests (see bls.py); None: they are answered with an error
         self.stop_timeout = stop_timeout
         self.restarts = 0  # processes started again after one died
-        self._context: Any = multiprocessing.get_context(start_method)  # typeshed's BaseContext lacks Process
         self._config_bytes = b""
         self._files = ""
         self._device = device
@@ -516,20 +319,23 @@ class ProcessInstance:
         self._version = Path(files).name
 
     def _spawn(self) -> _Child:
-        parent_end, child_end = self._context.Pipe(duplex=True)
+        parent_end, child_end = multiprocessing.Pipe(duplex=True)
         environment = self.environment
-        site_dirs = environment.site_dirs if environment is not None else ()
-        process = self._context.Process(
-            target=_child_main,
-            args=(child_end, self.target, self._config_bytes, self._files, self._device, site_dirs),
-            name=f"inferd-instance-{self._name}", daemon=False)  # not daemonic: a model may start processes
-        _hold(self._resources)
+        python = str(environment.python) if environment is not None else sys.executable
+        _HELD[id(self._resources)] = self._resources
         try:
-            _start(process, str(environment.python) if environment is not None else None)
+            process = _WorkerProcess(python, child_end.fileno())
+        except OSError as exc:
+            parent_end.close()
+            raise ConfigError(f"cannot start a model instance process with {python}: {exc.strerror or exc}") from None
         finally:
             child_end.close()  # the child holds the only other end: its exit shows as end-of-file here
         child = _Child(process, parent_end)
         self._resources.child = child
+        site_dirs = environment.site_dirs if environment is not None else ()
+        # What to load; a child that is gone already is noticed by whoever waits for its answer.
+        with contextlib.suppress(_ProcessExited):
+            child.send((self.target, self._config_bytes, self._files, self._device, site_dirs))
         return child
 
     def _wait_loaded_locked(self) -> None:
@@ -544,8 +350,8 @@ class ProcessInstance:
             reply = child.recv()
         except _ProcessExited as exc:
             self._discard(child, stop=False)
-            # It died before it could report why; what it printed is on the server's standard error. The usual
-            # cause: the server's `__main__` script, which a spawned process imports, has no `__main__` guard.
+            # It died before it could report why (a crash, a kill, an interpreter that cannot import inferd);
+            # what it printed is on the server's standard error.
             raise ConfigError(f"{exc} while loading the model (its reason is on the server's standard error)") from None
         if reply[0] == "ready":
             child.loaded = True
@@ -584,7 +390,7 @@ class ProcessInstance:
         else:
             child.kill()
             child.process.join(5)
-            child.conn.close()
+            child.close()
         if self._resources.child is child:
             self._resources.child = None
 
@@ -607,10 +413,10 @@ class ProcessInstance:
     # ---- one call ----
 
     def _call(self, child: _Child, inputs: Tensors) -> Tensors:
-        headers, pickled, size = _layout(inputs)
+        headers, pickled, size = layout(inputs)
         requests, responses = self._resources.requests, self._resources.responses
         request = requests.ensure(size) if headers else None
-        _write(request, headers, inputs)
+        write(request, headers, inputs)
         answered = False
         try:
             child.send(("execute", requests.name, headers, pickled, responses.name, responses.size))
@@ -672,8 +478,8 @@ class ProcessInstance:
         shm = self._resources.responses.shm
         for header in headers:
             assert shm is not None
-            view = _view(shm, header)
-            outputs[header[0]] = view.copy()
-            del view
+            tensor = view(shm, header)
+            outputs[header[0]] = tensor.copy()
+            del tensor
         outputs.update(pickled)
         return outputs

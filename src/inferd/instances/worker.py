@@ -1,0 +1,146 @@
+"""The instance process: load one model's backend, then answer `execute` calls until the server says stop or goes.
+
+`ProcessInstance` starts it as a plain child process (`command`), not through multiprocessing's spawn:
+
+    <python> -c "<bootstrap>" <pipe fd>,<tracker fd> <the server's sys.path ...>
+
+Spawn would re-import the server's `__main__` module in the child (a script, `python -m module`), which re-runs a
+script without an `if __name__ == "__main__":` guard: an SDK script would start a second server inside each
+instance process and the model would never load. The bootstrap imports nothing of the caller's: it ignores SIGINT
+(Ctrl+C is the server's to handle; it stops its instances), takes the server's `sys.path` (so the child imports the
+same inferd, numpy and backend modules as the server, also under a model environment's interpreter) and calls
+`main`. The first message on the pipe says what to load: (backend target "module:Class", config bytes, version
+folder, device, environment site dirs).
+
+* The backend class is imported by its registry target; with a `PythonEnvironment`, its site-packages go first on
+  `sys.path` before that (see environments.py).
+* Inputs are numpy views of the server's request arena; outputs are written into its response arena, which the
+  server grows on request ("grow" / "arena"), see arenas.py. BYTES tensors travel pickled.
+* During a call the model may send BLS requests (see bls.py): `Channel` is the pipe's only reader from then on.
+* A backend exception fails that call only and goes back as plain data ("failed", InferError kind, type,
+  message, traceback); whatever stops the load is sent the same way, and the process ends.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.resource_tracker
+import os
+import pkgutil
+import signal
+import sys
+import traceback
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import ModelConfig
+from ..types import InferError
+from .arenas import ChildArenas, Tensors, layout, view, write
+from .bls import Channel, set_channel
+from .environments import enter_environment
+
+__all__ = ["command", "main", "serve"]
+
+# Runs before anything of inferd is imported: SIGINT ignored at once, the server's import path, then `main`.
+_BOOTSTRAP = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); sys.path[:] = sys.argv[2:]; "
+              "from inferd.instances.worker import main; main(sys.argv[1])")
+
+
+def command(python: str, conn_fd: int, tracker_fd: int) -> list[str]:
+    """The command line of an instance process run by `python`, talking over `conn_fd` (see the module docstring)."""
+    return [python, "-c", _BOOTSTRAP, f"{conn_fd},{tracker_fd}", *sys.path]
+
+
+def main(fds: str) -> None:
+    """The instance process's entry point (called by the bootstrap): the pipe, then `serve`."""
+    conn_fd, tracker_fd = (int(fd) for fd in fds.split(","))
+    # The server's resource tracker, as a spawned child would share it: on Python < 3.13 mapping a segment registers
+    # it, and a tracker of the child's own would unlink the server's arenas when the child exits.
+    multiprocessing.resource_tracker._resource_tracker._fd = tracker_fd  # type: ignore[attr-defined]
+    conn = Connection(conn_fd)
+    try:
+        target, config_bytes, files, device, site_dirs = conn.recv()
+    except EOFError:
+        return  # the server went away before saying what to load
+    serve(conn, target, config_bytes, files, device, tuple(site_dirs))
+
+
+def _describe(exc: BaseException) -> tuple[str, str | None, str, str, str]:
+    """A backend exception as plain data for the pipe: ("failed", InferError kind, type, message, traceback)."""
+    kind = exc.kind.name if isinstance(exc, InferError) else None
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    return "failed", kind, type(exc).__name__, message, "".join(traceback.format_exception(exc))
+
+
+def _outputs(value: object) -> Tensors:
+    if not isinstance(value, dict):
+        raise TypeError(f"execute returned {type(value).__name__}, not a dict of output name -> array")
+    return {str(name): np.asarray(array) for name, array in value.items()}
+
+
+def _execute(channel: Channel, arenas: ChildArenas, backend: Any, message: tuple[Any, ...]) -> tuple[Any, ...]:
+    _, request_name, headers, pickled, response_name, response_size = message
+    inputs: Tensors = dict(pickled)
+    if headers:
+        request = arenas.get("request", request_name)
+        for header in headers:
+            inputs[header[0]] = view(request, header)
+    channel.active = True  # the server listens for BLS requests until this call's answer
+    try:
+        outputs = _outputs(backend.execute(inputs))
+    finally:
+        channel.active = False
+    del inputs
+    out_headers, out_pickled, size = layout(outputs)
+    if size > response_size:
+        channel.send(("grow", size))
+        response_name = channel.receive("arena")[1]
+        if response_name is None:
+            raise MemoryError(f"the server could not allocate {size} bytes of shared memory for the outputs")
+    response = arenas.get("response", response_name) if out_headers else None
+    write(response, out_headers, outputs)
+    return "done", out_headers, out_pickled
+
+
+def serve(conn: Connection, target: str, config_bytes: bytes, files: str, device: str,
+          site_dirs: tuple[str, ...] = ()) -> None:
+    """Load the model, then answer execute calls until told to stop or the server goes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the bootstrap did already; for a caller that did not
+    try:
+        enter_environment(site_dirs)
+        backend: Any = pkgutil.resolve_name(target)()  # "module:Class", the registry's target
+        backend.load(ModelConfig.FromString(config_bytes), Path(files), device)
+    except BaseException as exc:  # whatever stops the load is the reason the instance is unavailable
+        conn.send(_describe(exc))
+        return
+    conn.send(("ready", os.getpid()))
+    arenas = ChildArenas()
+    channel = Channel(conn)  # from now on the pipe's only reader (BLS replies may come to other threads)
+    set_channel(channel)
+    try:
+        while True:
+            try:
+                message = channel.receive("command")
+            except EOFError:
+                return  # the server went away
+            if message[0] == "stop":
+                return
+            try:
+                reply = _execute(channel, arenas, backend, message)
+            except EOFError:
+                return  # the server went away while this call asked for a larger response arena
+            except Exception as exc:
+                reply = _describe(exc)
+            try:
+                channel.send(reply)
+            except OSError:
+                return
+    finally:
+        set_channel(None)
+        try:
+            backend.unload()
+        except Exception:
+            traceback.print_exc()
+        arenas.close()
