@@ -220,6 +220,12 @@ class ModelManager:
             log.error("model '%s' is UNAVAILABLE: %s", name, reason)
             raise InferError.invalid(f"failed to load '{name}': {reason}") from None
 
+        with self._lock:  # a first load shows its versions as LOADING (a reload keeps showing what serves)
+            entry = self._models.setdefault(name, ModelEntry(name))
+            if not entry.ready:
+                entry.versions = {version: VersionStatus(ModelState.LOADING) for version in versions}
+                entry.reason = ""
+                entry.refresh()
         loaded: dict[int, VersionStatus] = {}
         for version, path in versions.items():
             try:
@@ -389,10 +395,16 @@ class ModelManager:
             if entry is None:
                 raise InferError.not_found(f"failed to unload '{name}': model is not loaded")
             old = entry.versions
-            entry.versions = {}
+            # No new requests reach it; the index says UNLOADING while those in flight finish.
+            unloading = {version: VersionStatus(ModelState.UNLOADING, "unloading") for version in old}
+            entry.versions = unloading
             entry.refresh()
             entry.reason = "unloaded"
         _retire_all(old, self.unload_timeout)
+        with self._lock:
+            if entry.versions is unloading:  # unless a load came in meanwhile
+                entry.versions = {}
+                entry.refresh()
         log.info("unloaded model '%s'", name)
 
     def close(self) -> None:

@@ -113,9 +113,6 @@ def test_load_makes_the_model_ready(manager: ModelManager, repo: Path) -> None:
     assert behaviour(MODEL).loads == [1]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug: the manager never reports LOADING (ModelState.LOADING is never set); a model whose "
-                   "first load is in progress has no state in the repository index")
 def test_the_index_says_loading_while_a_load_is_in_progress(manager: ModelManager, repo: Path) -> None:
     write_model(repo, MODEL, CONFIG)
     gate = behaviour(MODEL).load_gate = threading.Event()
@@ -263,9 +260,6 @@ def test_unload_waits_for_the_request_in_flight_and_refuses_new_ones(server: inf
     assert behaviour(MODEL).unloads == [1]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug: unload empties the versions at once, so the index says UNAVAILABLE 'unloaded' while "
-                   "requests in flight still run; ModelState.UNLOADING is never set")
 def test_the_index_says_unloading_while_requests_in_flight_finish(server: inferd.Server) -> None:
     gate, request, _ = _hold_a_request(server)
     unloading, _ = _in_thread(lambda: server.unload(MODEL))
