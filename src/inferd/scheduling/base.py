@@ -165,8 +165,14 @@ def _trace_batch(jobs: Sequence[Job], results: Sequence[Tensors | BaseException]
             job.trace.computed(job.enqueued_ns, start, ready, done, end, job.feeds, result)
 
 
+def model_label(name: str) -> str:
+    """A scheduler's name ("resnet-3": model and version, as the manager names it) as users read it."""
+    model, _, version = name.rpartition("-")
+    return f"model '{model}' version {version}" if model and version.isdigit() else f"model '{name}'"
+
+
 def unloading_error(name: str) -> InferError:
-    return InferError.unavailable(f"model '{name}' is unloading and takes no new requests")
+    return InferError.unavailable(f"{model_label(name)} is unloading and takes no new requests")
 
 
 class BackendFailure(Exception):

@@ -26,7 +26,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..types import InferError
-from .base import Arrivals, InstancePool, Job, Tensors, settle, settle_from_thread, unloading_error, unwrap
+from .base import (
+    Arrivals,
+    InstancePool,
+    Job,
+    Tensors,
+    model_label,
+    settle,
+    settle_from_thread,
+    unloading_error,
+    unwrap,
+)
 
 _REJECT, _DELAY = 0, 1  # ModelQueuePolicy.TimeoutAction
 
@@ -103,7 +113,7 @@ class DynamicBatcher:
                 q = self._queues[job.priority - 1]
                 limit = self.policies[job.priority - 1].max_queue_size
                 if limit and len(q) >= limit:
-                    error = InferError.unavailable(f"Exceeds maximum queue size for model '{self.name}'")
+                    error = InferError.unavailable(f"Exceeds maximum queue size for {model_label(self.name)}")
                     settle_from_thread([job], [error])
                     continue
                 q.append(job)
