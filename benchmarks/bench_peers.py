@@ -9,11 +9,17 @@ bodies); then:
 Every server runs alone, one after the other; results land in /tmp/peers/results/<run>/ and the script
 prints one table of our figures beside the floor's and the peers', with the ratios the targets name.
 gRPC (T2) is measured with `inferd bench -i grpc` against inferd and MLServer at c=8.
+
+`--baseline-src DIR` (an older checkout's `src`, e.g. a `git worktree` of the baseline commit) adds
+inferd-base-nobatch and inferd-base-batch: the same servers run from DIR's sources (PYTHONPATH=DIR, same
+venv) on their own ports, each run right beside its counterpart from this tree (baseline first in odd
+rounds, now first in even ones; `--rounds N` repeats the pairs), and a table of now / baseline.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -27,6 +33,37 @@ HARNESS = ROOT.parent / "shared" / "bench-peers"
 PEERS = Path(os.environ.get("PEERS", "/tmp/peers"))
 V2 = "http://127.0.0.1:{port}/v2/models/{{model}}/infer"
 INFERD = [str(ROOT / ".venv" / "bin" / "inferd")]
+PAIRS = (("inferd-nobatch", "inferd-base-nobatch"), ("inferd-batch", "inferd-base-batch"))  # (now, baseline)
+COMPARED = ("mlp@c1", "mlp@c8", "mlp@c32", "resnet50-bin@c8")
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without PYTHONPATH: the "now" servers import inferd from this tree (the venv's editable
+    install), whatever the caller's shell had set; the baseline servers get theirs through run_peer's --env."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
+def imported_from(pythonpath: Path | None) -> Path:
+    """The folder `inferd` is imported from by the venv's Python with this PYTHONPATH (None: none)."""
+    env = clean_env() if pythonpath is None else dict(clean_env(), PYTHONPATH=str(pythonpath))
+    out = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c",
+                          "import inferd.server; print(inferd.server.__file__)"],
+                         env=env, cwd=PEERS, capture_output=True, text=True, timeout=120, check=True)
+    return Path(out.stdout.strip()).resolve().parent
+
+
+def describe(package: Path) -> str:
+    """`<package folder> (<commit>[ + uncommitted changes])`, for the report."""
+    def git(*a: str) -> str:
+        return subprocess.run(["git", "-C", str(package), *a], capture_output=True, text=True).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD") or "?"
+    status = git("status", "--porcelain", "--untracked-files=all", "--", ".")
+    if not status:
+        return f"{package} ({commit})"
+    untracked = [line[3:] for line in status.splitlines() if line.startswith("??")]
+    text = git("diff", "HEAD", "--", ".") + "".join(
+        (Path(git("rev-parse", "--show-toplevel")) / name).read_text(errors="replace") for name in untracked)
+    return f"{package} ({commit} + uncommitted changes {hashlib.sha1(text.encode()).hexdigest()[:8]})"
 
 
 def inferd_repository(batching: bool) -> Path:
@@ -62,18 +99,19 @@ def mlserver_with_metadata() -> Path:
     return out
 
 
-def servers() -> dict[str, list[str]]:
+def servers(baseline_src: Path | None = None) -> dict[str, list[str]]:
     s = HARNESS / "servers"
     floor = [str(PEERS / "base/bin/uvicorn"), "floor_server:app", "--host", "127.0.0.1", "--port", "8000",
              "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
 
-    def inferd(batching: bool, port: int) -> list[str]:
-        return ["--url", V2.format(port=port), "--bin-c", "1,8", "--", *INFERD, "serve",
+    def inferd(batching: bool, port: int, src: Path | None = None) -> list[str]:
+        env = ["--env", f"PYTHONPATH={src}"] if src else []  # run_peer.py: the server's env = ours + these
+        return ["--url", V2.format(port=port), "--bin-c", "1,8", *env, "--", *INFERD, "serve",
                 "--model-repository", str(inferd_repository(batching)), "--http-port", str(port),
                 "--grpc-port", str(port + 1), "--metrics-port", str(port + 2), "--http-address", "127.0.0.1",
                 "--grpc-address", "127.0.0.1"]
 
-    return {
+    table = {
         "floor": ["--url", V2.format(port=8000), "--cwd", str(s), "--bin-c", "1,8", "--", *floor],
         "kserve-nobatch": ["--url", V2.format(port=8002), "--cwd", str(s), "--",
                            str(PEERS / "kserve/bin/python"), "kserve_server.py", "--http_port", "8002",
@@ -83,19 +121,39 @@ def servers() -> dict[str, list[str]]:
         "inferd-nobatch": inferd(False, 8010),
         "inferd-batch": inferd(True, 8020),
     }
+    if baseline_src:
+        table["inferd-base-nobatch"] = inferd(False, 8040, baseline_src)
+        table["inferd-base-batch"] = inferd(True, 8050, baseline_src)
+    return table
+
+
+def schedule(labels: list[str], rounds: int) -> list[tuple[int, str]]:
+    """(round, label) in running order: the floor and the peers once, then each now/baseline pair back to back,
+    baseline first in odd rounds and now first in even ones (A B B A ...: a steady drift of the machine
+    favours neither side over two rounds); only the inferd labels are repeated for rounds > 1."""
+    paired = {label for pair in PAIRS for label in pair}
+    order = [(1, label) for label in labels if label not in paired]
+    for r in range(1, rounds + 1):
+        for now, base in PAIRS:
+            order += [(r, label) for label in ((base, now) if r % 2 else (now, base)) if label in labels]
+    return order
 
 
 def run_http(label: str, args: list[str], results: Path, duration: int) -> dict:
-    env = dict(os.environ, RESULTS=str(results), DURATION=str(duration), BODIES=str(PEERS / "bodies"))
+    env = dict(clean_env(), RESULTS=str(results), DURATION=str(duration), BODIES=str(PEERS / "bodies"))
     subprocess.run([sys.executable, str(HARNESS / "run_peer.py"), "--label", label, *args], env=env,
                    timeout=3600, check=False)
-    return json.loads((results / f"{label}.json").read_text())
+    try:
+        return json.loads((results / f"{label}.json").read_text())
+    except OSError as exc:  # run_peer.py died before writing its result: a row of "-", not a lost run
+        return {"label": label, "failure": f"no result: {exc}"}
 
 
 def grpc_rate(label: str, command: list[str], url: str, duration: int, cwd: Path | None = None) -> float | None:
     """Start a server, wait for it, run `inferd bench -i grpc` on mlp at c=8, stop it; req/s or None."""
     log = open(PEERS / "logs" / f"{label}-grpc.log", "w")
-    proc = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(command, cwd=cwd, env=clean_env(), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     try:
         csv = PEERS / "logs" / f"{label}-grpc.csv"
         for _ in range(120):
@@ -143,16 +201,47 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated labels to run (default: all)")
     parser.add_argument("--skip-grpc", action="store_true")
     parser.add_argument("--skip-ort", action="store_true")
+    parser.add_argument("--baseline-src", metavar="DIR",
+                        help="an older inferd's src folder (or its checkout's root): adds inferd-base-nobatch and "
+                             "inferd-base-batch, run from it with PYTHONPATH=DIR, and a now / baseline table")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the inferd now/baseline pairs this many times, alternating which goes first "
+                             "(the comparison reports the median); default 1")
     args = parser.parse_args()
     if not (PEERS / "models" / "mlp").exists():
         print(f"set up the harness first: see {HARNESS / 'README.md'}", file=sys.stderr)
         return 2
+    only = {x for x in args.only.split(",") if x}
+    now_pkg = imported_from(None)
+    now_desc = describe(now_pkg)  # taken now: others may commit or edit this tree while the run goes on
+    baseline_src: Path | None = None
+    if args.baseline_src:
+        baseline_src = Path(args.baseline_src).resolve()
+        if (baseline_src / "src" / "inferd").is_dir():
+            baseline_src = baseline_src / "src"
+        base_pkg = imported_from(baseline_src)
+        base_desc = describe(base_pkg)
+        if not base_pkg.is_relative_to(baseline_src):
+            print(f"--baseline-src {baseline_src}: the venv imports inferd from {base_pkg}, not from there",
+                  file=sys.stderr)
+            return 2
+    elif only & {base for _now, base in PAIRS}:
+        print("the inferd-base-* labels need --baseline-src DIR", file=sys.stderr)
+        return 2
+    table = servers(baseline_src)
+    unknown = only - set(table)
+    if unknown:
+        print(f"unknown labels: {', '.join(sorted(unknown))} (known: {', '.join(table)})", file=sys.stderr)
+        return 2
     results = PEERS / "results" / time.strftime("run-%Y%m%d-%H%M%S")
     results.mkdir(parents=True)
     (PEERS / "logs").mkdir(exist_ok=True)
-    only = {x for x in args.only.split(",") if x}
-    runs = {label: run_http(label, a, results, args.duration) for label, a in servers().items()
-            if not only or label in only}
+    rounds: list[dict[str, dict]] = [{} for _ in range(max(1, args.rounds))]
+    for r, label in schedule([label for label in table if not only or label in only], len(rounds)):
+        out = results if r == 1 else results / f"round-{r}"
+        print(f"== round {r}: {label}", flush=True)
+        rounds[r - 1][label] = run_http(label, table[label], out, args.duration)
+    runs = rounds[0]
     grpc: dict[str, float | None] = {}
     if not args.skip_grpc:
         grpc["inferd"] = grpc_rate("inferd", [*INFERD, "serve", "--model-repository", str(inferd_repository(False)),
@@ -163,7 +252,53 @@ def main() -> int:
                                      "127.0.0.1:8101", args.duration, cwd=mlserver_with_metadata())
     ort = {} if args.skip_ort else raw_ort(results)
     report(runs, grpc, ort, results, args.duration)
+    if baseline_src:
+        if describe(now_pkg) != now_desc:
+            now_desc += f", changed during the run to {describe(now_pkg)}"
+        compare(rounds, base_desc, now_desc, args.duration)
     return 0
+
+
+def compare(rounds: list[dict[str, dict]], baseline: str, now: str, duration: int) -> None:
+    """inferd now beside the baseline, per pair and point: req/s (median over rounds), p50 / p99, now / baseline."""
+    def median(values: list[float]) -> float:
+        values = sorted(values)
+        n = len(values)
+        return 0.0 if not n else values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+
+    def cell(label: str, point: str) -> tuple[float, str]:
+        loads = [r[label]["loads"][point] for r in rounds if point in r.get(label, {}).get("loads", {})]
+        if not loads:
+            return 0.0, "-"
+        value = median([load["rps"] or 0.0 for load in loads])
+        # hey prints no 99 % line when a point has under 100 requests (resnet50 for short runs): "-"
+        p50, p99 = (median([load[k] for load in loads if load[k] is not None]) or "-" for k in ("p50_ms", "p99_ms"))
+        errors = sum(load.get("errors", 0) for load in loads)
+        return value, f"{value:,.1f} (p50 {p50} / p99 {p99} ms{f', {errors} err' if errors else ''})"
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}" if a and b else "-"
+
+    print(f"\n## inferd now / baseline ({duration} s per point, hey, batch-1 requests, "
+          f"{len(rounds)} round{'s' if len(rounds) > 1 else ''}{', median' if len(rounds) > 1 else ''})\n")
+    print(f"baseline: {baseline}  \nnow: {now}\n")
+    per_round = len(rounds) > 1
+    print("| servers | point | baseline req/s | now req/s | now / baseline |" + (" per round |" if per_round else ""))
+    print("|---|---|---|---|---|" + ("---|" if per_round else ""))
+    for now_label, base_label in PAIRS:
+        if not any(now_label in r or base_label in r for r in rounds):
+            continue
+        for point in COMPARED:
+            (b, b_cell), (n, n_cell) = cell(base_label, point), cell(now_label, point)
+            row = f"| {now_label} vs {base_label} | {point} | {b_cell} | {n_cell} | {ratio(n, b)} |"
+            if per_round:
+                row += " " + ", ".join(ratio(rps(r.get(now_label, {}), point), rps(r.get(base_label, {}), point))
+                                       for r in rounds) + " |"
+            print(row)
+    for i, r in enumerate(rounds, 1):
+        for label in (label for pair in PAIRS for label in pair):
+            if "failure" in r.get(label, {}):
+                print(f"\nround {i}, {label}: FAILED: {r[label]['failure']}")
 
 
 def report(runs: dict[str, dict], grpc: dict[str, float | None], ort: dict[tuple[str, int], float], results: Path,
