@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -26,8 +27,10 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 
 # The lines `inferd serve` logs once a front door listens, and the one once all of them do.
-_STARTED = re.compile(r"started (HTTPService|GRPCInferenceService|Metrics Service) at \S+:(\d+)\s*$", re.MULTILINE)
-_READY = re.compile(r"inferd \S+ ready\b")
+# `inferd serve` logs "started HTTPService at ...", `inferd microservice` "started Seldon + V2 HTTPService at ...".
+_STARTED = re.compile(r"started (?:Seldon \+ V2 )?(HTTPService|GRPCInferenceService|Metrics Service) at \S+:(\d+)\s*$",
+                      re.MULTILINE)
+_READY = re.compile(r"inferd \S+ (?:microservice )?ready\b")
 _SERVICES = {"HTTPService": "http", "GRPCInferenceService": "grpc", "Metrics Service": "metrics"}
 
 
@@ -64,23 +67,26 @@ class ServerProcess:
     def __init__(self, repository: Path | Sequence[Path], log_path: Path, *extra_args: str,
                  env: dict[str, str] | None = None) -> None:
         repositories = [repository] if isinstance(repository, Path) else list(repository)
-        self.log_path = log_path
-        self.args = [str(INFERD), "serve"]
+        args = [str(INFERD), "serve"]
         for repo in repositories:
-            self.args += ["--model-repository", str(repo)]
-        self.args += [
+            args += ["--model-repository", str(repo)]
+        args += [
             "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
             "--http-address", HOST, "--grpc-address", HOST,
             *extra_args,
         ]
+        self._start(args, log_path, {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, None)
+
+    def _start(self, args: list[str], log_path: Path, env: dict[str, str], cwd: Path | None) -> None:
+        self.log_path = log_path
+        self.args = args
         # Where the "started ... at" lines go: the server's own log file when one is given, else its output.
-        self._report_path = _log_file_arg(extra_args) or log_path
+        self._report_path = _log_file_arg(args) or log_path
         self._ports: dict[str, int] | None = None
         self._log = open(log_path, "wb")  # closed in wait_exit()
         # A log file the server appends to may hold an earlier server's lines: only what this one writes counts.
         self._report_offset = self._report_path.stat().st_size if self._report_path.exists() else 0
-        self.process = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        self.process = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
 
     @property
     def http_port(self) -> int:
@@ -194,3 +200,20 @@ def start_server(repository: Path | Sequence[Path], log_path: Path, *extra_args:
     server = ServerProcess(repository, log_path, *extra_args, env=env)
     server.wait_live()
     return server
+
+
+class Microservice(ServerProcess):
+    """One `inferd microservice` subprocess, run from the folder holding the user's module (as Seldon runs it).
+
+    HTTP binds port 0 and reports it; gRPC and metrics get picked free ports (0 turns them off there)."""
+
+    def __init__(self, folder: Path, log_path: Path, interface: str, *extra_args: str,
+                 env: dict[str, str] | None = None) -> None:
+        grpc_port, metrics_port = free_ports(2)
+        args = [str(INFERD), "microservice", interface, "--http-port", "0", "--grpc-port", str(grpc_port),
+                "--metrics-port", str(metrics_port), "--http-address", HOST, "--grpc-address", HOST, *extra_args]
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("PREDICTIVE_UNIT_")}
+        self._start(args, log_path, {**clean, "PYTHONUNBUFFERED": "1", **(env or {})}, folder)
+
+    def post(self, path: str, payload: Any) -> httpx.Response:
+        return httpx.post(f"{self.base_url}{path}", json=payload, timeout=30)

@@ -12,7 +12,8 @@ from ._version import __version__
 from .limits import DEFAULT_MAX_INPUTS, DEFAULT_MAX_TENSOR_ELEMENTS
 from .observability import LOG_CONTROL, Tracer
 from .observability.tracing import parse_trace_config
-from .server import Server, stage_from_spec
+from .pipeline.plugins import add_pipeline_stage_argument, add_pipeline_stages
+from .server import Server
 
 log = logging.getLogger("inferd")
 
@@ -113,23 +114,6 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     add_pipeline_stage_argument(serve)
     for flag in _IGNORED_TRITON_FLAGS:
         serve.add_argument(flag, action="append", default=None, help=argparse.SUPPRESS)
-
-
-def add_pipeline_stage_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pipeline-stage", action="append", default=[], metavar="MODULE:FACTORY",
-                        help="add a stage to every request's pipeline: FACTORY(server) returns it; it runs where its "
-                        "'before' / 'after' attribute (a stage name) says, by default before 'admit'")
-
-
-def add_pipeline_stages(server: Server, specs: list[str]) -> bool:
-    """Install `--pipeline-stage` stages; False (after logging why) when one cannot be."""
-    for spec in specs:
-        try:
-            server.add_stage(stage_from_spec(spec, server))
-        except Exception as exc:
-            log.error("cannot add pipeline stage %s: %s: %s", spec, type(exc).__name__, exc)
-            return False
-    return True
 
 
 def status_table(rows: list[dict[str, str]]) -> str:

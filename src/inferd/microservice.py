@@ -93,7 +93,7 @@ def add_microservice_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest HTTP request body in bytes")
     parser.add_argument("--exit-timeout-secs", type=float, default=30.0,
                         help="on shutdown, how long in-flight requests may take to finish")
-    from .cli import add_pipeline_stage_argument
+    from .pipeline.plugins import add_pipeline_stage_argument
 
     add_pipeline_stage_argument(parser)
     for flag in _IGNORED_FLAGS:
@@ -160,7 +160,7 @@ def microservice_command(args: argparse.Namespace) -> int:
     try:
         server = Server(repository, server_name="inferd")
         try:
-            from .cli import add_pipeline_stages
+            from .pipeline.plugins import add_pipeline_stages
 
             if not add_pipeline_stages(server, args.pipeline_stage):
                 return 1

@@ -33,6 +33,7 @@ from .pipeline import (
     ScheduleStage,
     Stage,
 )
+from .pipeline.plugins import plugin_stages
 from .repository import ModelRepository
 from .scheduling import Arrivals
 from .types import InferenceRequest, InferenceResponse, InferError, RequestedOutput, datatype_of
@@ -281,7 +282,7 @@ class Server:
         return self._run_sync(request, context)
 
     def _run_bls(self, caller: tuple[str, str], call: BlsRequest) -> dict[str, np.ndarray]:
-        """A Python model's BLS request (see scheduling/bls.py), run as any request is, on the calling thread."""
+        """A Python model's BLS request (see instances/bls.py), run as any request is, on the calling thread."""
         version = call.model_version if call.model_version not in ("", "-1") else ""
         if call.model_name == caller[0]:
             target = self.manager.get(call.model_name, version)
@@ -306,32 +307,6 @@ class Server:
 
 
 _BLS = RequestContext("bls")
-
-
-def stage_from_spec(spec: str, server: Server) -> Stage:
-    """The stage a `MODULE:FACTORY` names (`--pipeline-stage`): FACTORY is called with the server."""
-    import importlib
-
-    module_name, colon, attribute = spec.partition(":")
-    if not colon or not module_name or not attribute:
-        raise ValueError(f"--pipeline-stage takes MODULE:FACTORY, got '{spec}'")
-    factory = getattr(importlib.import_module(module_name), attribute, None)
-    if not callable(factory):
-        raise ValueError(f"--pipeline-stage {spec}: '{attribute}' is not a callable of module '{module_name}'")
-    return factory(server)
-
-
-def plugin_stages(server: Server) -> list[Stage]:
-    """Stages from the `inferd.stages` entry-point group: each entry point is a factory `(server) -> Stage`."""
-    from importlib.metadata import entry_points
-
-    found = []
-    for entry in entry_points(group="inferd.stages"):
-        try:
-            found.append(entry.load()(server))
-        except Exception as exc:  # a broken plugin is reported and left out, never a server that cannot start
-            log.error("pipeline stage plugin '%s' (%s) failed to load: %s", entry.name, entry.value, exc)
-    return found
 
 
 def core_stages(server: Server) -> list[Stage]:

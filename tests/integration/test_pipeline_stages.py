@@ -9,8 +9,6 @@ what an authentication stage does — and its finish callback records each reque
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from models import SIMPLE, add_simple
-from serving import HOST, INFERD, ServerProcess, start_server
+from serving import Microservice, ServerProcess, start_server
 
 STAGE_SOURCE = '''
 import json
@@ -156,17 +154,12 @@ def test_stage_refusal_is_each_protocols_error(served: tuple[ServerProcess, Path
 
 def test_stage_sees_seldon_requests(stage_folder: Path, tmp_path: Path) -> None:
     record = tmp_path / "records.jsonl"
-    log_path = tmp_path / "microservice.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREDICTIVE_UNIT_")}
-    env.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(stage_folder), RECORD_FILE=str(record))
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [str(INFERD), "microservice", "doubler:Doubler", "--http-port", "0", "--grpc-port", "0",
-             "--metrics-port", "0", "--http-address", HOST, "--grpc-address", HOST,
-             "--pipeline-stage", "recording_stage:make"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=stage_folder, env=env)
+    process = Microservice(stage_folder, tmp_path / "microservice.log", "doubler:Doubler",
+                           "--pipeline-stage", "recording_stage:make",
+                           env={"PYTHONPATH": str(stage_folder), "RECORD_FILE": str(record)})
     try:
-        base = f"http://{HOST}:{_http_port(log_path, process)}"
+        process.wait_live()
+        base = process.base_url
         answer = httpx.post(f"{base}/api/v1.0/predictions", timeout=30, headers={"x-stage-verdict": "pass-seldon"},
                             json={"data": {"ndarray": [[1.0, 2.0]]}})
         assert answer.status_code == 200, answer.text
@@ -181,25 +174,7 @@ def test_stage_sees_seldon_requests(stage_folder: Path, tmp_path: Path) -> None:
         assert stats["inference_stats"]["success"]["count"] == 1  # Seldon calls count as any request
         assert stats["inference_stats"]["fail"]["count"] == 1
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-def _http_port(log_path: Path, process: subprocess.Popen[bytes]) -> int:
-    """The port `inferd microservice` reports for its HTTP service once it is ready."""
-    import re
-    import time
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        text = log_path.read_text(errors="replace")
-        if "microservice ready" in text:
-            found = re.search(r"started Seldon \+ V2 HTTPService at [\d.]+:(\d+)", text)
-            assert found, text
-            return int(found.group(1))
-        assert process.poll() is None, text
-        time.sleep(0.05)
-    raise AssertionError(log_path.read_text(errors="replace"))
+        process.stop()
 
 
 README = Path(__file__).resolve().parents[2] / "README.md"

@@ -22,7 +22,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from serving import HOST, INFERD, ServerProcess, free_ports
+from serving import INFERD, Microservice
 
 # ---- the user classes, written as files the way Seldon users write them (no inferd or seldon_core import) ----
 
@@ -120,24 +120,6 @@ class Mean:
 SOURCES = {"linear_model": MODEL, "Legacy": LEGACY, "scaler": TRANSFORMER, "router": ROUTER, "combiner": COMBINER}
 PARAMETERS = [{"name": "scale", "value": "2.5", "type": "FLOAT"}, {"name": "offset", "value": "1", "type": "INT"},
               {"name": "label", "value": "v1", "type": "STRING"}, {"name": "strict", "value": "true", "type": "BOOL"}]
-
-
-class Microservice(ServerProcess):
-    """One `inferd microservice` subprocess, run from the folder holding the user's module (as Seldon runs)."""
-
-    def __init__(self, folder: Path, log_path: Path, interface: str, *extra_args: str) -> None:
-        self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
-        self.log_path = log_path
-        self.args = [str(INFERD), "microservice", interface, "--http-port", str(self.http_port),
-                     "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port),
-                     "--http-address", HOST, "--grpc-address", HOST, *extra_args]
-        self._log = open(log_path, "wb")  # closed in wait_exit()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREDICTIVE_UNIT_")}
-        self.process = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, cwd=folder,
-                                        env={**env, "PYTHONUNBUFFERED": "1"})
-
-    def post(self, path: str, payload: Any) -> httpx.Response:
-        return httpx.post(f"{self.base_url}{path}", json=payload, timeout=30)
 
 
 @pytest.fixture(scope="module")

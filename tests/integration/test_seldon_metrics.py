@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
-from test_seldon import Microservice
+
+from serving import Microservice
 
 METERED = '''
 class Metered:

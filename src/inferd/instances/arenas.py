@@ -15,12 +15,11 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
-from ..types import ErrorKind, InferError
+from ..types import ErrorKind, InferError, Tensors
 
 __all__ = ["SHM_PREFIX", "ChildArenas", "Header", "ServerArena", "Tensors", "close_mapping", "layout", "view",
            "write"]
 
-Tensors = dict[str, np.ndarray]
 # (name, dtype str, shape, offset): where one fixed-size tensor lies in an arena.
 Header = tuple[str, str, tuple[int, ...], int]
 

@@ -29,13 +29,10 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-import numpy as np
-
-from ..types import ErrorKind, InferError
+from ..types import ErrorKind, InferError, Tensors
 
 __all__ = ["BlsHandler", "BlsRequest", "Channel", "call_model"]
 
-Tensors = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, ModelConfig
-from ..types import ErrorKind, InferError
+from ..types import ErrorKind, InferError, describe_error
 from .arenas import SHM_PREFIX, Header, ServerArena, Tensors, layout, view, write
 from .bls import BlsHandler, BlsRequest
 from .environments import PythonEnvironment
@@ -467,7 +467,7 @@ class ProcessInstance:
             except InferError as exc:
                 error = (exc.kind.name, exc.message)
             except Exception as exc:
-                error = (ErrorKind.INTERNAL.name, f"{type(exc).__name__}: {exc}")
+                error = (ErrorKind.INTERNAL.name, describe_error(exc))
             child.send_quietly(("bls", call_id, error, results))
 
         threading.Thread(target=run, name=f"inferd-bls-{self._name}", daemon=True).start()

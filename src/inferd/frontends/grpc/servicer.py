@@ -17,7 +17,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from ...pipeline import RequestContext
 from ...server import Server
-from ...types import InferError, describe_error
+from ...types import InferenceRequest, InferError, describe_error
 from .codec import (
     cuda_shared_memory_status_response,
     decode_infer_request,
@@ -122,16 +122,21 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         async with status_on_error(context, "ModelInfer"):
-            server = self._server
-            loop = asyncio.get_running_loop()
-            server.arrivals.arrived(loop)  # read, not yet started: what the batcher asks before running inline
-            try:
-                decoded = decode_infer_request(request, server.limits)
-            finally:
-                server.arrivals.started(loop)
-            response = await server.infer_request(decoded,
-                                                  RequestContext("v2-grpc", metadata=context.invocation_metadata))
+            # No local holds the decoded request: grpc keeps an aborted call's frame in a reference cycle, and its
+            # tensors (views of client shared memory among them) must go when the call ends, not at the next GC.
+            response = await self._server.infer_request(self._decode(request),
+                                                        RequestContext("v2-grpc", metadata=context.invocation_metadata))
             return encode_infer_response(response)
+
+    def _decode(self, request: pb.ModelInferRequest) -> InferenceRequest:
+        """The core's request, reported to the batchers' arrival hints as read and then started."""
+        server = self._server
+        loop = asyncio.get_running_loop()
+        server.arrivals.arrived(loop)
+        try:
+            return decode_infer_request(request, server.limits)
+        finally:
+            server.arrivals.started(loop)
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],
                                context: Context) -> AsyncIterator[pb.ModelStreamInferResponse]:
