@@ -44,9 +44,9 @@ class AdmitStage:
             return
         self._check_limits(request)
         lease = self._bind_shared_memory(request) if _uses_shared_memory(request) else None
-        if lease is not None:
+        if lease is not None:  # held from now on, whatever fails next: given back when the request ends
+            call.admitted = Admitted([], {}, lease)
             call.on_finish(_release)
-        call.admitted = Admitted([], {}, lease)
         feeds, rows = model.check_inputs(request)
         names = model.check_outputs(request)
         classes = model.classifications(request) if request.outputs else {}

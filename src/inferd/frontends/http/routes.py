@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = ["MICROSERVICE_ROUTES", "SERVE_ROUTES", "Route", "RouteTable"]
 
+MEMO_SIZE = 4096  # (method, path) answers kept before the memo starts over
+
 Handler = Callable[["HttpFrontend", HttpRequest, Params], Awaitable[Reply]]
 
 
@@ -138,6 +140,7 @@ class RouteTable:
             if route.method in group.by_method:
                 raise ValueError(f"route {route.method} {route.path} is declared twice")
             group.by_method[route.method] = route
+        self._memo: dict[tuple[str, str], tuple[Route | None, Params | list[str]]] = {}
         # Per segment count, the literal masks, most literal segments first (/v2/models/stats before
         # /v2/models/{model_name}), each with the getter that picks its literals out of a split path.
         self._index: dict[int, list[tuple[Callable[[Sequence[str]], Any], dict[Any, _PathGroup]]]] = {
@@ -147,7 +150,22 @@ class RouteTable:
 
     def match(self, method: str, path: str) -> tuple[Route | None, Params | list[str]]:
         """(route, its parameters) for a request; (None, allowed methods) when the path exists but not the
-        method; (None, []) when no route has the path."""
+        method; (None, []) when no route has the path.
+
+        Answers for the paths seen lately are kept (a server sees few distinct ones: its models' routes), so the
+        hot path is one dictionary lookup; the memo is bounded, as clients choose the paths. Callers must not
+        change the parameters they get."""
+        key = (method, path)
+        found = self._memo.get(key)
+        if found is not None:
+            return found
+        found = self._match(method, path)
+        if len(self._memo) >= MEMO_SIZE:
+            self._memo.clear()
+        self._memo[key] = found
+        return found
+
+    def _match(self, method: str, path: str) -> tuple[Route | None, Params | list[str]]:
         parts = path.strip("/").split("/")
         group = None
         unknown_verb = False
