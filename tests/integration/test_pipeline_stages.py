@@ -90,20 +90,24 @@ def _simple_inputs() -> tuple[np.ndarray, np.ndarray]:
     return np.arange(16, dtype=np.int32).reshape(1, 16), np.ones((1, 16), dtype=np.int32)
 
 
+def _inputs(client: Any, a: np.ndarray, b: np.ndarray) -> list[Any]:
+    """`simple`'s two inputs for tritonclient's HTTP or gRPC module."""
+    inputs = [client.InferInput("INPUT0", [1, 16], "INT32"), client.InferInput("INPUT1", [1, 16], "INT32")]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(b)
+    return inputs
+
+
 def test_stage_sees_v2_http_grpc_and_v1(served: tuple[ServerProcess, Path]) -> None:
     process, record = served
     a, b = _simple_inputs()
     http = httpclient.InferenceServerClient(process.http_url)
-    inputs = [httpclient.InferInput("INPUT0", [1, 16], "INT32"), httpclient.InferInput("INPUT1", [1, 16], "INT32")]
-    inputs[0].set_data_from_numpy(a)
-    inputs[1].set_data_from_numpy(b)
+    inputs = _inputs(httpclient, a, b)
     answer = http.infer(SIMPLE, inputs, headers={"x-stage-verdict": "pass-http"})
     assert (answer.as_numpy("OUTPUT0") == a + b).all()
 
     grpc = grpcclient.InferenceServerClient(process.grpc_url)
-    ginputs = [grpcclient.InferInput("INPUT0", [1, 16], "INT32"), grpcclient.InferInput("INPUT1", [1, 16], "INT32")]
-    ginputs[0].set_data_from_numpy(a)
-    ginputs[1].set_data_from_numpy(b)
+    ginputs = _inputs(grpcclient, a, b)
     answer = grpc.infer(SIMPLE, ginputs, headers={"x-stage-verdict": "pass-grpc"})
     assert (answer.as_numpy("OUTPUT1") == a - b).all()
 
@@ -124,18 +128,14 @@ def test_stage_refusal_is_each_protocols_error(served: tuple[ServerProcess, Path
     before = len(_records(record))
     a, b = _simple_inputs()
     http = httpclient.InferenceServerClient(process.http_url)
-    inputs = [httpclient.InferInput("INPUT0", [1, 16], "INT32"), httpclient.InferInput("INPUT1", [1, 16], "INT32")]
-    inputs[0].set_data_from_numpy(a)
-    inputs[1].set_data_from_numpy(b)
+    inputs = _inputs(httpclient, a, b)
     with pytest.raises(InferenceServerException) as http_error:
         http.infer(SIMPLE, inputs, headers={"x-stage-verdict": "refuse"})
     assert http_error.value.status() == "403"
     assert "refused by the recorder stage" in http_error.value.message()
 
     grpc = grpcclient.InferenceServerClient(process.grpc_url)
-    ginputs = [grpcclient.InferInput("INPUT0", [1, 16], "INT32"), grpcclient.InferInput("INPUT1", [1, 16], "INT32")]
-    ginputs[0].set_data_from_numpy(a)
-    ginputs[1].set_data_from_numpy(b)
+    ginputs = _inputs(grpcclient, a, b)
     with pytest.raises(InferenceServerException) as grpc_error:
         grpc.infer(SIMPLE, ginputs, headers={"x-stage-verdict": "refuse"})
     assert grpc_error.value.status() == "StatusCode.PERMISSION_DENIED"
@@ -202,10 +202,7 @@ def test_readme_stage_example(tmp_path: Path) -> None:
         assert httpx.post(url, json=body, timeout=30, headers={"x-api-key": "s3cret"}).status_code == 200
         a, b = _simple_inputs()
         grpc = grpcclient.InferenceServerClient(process.grpc_url)
-        ginputs = [grpcclient.InferInput("INPUT0", [1, 16], "INT32"),
-                   grpcclient.InferInput("INPUT1", [1, 16], "INT32")]
-        ginputs[0].set_data_from_numpy(a)
-        ginputs[1].set_data_from_numpy(b)
+        ginputs = _inputs(grpcclient, a, b)
         with pytest.raises(InferenceServerException) as error:
             grpc.infer(SIMPLE, ginputs)
         assert error.value.status() == "StatusCode.UNAUTHENTICATED"

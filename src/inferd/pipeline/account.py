@@ -20,7 +20,7 @@ class AccountStage:
         self._tracer = tracer
 
     def __call__(self, call: Call) -> None:
-        model = call.served()
+        model = call.model
         tracer = self._tracer
         if tracer.enabled:
             call.trace = tracer.begin(model.name, model.version, call.request.id, call.start_ns)
@@ -29,7 +29,7 @@ class AccountStage:
 
     def _record(self, call: Call) -> None:
         now = time.perf_counter_ns()
-        model = call.served()
+        model = call.model
         model.stats.record_request(now - call.start_ns, None if call.error is None else failure_reason(call.cause))
         if call.trace is not None:
             self._tracer.end(call.trace, now, call.error)

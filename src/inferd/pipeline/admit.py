@@ -37,7 +37,7 @@ class AdmitStage:
         self._shared_memory = shared_memory
 
     def __call__(self, call: Call) -> None:
-        model = call.served()
+        model = call.model
         request = call.request
         if request.message is not None:
             self._admit_message(call, model, request)

@@ -66,7 +66,8 @@ class Call:
         self.context = context
         self.start_ns = start_ns
         self.sync = sync  # run on the caller's thread (SDK, BLS): stages must not need an event loop
-        self.model: ServedModel | None = None
+        # Set by `resolve`; stages placed before it see None (`served()` says so clearly).
+        self.model: ServedModel = None  # type: ignore[assignment]
         self.job: Job | None = None
         self.admitted: Any = None
         self.results: Tensors | None = None

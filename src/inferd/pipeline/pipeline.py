@@ -104,7 +104,10 @@ class Pipeline:
                 del error  # no frame-traceback cycle: a failed request's tensors go now, not at the next GC
         finally:
             _finish(call)
-        return _answer(call)
+        response = call.response
+        if response is None:
+            raise _no_response()
+        return response
 
     def run_sync(self, request: InferenceRequest, context: RequestContext) -> InferenceResponse:
         """The same stages on the caller's thread (the SDK's `Server.infer`, a Python model's BLS call): a stage
@@ -124,7 +127,10 @@ class Pipeline:
                 del error
         finally:
             _finish(call)
-        return _answer(call)
+        response = call.response
+        if response is None:
+            raise _no_response()
+        return response
 
 
 def _finish(call: Call) -> None:
@@ -136,11 +142,8 @@ def _finish(call: Call) -> None:
         call.error = call.cause = None
 
 
-def _answer(call: Call) -> InferenceResponse:
-    response = call.response
-    if response is None:
-        raise InferError.internal("the pipeline ended without a response (is its 'respond' stage missing?)")
-    return response
+def _no_response() -> InferError:
+    return InferError.internal("the pipeline ended without a response (is its 'respond' stage missing?)")
 
 
 def _wait(awaitable: Awaitable[None]) -> None:

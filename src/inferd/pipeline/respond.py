@@ -11,7 +11,7 @@ class RespondStage:
     name = "respond"
 
     def __call__(self, call: Call) -> None:
-        model = call.served()
+        model = call.model
         results = call.results
         request = call.request
         if results is None:

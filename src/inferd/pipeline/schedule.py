@@ -12,7 +12,7 @@ class ScheduleStage:
     name = "schedule"
 
     def __call__(self, call: Call) -> Awaitable[None] | None:
-        model = call.served()
+        model = call.model
         if call.sync:
             call.results = model.scheduler.run_sync(call.job)  # type: ignore[arg-type]
             return None
@@ -20,4 +20,4 @@ class ScheduleStage:
 
     @staticmethod
     async def _run(call: Call) -> None:
-        call.results = await call.model.scheduler.run(call.job)  # type: ignore[union-attr, arg-type]
+        call.results = await call.model.scheduler.run(call.job)  # type: ignore[arg-type]
