@@ -87,6 +87,15 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        help="on shutdown, how long in-flight requests may take to finish")
     serve.add_argument("--http-max-input-size", type=int, default=64 * 1024 * 1024,
                        help="largest HTTP request body in bytes")
+    serve.add_argument("--http-header-timeout-secs", type=float, default=30.0, metavar="SECONDS",
+                       help="a request's headers must arrive within this (from its first byte), else 408 and close "
+                       "(default 30)")
+    serve.add_argument("--http-body-timeout-secs", type=float, default=60.0, metavar="SECONDS",
+                       help="a request's body must arrive within this (from the end of its headers), else 408 and "
+                       "close (default 60)")
+    serve.add_argument("--http-max-connections", type=int, default=0, metavar="N",
+                       help="HTTP connections open at once; past it the oldest with no request in progress is "
+                       "closed, else the new one gets 503 (default 0: 10,000, or half the open-files limit if lower)")
     serve.add_argument("--grpc-max-message-size", type=int, default=2**31 - 1,
                        help="largest gRPC message in bytes (default 2 GiB - 1, as Triton; gRPC's own 4 MB is "
                        "too small for tensors)")
@@ -186,8 +195,11 @@ def serve_command(args: argparse.Namespace) -> int:
 
 async def _serve(server: Server, args: argparse.Namespace, started: float) -> None:
     from .frontends.http import HttpFrontend
+    from .frontends.http.server import HttpLimits, set_limits
     from .frontends.runner import Endpoint, serve_until_signal
 
+    set_limits(server, HttpLimits(header_timeout=args.http_header_timeout_secs,
+                                  body_timeout=args.http_body_timeout_secs, max_connections=args.http_max_connections))
     http = (HttpFrontend(server, max_input_size=args.http_max_input_size), Endpoint(args.http_address, args.http_port))
     await serve_until_signal(
         server, http=http if args.allow_http else None,

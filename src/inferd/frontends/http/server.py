@@ -5,15 +5,26 @@ transport writes per response) costs more than the model. This server parses wit
 uvicorn uses), answers each request with one write, keeps connections alive, answers pipelined requests in
 order, honours `Expect: 100-continue`, bounds bodies by `--http-max-input-size`, and closes idle connections.
 `HttpFrontend` stays a plain ASGI application too, for anyone who wants to mount it elsewhere.
+
+Everything a client can make it hold is bounded (`HttpLimits`): the time to send a request's headers and its body
+(408), the size of the request line and headers (414 / 431), the body (413 as soon as a declared or read length is
+over the limit; 417 instead of `100 Continue`), the connections open at once (past the cap the oldest connection
+that has no request in progress is closed for the new one, else the new one is answered 503), and what one
+connection may queue: reading pauses while too many pipelined requests wait, and while the client does not read
+its answers (the transport's write buffer is over its high-water mark). A request the server refuses is answered
+after every earlier request on the connection, and the connection then closes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import socket
 import time
+import weakref
+from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
@@ -28,8 +39,62 @@ log = logging.getLogger("inferd.http")
 KEEP_ALIVE_TIMEOUT = 75.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
-# Headers a request may carry before the rest are ignored (a bound on what one request can make us keep).
+# Headers a request may carry (more: 431).
 MAX_HEADERS = 100
+# After refusing a request the server stops answering, sends its answer and half-closes; what the client still
+# sends is read and dropped for this long before the close, so that the client reads the answer instead of a reset.
+LINGER_S = 2.0
+
+# Where the current request stands, for the timeouts.
+_IDLE, _HEAD, _BODY = 0, 1, 2
+
+
+def default_max_connections() -> int:
+    """10,000, or half the process's open-files limit where that is lower (the rest is for models, gRPC, ...)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 10_000
+    if soft == resource.RLIM_INFINITY:
+        return 10_000
+    return max(16, min(10_000, soft // 2))
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one client may make the HTTP server hold.
+
+    header_timeout: seconds from a request's first byte (a new connection's accept) to the end of its headers.
+    body_timeout: seconds from the end of a request's headers (or the `100 Continue`) to the end of its body.
+    keep_alive_timeout: seconds an idle connection stays open between requests.
+    max_url_bytes / max_header_bytes / max_headers: the request target (414), the headers' total size counted as
+    `name: value\\r\\n` and their count (431).
+    max_connections: connections open at once (0: `default_max_connections()`).
+    max_pipelined / max_pipelined_bytes: requests (and their bodies' bytes) read ahead and waiting on one
+    connection before reading pauses.
+    """
+
+    header_timeout: float = 30.0
+    body_timeout: float = 60.0
+    keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT
+    max_url_bytes: int = 8 * 1024
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = MAX_HEADERS
+    max_connections: int = 0
+    max_pipelined: int = 16
+    max_pipelined_bytes: int = 4 * 1024 * 1024
+
+
+# Limits set for a Server (by `inferd serve`'s flags) that an HttpServer built for one of its frontends uses.
+_SERVER_LIMITS: weakref.WeakKeyDictionary[Any, HttpLimits] = weakref.WeakKeyDictionary()
+
+
+def set_limits(server: Any, limits: HttpLimits) -> None:
+    """Make every HttpServer later built, without limits of its own, for a frontend of `server` (an
+    inferd.Server) use `limits`."""
+    _SERVER_LIMITS[server] = limits
 
 
 class _Clock:
@@ -47,17 +112,21 @@ class _Clock:
         return cls.header
 
 
+class _Stop(Exception):
+    """Raised from a parser callback once the request is refused: the parser stops where it is."""
+
+
 class _Request:
-    __slots__ = ("body", "headers", "keep_alive", "method", "path", "too_large")
+    __slots__ = ("body", "headers", "keep_alive", "method", "path", "reply")
 
     def __init__(self, method: str, path: str, headers: dict[bytes, bytes], body: bytes, keep_alive: bool,
-                 too_large: bool) -> None:
+                 reply: Reply | None = None) -> None:
         self.method = method
         self.path = path
         self.headers = headers
         self.body = body
         self.keep_alive = keep_alive
-        self.too_large = too_large
+        self.reply = reply  # set: the answer is this (a refusal), the handler does not run
 
 
 class _Connection(asyncio.Protocol):
@@ -66,6 +135,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: HttpServer) -> None:
         self.server = server
         self.frontend = server.frontend
+        self.limits = server.limits
         self.limit = server.max_input_size
         self.loop = server.loop
         self.arrivals = server.frontend.server.arrivals
@@ -73,12 +143,22 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
         self.headers: dict[bytes, bytes] = {}
+        self.header_count = 0
+        self.header_bytes = 0
+        self.head_bytes = 0
+        self.began_here = False
         self.body: list[bytes] = []
         self.body_size = 0
-        self.too_large = False
-        self.busy = False
+        self.busy = False  # a request is running or answered, or held until the client reads
+        self.held = False  # the next request waits for the client to read (write buffer over its high-water mark)
         self.waiting: collections.deque[_Request] = collections.deque()
-        self.idle_timer: asyncio.TimerHandle | None = None
+        self.queued_bytes = 0
+        self.reading = True
+        self.write_paused = False
+        self.stopped = False  # a request was refused: nothing more is read
+        self.pending_continue = False
+        self.phase = _HEAD  # a new connection has header_timeout to send its first request's headers
+        self.since = server.now
         self.task: asyncio.Task[None] | None = None
         self.task_started = False
 
@@ -86,75 +166,131 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        connections = self.server.connections
+        if len(connections) >= self.server.max_connections and not self.server.evict():
+            _, payload, headers = error_reply(503, "too many connections; try again later")
+            self.stopped = True
+            self._write_head(transport, 503, headers, payload, False, b"")  # type: ignore[arg-type]
+            transport.close()
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        self.server.connections.add(self)
-        self._arm_idle_timer()
+        connections[self] = None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.connections.discard(self)
+        self.server.connections.pop(self, None)
         self.transport = None
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
         if self.task is not None:
             # The client went away: a request still queued for its model leaves the queue without running.
             if not self.task_started:
                 self.arrivals.started(self.loop)
             self.task.cancel()
         self.waiting.clear()
+        self.queued_bytes = 0
+
+    def pause_writing(self) -> None:
+        # The client does not read its answers: read no more requests, and run no more until it does.
+        self.write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.held:
+            self.held = False
+            self._next()
+        self._update_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self.stopped:
+            return  # refused: what the client still sends is dropped
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(400, "protocol upgrades are not supported")
+            # The request was answered as plain HTTP/1.1 (an upgrade may be declined); what follows it is another
+            # protocol, so the connection closes after the answers.
+            self._refuse(0, "")
+            return
         except httptools.HttpParserError as exc:
-            self._fail(400, f"malformed HTTP request: {exc}")
+            if not self.stopped:
+                self._refuse(400, f"malformed HTTP request: {exc}")
+            return
+        if self.phase == _HEAD:
+            # httptools keeps a header until its end: bound what an endless one holds. Bytes of a chunk in which
+            # the request began are not counted (some are the previous request's), so the bound is one read late.
+            if self.began_here:
+                self.began_here = False
+            else:
+                self.head_bytes += len(data)
+                if self.head_bytes > self.limits.max_header_bytes + self.limits.max_url_bytes:
+                    self._refuse(431, f"request headers exceed {self.limits.max_header_bytes} bytes")
 
     # ---- httptools callbacks ----
 
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = {}
+        self.header_count = 0
+        self.header_bytes = 0
+        self.head_bytes = 0
+        self.began_here = True
         self.body = []
         self.body_size = 0
-        self.too_large = False
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+        if self.phase != _HEAD:
+            self.phase = _HEAD
+            self.since = self.server.now
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        if len(self.url) > self.limits.max_url_bytes:
+            self._refuse(414, f"request target exceeds {self.limits.max_url_bytes} bytes")
+            raise _Stop
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Every header is kept (by lower-case name): pipeline stages read what they need (authorization, host,
         # traceparent, ...) through the request's context.
-        headers = self.headers
-        if len(headers) < MAX_HEADERS:
-            headers[name.lower()] = value
+        self.header_count += 1
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > self.limits.max_header_bytes or self.header_count > self.limits.max_headers:
+            self._refuse(431, f"request headers exceed {self.limits.max_header_bytes} bytes or "
+                              f"{self.limits.max_headers} fields")
+            raise _Stop
+        self.headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
-        declared = self.headers.get(b"content-length")
+        self.phase = _BODY
+        self.since = self.server.now
+        headers = self.headers
+        expect = headers.get(b"expect")
+        continues = expect is not None and expect.lower() == b"100-continue"
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            self.too_large = True
-        elif self.headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
-            self.transport.write(_CONTINUE)
+            if continues:
+                self._refuse(417, f"request body of {int(declared)} bytes exceeds the limit of {self.limit} bytes "
+                                  "(--http-max-input-size)")
+            else:
+                self._refuse(413, f"request body of {int(declared)} bytes exceeds the limit of {self.limit} bytes "
+                                  "(--http-max-input-size)")
+            raise _Stop
+        if continues and self.transport is not None:
+            if self.busy:
+                self.pending_continue = True  # after the answers to the requests before it
+            else:
+                self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
-        if self.too_large:
-            return
         self.body_size += len(body)
         if self.body_size > self.limit:
-            self.too_large = True
-            self.body = []
-        else:
-            self.body.append(body)
+            self._refuse(413, f"request body exceeds the limit of {self.limit} bytes (--http-max-input-size)")
+            raise _Stop
+        self.body.append(body)
 
     def on_message_complete(self) -> None:
+        self.phase = _IDLE
+        self.pending_continue = False
         url = self.url
         query = url.find(b"?")
         path = (url if query < 0 else url[:query]).decode("latin-1")
@@ -166,9 +302,12 @@ class _Connection(asyncio.Protocol):
             path = unquote(path)
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         request = _Request(self.parser.get_method().decode("latin-1"), path, self.headers, body,
-                           self.parser.should_keep_alive(), self.too_large)
+                           self.parser.should_keep_alive())
         if self.busy:
             self.waiting.append(request)
+            self.queued_bytes += len(body)
+            if len(self.waiting) >= self.limits.max_pipelined or self.queued_bytes >= self.limits.max_pipelined_bytes:
+                self._update_reading()
         else:
             self._start(request)
 
@@ -176,9 +315,14 @@ class _Connection(asyncio.Protocol):
 
     def _start(self, request: _Request) -> None:
         self.busy = True
-        if request.too_large:
-            self._answer(request, error_reply(413, f"request body exceeds the limit of {self.limit} bytes "
-                                                   "(--http-max-input-size)"))
+        reply = request.reply
+        if reply is not None:
+            if reply[0]:
+                self._answer(request, reply)
+            else:
+                self.busy = False
+                if self.transport is not None:
+                    self._linger(self.transport)
             return
         self.arrivals.arrived(self.loop)
         self.task_started = False
@@ -191,13 +335,9 @@ class _Connection(asyncio.Protocol):
         self.task = None
         self._answer(request, reply)
 
-    def _answer(self, request: _Request, reply: Reply) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            self.busy = False
-            return
-        status, payload, headers = reply
-        keep_alive = request.keep_alive and not request.too_large
+    @staticmethod
+    def _write_head(transport: asyncio.Transport, status: int, headers: list[tuple[bytes, bytes]], payload: bytes,
+                    keep_alive: bool, method: str | bytes) -> None:
         head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown")), _Clock.date()]
         for name, value in headers:
             head.append(b"%s: %s\r\n" % (name, value))
@@ -205,7 +345,7 @@ class _Connection(asyncio.Protocol):
         if not keep_alive:
             head.append(b"connection: close\r\n")
         head.append(b"\r\n")
-        if request.method == "HEAD":
+        if method == "HEAD":
             transport.write(b"".join(head))
         elif len(payload) < 65536:
             head.append(payload)
@@ -213,28 +353,111 @@ class _Connection(asyncio.Protocol):
         else:
             transport.write(b"".join(head))
             transport.write(payload)
+
+    def _answer(self, request: _Request, reply: Reply) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self.busy = False
+            return
+        status, payload, headers = reply
+        keep_alive = request.keep_alive
+        self._write_head(transport, status, headers, payload, keep_alive, request.method)
         if not keep_alive:
-            transport.close()
             self.busy = False
+            if request.reply is not None:
+                self._linger(transport)
+            else:
+                transport.close()
             return
-        if self.waiting:
-            self._start(self.waiting.popleft())
+        self._next()
+
+    def _next(self) -> None:
+        """The answer before is written: start the next waiting request, or wait for one."""
+        waiting = self.waiting
+        if waiting:
+            if self.write_paused:
+                self.held = True
+                return
+            request = waiting.popleft()
+            self.queued_bytes -= len(request.body)
+            if not self.reading:
+                self._update_reading()
+            self._start(request)
+            return
+        self.busy = False
+        if self.phase == _IDLE:
+            self.since = self.server.now
+        elif self.pending_continue and self.transport is not None:
+            self.pending_continue = False
+            self.since = self.server.now
+            self.transport.write(_CONTINUE)
+        if not self.reading:
+            self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Pause reading while the connection holds enough (or is refused), resume once it has drained."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        limits = self.limits
+        if self.reading:
+            if (self.stopped or self.write_paused or len(self.waiting) >= limits.max_pipelined
+                    or self.queued_bytes >= limits.max_pipelined_bytes):
+                self.reading = False
+                transport.pause_reading()
+        elif (not self.stopped and not self.write_paused and len(self.waiting) <= limits.max_pipelined // 2
+              and self.queued_bytes <= limits.max_pipelined_bytes // 2):
+            self.reading = True
+            transport.resume_reading()
+            self.since = self.server.now  # a paused connection's timeouts do not run
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer `status` (0: nothing) after the requests already read, then close; read nothing more."""
+        if self.stopped or self.transport is None:
+            return
+        self.stopped = True
+        self.pending_continue = False
+        self._update_reading()
+        request = _Request("", "", {}, b"", False, error_reply(status, message))
+        if self.busy:
+            self.waiting.append(request)
         else:
-            self.busy = False
-            self._arm_idle_timer()
+            self._start(request)
 
-    def _fail(self, status: int, message: str) -> None:
-        if self.transport is None:
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Half-close after a refusal; drop what the client still sends for LINGER_S, then close."""
+        if transport.is_closing():
             return
-        _, payload, headers = error_reply(status, message)
-        self._answer(_Request("POST", "", {}, b"", False, False), (status, payload, headers))
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        try:
+            transport.write_eof()
+        except (OSError, RuntimeError):
+            transport.close()
+            return
+        if not self.reading:
+            self.reading = True
+            transport.resume_reading()
+        self.loop.call_later(LINGER_S, transport.close)
 
-    def _arm_idle_timer(self) -> None:
-        self.idle_timer = self.loop.call_later(self.server.keep_alive_timeout, self._close_if_idle)
-
-    def _close_if_idle(self) -> None:
-        if not self.busy and self.transport is not None:
+    def check(self, now: float) -> None:
+        """Close the connection if the client took too long (called about every HttpServer.tick seconds)."""
+        if not self.reading or self.stopped or self.transport is None:
+            return  # paused by the server, or already refused: not the client's time
+        phase = self.phase
+        if phase == _HEAD:
+            if now - self.since > self.limits.header_timeout:
+                self._refuse(408, f"request headers not received within {self.limits.header_timeout:g} s")
+        elif phase == _BODY:
+            if not self.pending_continue and now - self.since > self.limits.body_timeout:
+                self._refuse(408, f"request body not received within {self.limits.body_timeout:g} s")
+        elif not self.busy and now - self.since > self.limits.keep_alive_timeout:
             self.transport.close()
+
+    def evictable(self) -> bool:
+        """No request of this connection is being answered (it is idle, lingering or sending one)."""
+        return not self.busy and not self.waiting and self.transport is not None
 
     def close_if_idle(self) -> bool:
         if self.busy:
@@ -245,25 +468,58 @@ class _Connection(asyncio.Protocol):
 
 
 class HttpServer:
-    """Listens on host:port and serves `frontend` until `stop`."""
+    """Listens on host:port and serves `frontend` until `stop`.
+
+    `limits`: what a client may make the server hold (default: those `set_limits` gave `frontend.server`, else
+    HttpLimits()); `keep_alive_timeout`, when given, replaces theirs.
+    """
 
     def __init__(self, frontend: HttpFrontend, host: str, port: int, *,
-                 keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT) -> None:
+                 keep_alive_timeout: float | None = None, limits: HttpLimits | None = None) -> None:
         self.frontend = frontend
         self.host = host
         self.port = port
         self.max_input_size = frontend.max_input_size
-        self.keep_alive_timeout = keep_alive_timeout
-        self.connections: set[_Connection] = set()
+        if limits is None:
+            limits = _SERVER_LIMITS.get(frontend.server, HttpLimits())
+        if keep_alive_timeout is not None:
+            limits = dataclasses.replace(limits, keep_alive_timeout=keep_alive_timeout)
+        self.limits = limits
+        self.keep_alive_timeout = limits.keep_alive_timeout
+        self.max_connections = limits.max_connections or default_max_connections()
+        # How often connections are checked for timeouts; `now` is the loop's time at the last check.
+        self.tick = max(0.01, min(1.0, limits.header_timeout / 4, limits.body_timeout / 4,
+                                  limits.keep_alive_timeout / 4))
+        self.now = 0.0
+        self.connections: dict[_Connection, None] = {}  # in the order they were accepted
         self._server: asyncio.base_events.Server | None = None
+        self._checker: asyncio.TimerHandle | None = None
         self.loop: Any = None
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.now = self.loop.time()
         self._server = await self.loop.create_server(lambda: _Connection(self), self.host, self.port,
                                                      reuse_address=True, backlog=4096)
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]
+        self._checker = self.loop.call_later(self.tick, self._check)
+
+    def _check(self) -> None:
+        self.now = now = self.loop.time()
+        for connection in list(self.connections):
+            connection.check(now)
+        self._checker = self.loop.call_later(self.tick, self._check)
+
+    def evict(self) -> bool:
+        """At the connection cap: close the oldest connection with no request being answered; False if none."""
+        for connection in self.connections:
+            if connection.evictable():
+                del self.connections[connection]
+                if connection.transport is not None:
+                    connection.transport.close()
+                return True
+        return False
 
     async def stop(self, timeout: float) -> None:
         """Stop accepting; let requests in flight finish (up to `timeout` seconds); close every connection."""
@@ -275,6 +531,9 @@ class HttpServer:
             if not busy or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.02)
+        if self._checker is not None:
+            self._checker.cancel()
+            self._checker = None
         for connection in list(self.connections):
             if connection.transport is not None:
                 connection.transport.close()
