@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 
 from ._version import __version__
+from .frontends.http.routes import API_GROUPS
 from .limits import DEFAULT_MAX_INPUTS, DEFAULT_MAX_TENSOR_ELEMENTS
 from .observability import LOG_CONTROL, Tracer
 from .observability.tracing import parse_trace_config
@@ -106,6 +107,16 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        help=f"most inputs one request may name (default {DEFAULT_MAX_INPUTS})")
     _bool_flag(serve, "--allow-client-shm", True, "let clients register system shared memory regions and place "
                "inputs and outputs in them (Triton 26.04+ defaults to false; clients must be on this host)")
+    _bool_flag(serve, "--allow-code-upload", False, "let model load requests carry code in their file: overrides "
+               "(Python models, pickles, TorchServe archives, MLflow models): such a load runs what the client sent "
+               "with the server's rights")
+    serve.add_argument("--http-restricted-api", action="append", default=[], metavar="API[,API...]:KEY=VALUE",
+                       help="HTTP requests of these API groups need the header KEY with VALUE (else 403), as in "
+                       f"Triton; groups: {', '.join(API_GROUPS)} (repeatable, one group per flag at most)")
+    serve.add_argument("--grpc-restricted-protocol", action="append", default=[],
+                       metavar="PROTOCOL[,PROTOCOL...]:KEY=VALUE",
+                       help="gRPC calls of these groups need the metadata triton-grpc-protocol-KEY with VALUE (else "
+                       "UNAVAILABLE), as in Triton; the groups of --http-restricted-api")
     serve.add_argument("--server-name", default="inferd",
                        help="name in server metadata ('triton' for scripts that check it)")
     serve.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL")
@@ -123,6 +134,25 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     add_pipeline_stage_argument(serve)
     for flag in _IGNORED_TRITON_FLAGS:
         serve.add_argument(flag, action="append", default=None, help=argparse.SUPPRESS)
+
+
+def parse_restrictions(values: Sequence[str], what: str = "api") -> dict[str, tuple[str, str]]:
+    """Triton's `--http-restricted-api` / `--grpc-restricted-protocol` values (`API[,API]:KEY=VALUE`, each
+    repeatable) as group -> (KEY, VALUE); raises ValueError with Triton's messages."""
+    restricted: dict[str, tuple[str, str]] = {}
+    for value in values:
+        groups, colon, setting = value.partition(":")
+        key, equals, expected = setting.partition("=")
+        if not colon or not equals or not groups or not key.strip():
+            form = what.upper()
+            raise ValueError(f"restricted {what} '{value}' is not of the form {form}[,{form}]:KEY=VALUE")
+        for group in (g.strip() for g in groups.split(",")):
+            if group not in API_GROUPS:
+                raise ValueError(f"unknown restricted {what} '{group}' (known: {', '.join(API_GROUPS)})")
+            if group in restricted:
+                raise ValueError(f"{what} '{group}' can not be specified in multiple config groups")
+            restricted[group] = (key.strip().lower(), expected)
+    return restricted
 
 
 def status_table(rows: list[dict[str, str]]) -> str:
@@ -156,6 +186,12 @@ def serve_command(args: argparse.Namespace) -> int:
     for flag in _IGNORED_TRITON_FLAGS:
         if getattr(args, flag.lstrip("-").replace("-", "_"), None):
             log.warning("%s is accepted for Triton compatibility and ignored", flag)
+    try:
+        args.http_restricted = parse_restrictions(args.http_restricted_api, "api")
+        args.grpc_restricted = parse_restrictions(args.grpc_restricted_protocol, "protocol")
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 1
     started = time.perf_counter()
     try:
         server = Server(
@@ -171,6 +207,7 @@ def serve_command(args: argparse.Namespace) -> int:
             max_tensor_elements=args.max_tensor_elements,
             max_inputs=args.max_inputs,
             model_env_dir=args.model_env_dir or None,
+            allow_code_upload=args.allow_code_upload,
         )
     except (OSError, ValueError, ImportError) as exc:  # a missing or unreachable repository
         log.error("%s", exc)
@@ -200,9 +237,10 @@ async def _serve(server: Server, args: argparse.Namespace, started: float) -> No
 
     set_limits(server, HttpLimits(header_timeout=args.http_header_timeout_secs,
                                   body_timeout=args.http_body_timeout_secs, max_connections=args.http_max_connections))
-    http = (HttpFrontend(server, max_input_size=args.http_max_input_size), Endpoint(args.http_address, args.http_port))
+    frontend = HttpFrontend(server, max_input_size=args.http_max_input_size, restricted=args.http_restricted)
+    http = (frontend, Endpoint(args.http_address, args.http_port))
     await serve_until_signal(
-        server, http=http if args.allow_http else None,
+        server, http=http if args.allow_http else None, grpc_restricted=args.grpc_restricted,
         grpc=Endpoint(args.grpc_address, args.grpc_port) if args.allow_grpc else None,
         metrics=Endpoint(args.metrics_address or args.http_address, args.metrics_port) if args.allow_metrics else None,
         exit_timeout=args.exit_timeout_secs, grpc_max_message_bytes=args.grpc_max_message_size,

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .config import ConfigError, ModelConfig, config_from_json, config_to_json
+from .backends import BACKENDS, load_plugins
+from .config import CONFIG_FILENAME, ConfigError, ModelConfig, config_from_json, config_to_json, parse_config
 from .instances.bls import BlsRequest
 from .instances.environments import EnvironmentCache
 from .limits import DEFAULT_MAX_INPUTS, DEFAULT_MAX_TENSOR_ELEMENTS, RequestLimits
@@ -36,7 +37,7 @@ from .pipeline import (
 from .pipeline.plugins import plugin_stages
 from .repository import ModelRepository
 from .scheduling import Arrivals
-from .types import InferenceRequest, InferenceResponse, InferError, RequestedOutput, datatype_of
+from .types import ErrorKind, InferenceRequest, InferenceResponse, InferError, RequestedOutput, datatype_of
 
 log = logging.getLogger("inferd.server")
 
@@ -54,6 +55,14 @@ EXTENSIONS = [
 ]
 
 CONTROL_MODES = ("none", "poll", "explicit")
+
+# Backends whose model files are data: loading one cannot run code the client sent. Every other backend (python,
+# seldon, torchserve, mlflow, sklearn's pickles, plugins nobody here can vouch for) runs what it is given.
+DATA_BACKENDS = frozenset({"onnxruntime", "pytorch", "tensorflow", "xgboost", "lightgbm", "fil"})
+# Uploaded files that are code whatever backend loads them: Python sources, pickles, TorchServe archives, MLflow
+# models, and requirements files (installing one runs the packages' build scripts).
+CODE_SUFFIXES = (".py", ".pyc", ".pyz", ".mar", ".pkl", ".pickle", ".joblib", ".cloudpickle", ".dill")
+CODE_FILENAMES = frozenset({"MLmodel", "requirements.txt"})
 
 
 class Server:
@@ -78,6 +87,7 @@ class Server:
         max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS,
         max_inputs: int = DEFAULT_MAX_INPUTS,
         model_env_dir: str | Path | None = None,
+        allow_code_upload: bool = False,
         stages: Iterable[Stage] = (),
         start: bool = True,
     ) -> None:
@@ -96,6 +106,9 @@ class Server:
                                     arrivals=self.arrivals)
         self.manager.bls = self._run_bls  # Python models' calls of other models go through this core
         self.model_control_mode = model_control_mode
+        # Whether a load request's `file:` overrides may hold code (a Python model, a pickle, ...): off by default,
+        # as such a load runs what the client sent with the server's rights.
+        self.allow_code_upload = allow_code_upload
         self.load_models = list(load_models)
         self.strict_readiness = strict_readiness
         self.server_name = server_name
@@ -235,6 +248,12 @@ class Server:
                 config = config_from_json(dict(config) if isinstance(config, Mapping) else config)
             except ConfigError as exc:
                 raise InferError.invalid(str(exc)) from None
+        if files and not self.allow_code_upload:
+            reason = uploaded_code(config, files)
+            if reason:
+                raise InferError(ErrorKind.PERMISSION_DENIED,
+                                 f"failed to load '{name}': {reason}, which runs code sent with the request; the "
+                                 "server refuses uploaded code unless started with --allow-code-upload")
         self.manager.load(name, config, files)
 
     def unload(self, name: str) -> None:
@@ -307,6 +326,46 @@ class Server:
 
 
 _BLS = RequestContext("bls")
+
+
+def uploaded_code(config: ModelConfig | None, files: Mapping[str, bytes]) -> str:
+    """Why loading these uploaded files (path in the model folder -> content) would run code, or "" if it would
+    not: a file that is code by its name, or a backend that runs its files (named by the config, or found by the
+    files as the manager finds it)."""
+    for path in files:
+        base = path.replace("\\", "/").rpartition("/")[2]
+        if base in CODE_FILENAMES or base.lower().endswith(CODE_SUFFIXES):
+            return f"the file '{path}' is code"
+    if config is None and CONFIG_FILENAME in files:
+        try:
+            config = parse_config(files[CONFIG_FILENAME].decode("utf-8"))
+        except (ConfigError, UnicodeDecodeError):
+            config = None  # the load fails on it anyway, before any backend runs
+    config = config or ModelConfig()
+    backend = _backend_of_upload(config, files)
+    if backend and backend not in DATA_BACKENDS:
+        return f"backend '{backend}'"
+    return ""
+
+
+def _backend_of_upload(config: ModelConfig, files: Mapping[str, bytes]) -> str:
+    """The backend `resolve_backend` will pick for an uploaded folder ("" when none fits: the load fails)."""
+    load_plugins()
+    if config.backend:
+        return config.backend if config.backend in BACKENDS else ""
+    if config.platform:
+        return next((name for name, spec in BACKENDS.items() if config.platform in spec.platforms), "")
+    # What the version folders hold: "1/model.savedmodel/saved_model.pb" holds "model.savedmodel".
+    present = set()
+    for path in files:
+        parts = path.replace("\\", "/").split("/")
+        if len(parts) >= 2 and parts[0].isdigit():
+            present.add(parts[1])
+    for name, spec in BACKENDS.items():
+        filenames = [config.default_model_filename] if config.default_model_filename else spec.filenames
+        if present.intersection(filenames):
+            return name
+    return ""
 
 
 def core_stages(server: Server) -> list[Stage]:

@@ -7,16 +7,17 @@ throughput on small models. Finding a route is one dictionary lookup; handlers t
 
 from __future__ import annotations
 
+import hmac
 import logging
 import zlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from ...server import Server
 from ...types import ErrorKind, InferError, describe_error
 from . import seldon, torchserve
 from .messages import QUERY_HEADER, HttpRequest, Reply, error_reply
-from .routes import SERVE_ROUTES, Route, RouteTable
+from .routes import API_GROUPS, SERVE_ROUTES, Route, RouteTable
 
 log = logging.getLogger("inferd.http")
 
@@ -57,15 +58,24 @@ class HttpFrontend:
     """The application: `routes` (default: `inferd serve`'s table) answered for `server`.
 
     `max_input_size` bounds request bodies (before and after decompression); `default_model` is the model that
-    protocols without a model in their paths (Seldon's microservice routes) call.
+    protocols without a model in their paths (Seldon's microservice routes) call. `restricted` maps API groups
+    (routes.API_GROUPS) to the (header, value) their requests must carry, as Triton's `--http-restricted-api`:
+    a request without it is answered 403 before its handler runs.
     """
 
     def __init__(self, server: Server, *, max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
-                 routes: Iterable[Route] = SERVE_ROUTES, default_model: str = "") -> None:
+                 routes: Iterable[Route] = SERVE_ROUTES, default_model: str = "",
+                 restricted: Mapping[str, tuple[str, str]] | None = None) -> None:
         self.server = server
         self.max_input_size = max_input_size
         self.table = RouteTable(routes)
         self.default_model = default_model
+        self.restricted = dict(restricted or {})
+        unknown = set(self.restricted) - set(API_GROUPS)
+        if unknown:
+            raise ValueError(f"unknown restricted api {', '.join(sorted(unknown))} (known: {', '.join(API_GROUPS)})")
+        self._required = {group: (key.lower().encode("latin-1"), value.encode())
+                          for group, (key, value) in self.restricted.items()}
 
     async def handle(self, method: str, path: str, headers: dict[bytes, bytes], body: bytes) -> Reply:
         """Answer one request (the body already read, within the size limit); never raises."""
@@ -73,6 +83,11 @@ class HttpFrontend:
             route, params = self.table.match(method, path)
             if route is None:
                 return self._unrouted(method, path, params)  # type: ignore[arg-type]
+            if self._required and route.api in self._required:
+                key, value = self._required[route.api]
+                given = headers.get(key)
+                if given is None or not hmac.compare_digest(given, value):
+                    return error_reply(403, f"This API is restricted, expecting header '{key.decode('latin-1')}'")
             encoding = headers.get(b"content-encoding")
             if encoding:
                 body = _decompress(body, encoding, self.max_input_size)

@@ -1,9 +1,11 @@
-"""The one route table: every HTTP route of every protocol, declared as (method, path pattern, handler, protocol).
+"""The one route table: every HTTP route of every protocol, declared as (method, path pattern, handler, protocol,
+API group).
 
 `RouteTable` answers a path with its route and parameters — for the hot paths one dictionary lookup keyed by the
 path's literal segments — and tells a path nobody serves (404) from a method a path does not take (405, with
 `Allow`). The OpenAPI document is checked against these tables by the test suite: a route cannot exist unless
-it is documented. A segment may end in a literal after a colon, as TF-Serving's `{model_name}:predict`.
+it is documented. A segment may end in a literal after a colon, as TF-Serving's `{model_name}:predict`. Each route
+belongs to one of Triton's API groups (`API_GROUPS`), which `--http-restricted-api` puts behind a header.
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ from .messages import HttpRequest, Params, Reply
 if TYPE_CHECKING:
     from .app import HttpFrontend
 
-__all__ = ["MICROSERVICE_ROUTES", "SERVE_ROUTES", "Route", "RouteTable"]
+__all__ = ["API_GROUPS", "MICROSERVICE_ROUTES", "SERVE_ROUTES", "Route", "RouteTable"]
+
+# Triton's endpoint groups (`--http-restricted-api`, `--grpc-restricted-protocol`): every route is in one.
+HEALTH, METADATA, INFERENCE, SHM, CONFIG, REPOSITORY, STATISTICS, TRACE, LOGGING = API_GROUPS = (
+    "health", "metadata", "inference", "shared-memory", "model-config", "model-repository", "statistics", "trace",
+    "logging")
 
 MEMO_SIZE = 4096  # (method, path) answers kept before the memo starts over
 
@@ -32,6 +39,7 @@ class Route:
     path: str  # "/v2/models/{model_name}/infer"
     handler: Handler
     protocol: str  # which API it belongs to: "v2", "v1", "torchserve", "seldon", "docs"
+    api: str = ""  # its API group (one of API_GROUPS), what a restriction names
 
     def segments(self) -> list[str]:
         """The pattern's segments; `{name}:verb` is two: the parameter and the literal ":verb"."""
@@ -52,60 +60,60 @@ _V1_VERSION = "/v1/models/{model_name}/versions/{model_version}"
 # `inferd serve`: the V2 API with Triton's extensions, TF-Serving's REST API (KServe V1), TorchServe's inference
 # API, and the API's own description.
 SERVE_ROUTES: list[Route] = [
-    Route("GET", "/v2", v2_api.server_metadata, V2),
-    Route("GET", "/v2/health/live", v2_api.server_live, V2),
-    Route("GET", "/v2/health/ready", v2_api.server_ready, V2),
+    Route("GET", "/v2", v2_api.server_metadata, V2, METADATA),
+    Route("GET", "/v2/health/live", v2_api.server_live, V2, HEALTH),
+    Route("GET", "/v2/health/ready", v2_api.server_ready, V2, HEALTH),
     *(r for base in (_MODEL, _VERSION) for r in (
-        Route("GET", base, v2_api.model_metadata, V2),
-        Route("GET", f"{base}/ready", v2_api.model_ready, V2),
-        Route("GET", f"{base}/config", v2_api.model_config, V2),
-        Route("GET", f"{base}/stats", v2_api.model_statistics, V2),
-        Route("POST", f"{base}/infer", v2_api.model_infer, V2),
+        Route("GET", base, v2_api.model_metadata, V2, METADATA),
+        Route("GET", f"{base}/ready", v2_api.model_ready, V2, HEALTH),
+        Route("GET", f"{base}/config", v2_api.model_config, V2, CONFIG),
+        Route("GET", f"{base}/stats", v2_api.model_statistics, V2, STATISTICS),
+        Route("POST", f"{base}/infer", v2_api.model_infer, V2, INFERENCE),
     )),
-    Route("GET", "/v2/models/stats", v2_api.model_statistics, V2),
-    Route("POST", "/v2/repository/index", v2_api.repository_index, V2),
-    Route("POST", "/v2/repository/models/{model_name}/load", v2_api.repository_load, V2),
-    Route("POST", "/v2/repository/models/{model_name}/unload", v2_api.repository_unload, V2),
-    Route("GET", "/v2/trace/setting", v2_api.trace_settings, V2),
-    Route("POST", "/v2/trace/setting", v2_api.update_trace_settings, V2),
-    Route("GET", f"{_MODEL}/trace/setting", v2_api.trace_settings, V2),
-    Route("POST", f"{_MODEL}/trace/setting", v2_api.update_trace_settings, V2),
-    Route("GET", "/v2/logging", v2_api.log_settings, V2),
-    Route("POST", "/v2/logging", v2_api.update_log_settings, V2),
+    Route("GET", "/v2/models/stats", v2_api.model_statistics, V2, STATISTICS),
+    Route("POST", "/v2/repository/index", v2_api.repository_index, V2, REPOSITORY),
+    Route("POST", "/v2/repository/models/{model_name}/load", v2_api.repository_load, V2, REPOSITORY),
+    Route("POST", "/v2/repository/models/{model_name}/unload", v2_api.repository_unload, V2, REPOSITORY),
+    Route("GET", "/v2/trace/setting", v2_api.trace_settings, V2, TRACE),
+    Route("POST", "/v2/trace/setting", v2_api.update_trace_settings, V2, TRACE),
+    Route("GET", f"{_MODEL}/trace/setting", v2_api.trace_settings, V2, TRACE),
+    Route("POST", f"{_MODEL}/trace/setting", v2_api.update_trace_settings, V2, TRACE),
+    Route("GET", "/v2/logging", v2_api.log_settings, V2, LOGGING),
+    Route("POST", "/v2/logging", v2_api.update_log_settings, V2, LOGGING),
     *(r for kind in ("systemsharedmemory", "cudasharedmemory") for r in (
-        Route("GET", f"/v2/{kind}/status", shm.status, V2),
-        Route("GET", f"/v2/{kind}/region/{{region_name}}/status", shm.status, V2),
-        Route("POST", f"/v2/{kind}/region/{{region_name}}/register", shm.register, V2),
-        Route("POST", f"/v2/{kind}/unregister", shm.unregister, V2),
-        Route("POST", f"/v2/{kind}/region/{{region_name}}/unregister", shm.unregister, V2),
+        Route("GET", f"/v2/{kind}/status", shm.status, V2, SHM),
+        Route("GET", f"/v2/{kind}/region/{{region_name}}/status", shm.status, V2, SHM),
+        Route("POST", f"/v2/{kind}/region/{{region_name}}/register", shm.register, V2, SHM),
+        Route("POST", f"/v2/{kind}/unregister", shm.unregister, V2, SHM),
+        Route("POST", f"/v2/{kind}/region/{{region_name}}/unregister", shm.unregister, V2, SHM),
     )),
     *(r for base in (_V1_MODEL, _V1_VERSION) for r in (
-        Route("GET", base, v1.model_status, V1),
-        Route("GET", f"{base}/metadata", v1.model_metadata, V1),
-        Route("POST", f"{base}:predict", v1.predict, V1),
-        Route("POST", f"{base}:classify", v1.classify_or_regress, V1),
-        Route("POST", f"{base}:regress", v1.classify_or_regress, V1),
+        Route("GET", base, v1.model_status, V1, HEALTH),
+        Route("GET", f"{base}/metadata", v1.model_metadata, V1, METADATA),
+        Route("POST", f"{base}:predict", v1.predict, V1, INFERENCE),
+        Route("POST", f"{base}:classify", v1.classify_or_regress, V1, INFERENCE),
+        Route("POST", f"{base}:regress", v1.classify_or_regress, V1, INFERENCE),
     )),
-    Route("POST", "/predictions/{model_name}", torchserve.predict, TS),
-    Route("PUT", "/predictions/{model_name}", torchserve.predict, TS),
-    Route("POST", "/predictions/{model_name}/{model_version}", torchserve.predict, TS),
-    Route("PUT", "/predictions/{model_name}/{model_version}", torchserve.predict, TS),
-    Route("GET", "/ping", torchserve.ping, TS),
-    Route("GET", "/openapi.json", docs.openapi_json, DOCS),
-    Route("GET", "/docs", docs.docs_page, DOCS),
+    Route("POST", "/predictions/{model_name}", torchserve.predict, TS, INFERENCE),
+    Route("PUT", "/predictions/{model_name}", torchserve.predict, TS, INFERENCE),
+    Route("POST", "/predictions/{model_name}/{model_version}", torchserve.predict, TS, INFERENCE),
+    Route("PUT", "/predictions/{model_name}/{model_version}", torchserve.predict, TS, INFERENCE),
+    Route("GET", "/ping", torchserve.ping, TS, HEALTH),
+    Route("GET", "/openapi.json", docs.openapi_json, DOCS, METADATA),
+    Route("GET", "/docs", docs.docs_page, DOCS, METADATA),
 ]
 
 # `inferd microservice`: Seldon Core's microservice routes (every route whatever the service type, as Seldon's
 # wrapper; the short ones take GET with ?json= too), then the whole V2 API.
 MICROSERVICE_ROUTES: list[Route] = [
-    *(Route(method, path, seldon.message, SELDON)
+    *(Route(method, path, seldon.message, SELDON, INFERENCE)
       for path in ("/predict", "/transform-input", "/transform-output", "/route", "/aggregate", "/send-feedback")
       for method in ("GET", "POST")),
-    *(Route("POST", path, seldon.message, SELDON)
+    *(Route("POST", path, seldon.message, SELDON, INFERENCE)
       for path in ("/api/v1.0/predictions", "/api/v0.1/predictions", "/api/v1.0/feedback", "/api/v0.1/feedback")),
-    Route("GET", "/health/ping", seldon.ping, SELDON),
-    Route("GET", "/health/status", seldon.health_status, SELDON),
-    Route("GET", "/metadata", seldon.metadata, SELDON),
+    Route("GET", "/health/ping", seldon.ping, SELDON, HEALTH),
+    Route("GET", "/health/status", seldon.health_status, SELDON, HEALTH),
+    Route("GET", "/metadata", seldon.metadata, SELDON, METADATA),
     *SERVE_ROUTES,
 ]
 
