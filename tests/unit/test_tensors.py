@@ -136,7 +136,7 @@ def test_list_data_of_the_wrong_kind_is_invalid() -> None:
         decode_list("IN", "BYTES", (2,), [1, 2])
 
 
-@pytest.mark.parametrize("shape", [[-1, 4], [1.5], "16", [True], None])
+@pytest.mark.parametrize("shape", [[-1, 4], [1.5], "16", [True], None, [2**62, 4, 0], [1] * 65])
 def test_bad_shapes_are_invalid(shape: object) -> None:
     with pytest.raises(InferError) as exc:
         check_shape("IN", shape)

@@ -265,6 +265,20 @@ async def test_numbers_that_do_not_fit_the_datatype(app: HttpFrontend) -> None:
     await _error(app, "/v1/models/two:predict", {"inputs": {"a": [["x", "y"]], "text": [["t"]]}}, 400, "'a'", "INT64")
 
 
+async def test_values_are_strict_as_in_v2(app: HttpFrontend) -> None:
+    await _error(app, "/v1/models/two:predict", {"inputs": {"a": [[1.5, 2]], "text": [["t"]]}}, 400,
+                 "'a'", "INT64", "integers", "1.5")
+    await _error(app, "/v1/models/double:predict", {"instances": [[1.0, True]]}, 400, "'x'", "FP32", "true")
+    await _error(app, "/v1/models/double:predict", {"instances": [[1e39, 1.0]]}, 400, "'x'", "out of the range")
+    assert SEEN == []
+
+
+async def test_deep_nesting_is_a_bad_request(app: HttpFrontend) -> None:
+    body = b'{"instances": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"
+    status, payload, _ = await app.handle("POST", "/v1/models/double:predict", {}, body)
+    assert status == 400, payload
+
+
 async def test_shape_that_does_not_fit_the_config(app: HttpFrontend) -> None:
     await _error(app, "/v1/models/double:predict", {"instances": [[1, 2, 3]]}, 400, "'x'", "[-1,2]", "[1,3]")
     assert SEEN == []

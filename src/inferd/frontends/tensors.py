@@ -1,10 +1,17 @@
 """Tensor codecs shared by the frontends: raw little-endian bytes (binary extension, gRPC raw contents) and lists.
 
 The raw layout lives in the core (`inferd.rawdata`, shared memory uses it too) and is re-exported here.
+
+List data (JSON `data`, V1 values, gRPC typed contents) is strict, as Triton reads it: BOOL takes only booleans,
+integer datatypes only integers within their range, float datatypes only numbers that fit (NaN and Infinity, where
+the JSON carries them, stay what they are); strings, booleans or nulls in a numeric tensor are refused. The checks
+are vectorised: one pass over the leaves' types (in C), numpy's conversion, and a range check on the array; the
+element-by-element walk only runs to name the value that was refused.
 """
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -12,13 +19,34 @@ import numpy as np
 from ..rawdata import decode_raw, element_count, encode_raw, split_bytes
 from ..types import V2_TO_NUMPY, InferError
 
-__all__ = ["check_shape", "decode_list", "decode_raw", "element_count", "encode_raw", "split_bytes"]
+__all__ = ["MAX_DIMS", "check_shape", "decode_list", "decode_nested", "decode_raw", "element_count", "encode_raw",
+           "split_bytes"]
+
+MAX_DIMS = 64  # numpy's limit on an array's dimensions
+# The largest product of a shape's non-zero dimensions: numpy refuses a shape whose elements, at 8 bytes each,
+# would not fit its index type, even when another dimension is 0.
+_MAX_DIMENSION_PRODUCT = (2**63 - 1) // 8
+_INT64 = np.dtype(np.int64)
+_FLOAT64 = np.dtype(np.float64)
+_UINT64 = np.dtype(np.uint64)
+# numpy 2 refuses a Python integer out of the target's range (OverflowError); numpy 1 wraps it with a warning.
+_STRICT_INT_CAST = int(np.__version__.split(".")[0]) >= 2
 
 
 def check_shape(name: str, shape: Any) -> tuple[int, ...]:
-    """A client-given shape: a list of non-negative integers."""
+    """A client-given shape: a list of non-negative integers that numpy can hold (even as an empty tensor)."""
     if not isinstance(shape, (list, tuple)) or not all(type(d) is int and d >= 0 for d in shape):
-        raise InferError.invalid(f"input '{name}': shape must be a list of non-negative integers, got {shape!r}")
+        raise InferError.invalid(f"input '{name}': shape must be a list of non-negative integers, got "
+                                 f"{_short(shape)}")
+    if len(shape) > MAX_DIMS:
+        raise InferError.invalid(f"input '{name}': shape has {len(shape)} dimensions, more than the {MAX_DIMS} "
+                                 "allowed")
+    product = 1
+    for d in shape:
+        if d:
+            product *= d
+            if product > _MAX_DIMENSION_PRODUCT:
+                raise InferError.invalid(f"input '{name}': shape {_short(list(shape))} is too large")
     return tuple(shape)
 
 
@@ -30,37 +58,165 @@ def _dtype(name: str, datatype: str) -> np.dtype[Any]:
 
 
 def decode_list(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
-    """Array from list data (JSON `data`, gRPC typed contents): flat or nested, checked against the shape."""
+    """Array from list data (JSON `data`, gRPC typed contents): flat or nested (the element count must match the
+    shape, as Triton checks it), values strictly of the datatype."""
     count = element_count(shape)
-    if datatype == "BYTES":
-        flat = _flatten(data)
-        if len(flat) != count:
-            raise InferError.invalid(f"input '{name}': shape {list(shape)} needs {count} elements, got {len(flat)}")
-        items = []
-        for item in flat:
-            if isinstance(item, str):
-                items.append(item.encode("utf-8"))
-            elif isinstance(item, (bytes, bytearray)):
-                items.append(bytes(item))
-            else:
-                raise InferError.invalid(f"input '{name}': BYTES elements must be strings, got {type(item).__name__}")
-        return np.array(items, dtype=object).reshape(shape)
-    dtype = _dtype(name, datatype)
-    try:
-        array = np.asarray(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise InferError.invalid(f"input '{name}': data cannot be read as {datatype}: {exc}") from None
-    if array.size != count:
-        raise InferError.invalid(f"input '{name}': shape {list(shape)} needs {count} elements, got {array.size}")
-    return array.reshape(shape)
+    if datatype != "BYTES":
+        _dtype(name, datatype)
+    leaves, types, _ = _leaves(name, data, "data")
+    if len(leaves) != count:
+        raise InferError.invalid(f"input '{name}': shape {list(shape)} needs {count} elements, got {len(leaves)}")
+    return _convert(name, datatype, leaves, types, "data").reshape(shape)
 
 
-def _flatten(data: Any) -> list[Any]:
+def decode_nested(name: str, datatype: str, value: Any, what: str) -> np.ndarray:
+    """Array from nested lists whose nesting is the shape (V1 values): lists of one level must agree in length."""
+    if datatype != "BYTES":
+        _dtype(name, datatype)
+    leaves, types, shape = _leaves(name, value, what)
+    if shape is None:
+        raise InferError.invalid(f"input '{name}': {what} cannot be read as a {datatype} tensor: lists of "
+                                 "different lengths at one level")
+    return _convert(name, datatype, leaves, types, what).reshape(shape)
+
+
+def _leaves(name: str, data: Any, what: str) -> tuple[list[Any], set[type], tuple[int, ...] | None]:
+    """The leaves of nested lists in order, their types and the shape of the nesting (None when ragged).
+
+    Level by level with C loops (`map`, `chain`): no recursion, so no depth can exhaust the stack.
+    """
     if not isinstance(data, list):
-        return [data]
-    if not data or not isinstance(data[0], list):
-        return data
-    flat: list[Any] = []
-    for item in data:
-        flat.extend(_flatten(item))
-    return flat
+        return [data], {type(data)}, ()
+    shape: list[int] | None = [len(data)]
+    while True:
+        types = set(map(type, data))
+        if list not in types:
+            return data, types, None if shape is None else tuple(shape)
+        if len(types) > 1:
+            raise InferError.invalid(f"input '{name}': {what} mix lists and values at one level")
+        if shape is not None:
+            if len(shape) >= MAX_DIMS:
+                raise InferError.invalid(f"input '{name}': {what} nest lists deeper than {MAX_DIMS} levels")
+            lengths = set(map(len, data))
+            shape = [*shape, lengths.pop()] if len(lengths) == 1 else None
+        data = list(chain.from_iterable(data))
+
+
+def _convert(name: str, datatype: str, leaves: list[Any], types: set[type], what: str) -> np.ndarray:
+    """A 1-D array of `leaves`, refusing any value that is not exactly of the datatype."""
+    if datatype == "BYTES":
+        return _bytes(name, leaves, types, what)
+    dtype = V2_TO_NUMPY[datatype]
+    if datatype == "BOOL":
+        if not types <= {bool}:
+            raise _refused(name, datatype, leaves, what, (bool,), "true or false")
+        return np.array(leaves, dtype=dtype)
+    if dtype.kind == "f":
+        return _floats(name, datatype, dtype, leaves, types, what)
+    return _integers(name, datatype, dtype, leaves, types, what)
+
+
+def _bytes(name: str, leaves: list[Any], types: set[type], what: str) -> np.ndarray:
+    if not types <= {str, bytes}:
+        bad = next(v for v in leaves if type(v) not in (str, bytes))
+        raise InferError.invalid(f"input '{name}': BYTES elements must be strings, got {type(bad).__name__}")
+    array = np.empty(len(leaves), dtype=object)
+    if str in types:
+        try:
+            array[:] = [v.encode("utf-8") if type(v) is str else v for v in leaves]
+        except UnicodeEncodeError:
+            raise InferError.invalid(f"input '{name}': a BYTES string in the {what} is not valid Unicode (it holds "
+                                     "a lone surrogate)") from None
+    else:
+        array[:] = leaves
+    return array
+
+
+def _floats(name: str, datatype: str, dtype: np.dtype[Any], leaves: list[Any], types: set[type],
+            what: str) -> np.ndarray:
+    if not types <= {float, int}:
+        raise _refused(name, datatype, leaves, what, (float, int), "numbers")
+    try:
+        if dtype == _FLOAT64:  # Python's floats are FP64: nothing can overflow but an integer (OverflowError)
+            return np.array(leaves, dtype=dtype)
+        with np.errstate(over="ignore"):
+            array = np.array(leaves, dtype=dtype)
+    except OverflowError:  # an integer beyond any float
+        raise _out_of_range(name, datatype, leaves, what) from None
+    if not np.isfinite(array).all():
+        # NaN and Infinity given as such stay; a finite number that became infinite did not fit.
+        finite = np.isfinite(np.array(leaves, dtype=np.float64))
+        overflowed = np.flatnonzero(finite & ~np.isfinite(array))
+        if overflowed.size:
+            raise _out_of_range(name, datatype, leaves, what, int(overflowed[0]))
+    return array
+
+
+def _integers(name: str, datatype: str, dtype: np.dtype[Any], leaves: list[Any], types: set[type],
+              what: str) -> np.ndarray:
+    if not types <= {int}:
+        index, value = next((i, v) for i, v in enumerate(leaves) if type(v) is not int)
+        if type(value) is float and value.is_integer() and abs(value) >= 2**63:
+            # orjson reads an integer literal past 64 bits as a float: an integer, out of range
+            raise _out_of_range(name, datatype, leaves, what, index)
+        raise _refused(name, datatype, leaves, what, (int,), "integers")
+    if _STRICT_INT_CAST:
+        try:
+            return np.array(leaves, dtype=dtype)
+        except OverflowError:
+            raise _out_of_range(name, datatype, leaves, what) from None
+    info = np.iinfo(dtype)
+    try:
+        wide = np.array(leaves, dtype=_INT64)
+    except OverflowError:  # beyond INT64: only UINT64 takes such numbers
+        if dtype == _UINT64 and min(leaves) >= 0 and max(leaves) <= info.max:
+            return np.array(leaves, dtype=_UINT64)
+        raise _out_of_range(name, datatype, leaves, what) from None
+    if wide.size and (wide.min() < info.min or wide.max() > info.max):
+        raise _out_of_range(name, datatype, leaves, what)
+    return wide if dtype == _INT64 else wide.astype(dtype)
+
+
+def _refused(name: str, datatype: str, leaves: list[Any], what: str, accepted: tuple[type, ...],
+             words: str) -> InferError:
+    """The error naming the first value whose type the datatype does not take (the only per-element walk)."""
+    index, value = next((i, v) for i, v in enumerate(leaves) if type(v) not in accepted)
+    return InferError.invalid(f"input '{name}': {datatype} {what} must be {words}, got {_describe(value)} "
+                              f"(element {index})")
+
+
+def _out_of_range(name: str, datatype: str, leaves: list[Any], what: str, index: int | None = None) -> InferError:
+    if index is None:
+        dtype = V2_TO_NUMPY[datatype]
+        if dtype.kind == "f":
+            limit = float(np.finfo(dtype).max)
+            index = next((i for i, v in enumerate(leaves) if _finite_beyond(v, limit)), 0)
+        else:
+            info = np.iinfo(dtype)
+            index = next((i for i, v in enumerate(leaves) if not info.min <= v <= info.max), 0)
+    return InferError.invalid(f"input '{name}': {datatype} {what} value {_short(leaves[index])} (element {index}) "
+                              f"is out of the range of {datatype}")
+
+
+def _finite_beyond(value: Any, limit: float) -> bool:
+    try:
+        number = float(value)
+    except OverflowError:
+        return True
+    return number == number and abs(number) != float("inf") and abs(number) > limit
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if type(value) is bool:
+        return "true" if value else "false"
+    return f"{type(value).__name__} {_short(value)}"
+
+
+def _short(value: Any) -> str:
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # lists nested past the stack, integers past str()'s digit limit
+        return f"a {type(value).__name__}"
+    return text if len(text) <= 64 else text[:64] + "…"

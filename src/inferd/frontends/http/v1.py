@@ -24,7 +24,8 @@ from ...config import DEFAULT_SIGNATURE, signature_name
 from ...model import ServedModel, TensorSpec
 from ...pipeline import RequestContext
 from ...server import Server
-from ...types import ErrorKind, InferenceRequest, InferError, numpy_dtype
+from ...types import ErrorKind, InferenceRequest, InferError
+from ..tensors import MAX_DIMS, decode_nested
 from .messages import HttpRequest, Params, Reply, json_reply
 from .v2 import load_json_object
 
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_SIGNATURE", "classify_or_regress", "model_metadata", "model_status", "predict"]
 
 _PREDICT_METHOD = "tensorflow/serving/predict"
-_MAX_DIMS = 64  # as numpy's arrays
 
 # V2 datatype names -> TensorFlow's DataType enum names (for the metadata's signature).
 _TF_DTYPES = {
@@ -222,26 +222,25 @@ def _to_array(spec: TensorSpec, value: Any, form: str) -> np.ndarray:
         array = np.empty(len(leaves), dtype=np.object_)
         array[:] = leaves
         return array.reshape(shape)
-    try:
-        array = np.asarray(value, dtype=numpy_dtype(spec.datatype))
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise InferError.invalid(f"input '{spec.name}': {form} cannot be read as a {spec.datatype} tensor (values "
-                                 f"must be numbers, in lists of equal lengths): {exc}") from None
-    return array
+    return decode_nested(spec.name, spec.datatype, value, form)
 
 
 def _walk(name: str, value: Any, leaves: list[bytes], form: str, depth: int) -> tuple[int, ...]:
     """Collect the byte strings of nested lists into `leaves`; their shape (lists of one level must agree)."""
     if isinstance(value, list):
-        if depth >= _MAX_DIMS:
-            raise InferError.invalid(f"input '{name}': {form} nest lists deeper than {_MAX_DIMS} levels")
+        if depth >= MAX_DIMS:
+            raise InferError.invalid(f"input '{name}': {form} nest lists deeper than {MAX_DIMS} levels")
         shapes = {_walk(name, item, leaves, form, depth + 1) for item in value}
         if len(shapes) > 1:
             raise InferError.invalid(f"input '{name}': {form} have lists of different lengths at one level")
         inner = shapes.pop() if shapes else ()
         return (len(value), *inner)
     if isinstance(value, str):
-        leaves.append(value.encode("utf-8"))
+        try:
+            leaves.append(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise InferError.invalid(f"input '{name}': a string in the {form} is not valid Unicode (it holds a "
+                                     "lone surrogate)") from None
     elif _is_b64(value) and isinstance(value["b64"], str):
         try:
             leaves.append(base64.b64decode(value["b64"], validate=True))

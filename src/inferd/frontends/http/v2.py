@@ -35,15 +35,41 @@ class OutputOptions:
         return self.binary_all and name not in self.json_only
 
 
+_PLAIN = {float, int, bool, type(None)}
+
+
 def _load_json(data: bytes | memoryview) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as first:
-        # orjson rejects NaN / Infinity; Python's json (and Triton's parser) take them.
+        # orjson rejects NaN / Infinity; Python's json (and Triton's parser) take them. Python's json also takes
+        # lone surrogates, which orjson rightly refuses (checked below), and answers nesting past orjson's 1,024
+        # levels with RecursionError: both are the client's error.
         try:
-            return json.loads(bytes(data))
-        except (ValueError, UnicodeDecodeError):
+            value = json.loads(bytes(data))
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise InferError.invalid(f"failed to parse the request JSON: {first}") from None
+        _check_text(value, first)
+        return value
+
+
+def _check_text(value: Any, first: orjson.JSONDecodeError) -> None:
+    """INVALID_ARGUMENT when a string of a document from Python's json is not valid Unicode (orjson's rule).
+    Iterative: the depth of the document cannot exhaust the stack."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is str:
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InferError.invalid(f"failed to parse the request JSON: {first}") from None
+        elif type(item) is list:
+            if not set(map(type, item)) <= _PLAIN:  # a list of numbers (most of a tensor's data) is skipped whole
+                stack.extend(item)
+        elif type(item) is dict:
+            stack.extend(item)
+            stack.extend(item.values())
 
 
 def load_json_object(body: bytes) -> dict[str, Any]:
