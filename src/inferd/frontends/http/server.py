@@ -71,7 +71,7 @@ class HttpLimits:
     keep_alive_timeout: seconds an idle connection stays open between requests.
     max_url_bytes / max_header_bytes / max_headers: the request target (414), the headers' total size counted as
     `name: value\\r\\n` and their count (431).
-    max_connections: connections open at once (0: `default_max_connections()`).
+    max_connections: connections open at once (0 or less: `default_max_connections()`).
     max_pipelined / max_pipelined_bytes: requests (and their bodies' bytes) read ahead and waiting on one
     connection before reading pauses.
     """
@@ -486,7 +486,7 @@ class HttpServer:
             limits = dataclasses.replace(limits, keep_alive_timeout=keep_alive_timeout)
         self.limits = limits
         self.keep_alive_timeout = limits.keep_alive_timeout
-        self.max_connections = limits.max_connections or default_max_connections()
+        self.max_connections = limits.max_connections if limits.max_connections > 0 else default_max_connections()
         # How often connections are checked for timeouts; `now` is the loop's time at the last check.
         self.tick = max(0.01, min(1.0, limits.header_timeout / 4, limits.body_timeout / 4,
                                   limits.keep_alive_timeout / 4))
