@@ -55,7 +55,9 @@ class ModelEntry:
     # Newest ready version first; rebuilt whenever versions change (the hot path only reads it).
     ready: list[ServedModel] = field(default_factory=list)
     fingerprint: tuple[tuple[str, int, int], ...] = ()
-    override: Path | None = None  # folder of files given with the last load request
+    # Folder of the files given with the load request that serves now (see `_write_override`); removed when another
+    # load replaces what serves from it (once the old versions are retired), on unload and on close.
+    override: Path | None = None
 
     def refresh(self) -> None:
         self.ready = sorted((v.served for v in self.versions.values() if v.served is not None),
@@ -77,6 +79,8 @@ class ModelManager:
         self._load_locks: dict[str, threading.Lock] = {}
         # Runs the BLS requests of Python models (a model calling another); the Server installs its core's.
         self.bls: BlsHandler | None = None
+        # Override folders of replaced loads, removed once their versions are retired (or at close).
+        self._retiring_overrides: set[Path] = set()
 
     # ---- queries (hot path: plain dict reads) ----
 
@@ -201,7 +205,22 @@ class ModelManager:
             self._load_locked(name, config, files)
 
     def _load_locked(self, name: str, config: ModelConfig | None, files: Mapping[str, bytes] | None) -> None:
-        model_dir = self._write_override(name, files) if files else self.repository.find(name)
+        if not files:
+            self._load_from(name, self.repository.find(name), config, None)
+            return
+        folder = self._write_override(name, files)
+        try:
+            self._load_from(name, folder, config, folder)
+        finally:  # a load that does not serve from its folder (it failed) leaves nothing in the temp dir
+            with self._lock:
+                entry = self._models.get(name)
+                adopted = entry is not None and entry.override == folder
+            if not adopted:
+                _remove_override(folder)
+
+    def _load_from(self, name: str, model_dir: Path | None, config: ModelConfig | None,
+                   override: Path | None) -> None:
+        """Load from `model_dir`: the repository's folder of the model, or `override` (files of the request)."""
         if model_dir is None:
             raise InferError.not_found(f"failed to load '{name}', failed to poll from model repository")
         fingerprint = fingerprint_of(model_dir)
@@ -210,6 +229,7 @@ class ModelManager:
             labels = read_labels(model_dir, config)
         except Exception as exc:  # a bad config, or an auto-complete that raised: the model is UNAVAILABLE
             reason = str(exc) if isinstance(exc, (ConfigError, InferError)) else describe_error(exc)
+            stale = None
             with self._lock:
                 entry = self._models.setdefault(name, ModelEntry(name))
                 entry.fingerprint = fingerprint
@@ -217,6 +237,8 @@ class ModelManager:
                     entry.reason = reason
                     entry.versions = {}
                     entry.refresh()
+                    stale, entry.override = entry.override, None
+            _remove_override(stale)
             log.error("model '%s' is UNAVAILABLE: %s", name, reason)
             raise InferError.invalid(f"failed to load '{name}': {reason}") from None
 
@@ -245,33 +267,51 @@ class ModelManager:
                 log.error("model '%s' version %d is UNAVAILABLE: %s", name, version, reason)
         failed = [f"version {v}: {s.reason}" for v, s in loaded.items() if s.state != ModelState.READY]
 
+        previous: Path | None = None  # the override folder the old versions served from
         with self._lock:
             entry = self._models.setdefault(name, ModelEntry(name))
             entry.fingerprint = fingerprint
-            keep_old = bool(entry.ready) and not any(s.served for s in loaded.values())
+            serving = any(s.served for s in loaded.values())
+            keep_old = bool(entry.ready) and not serving
             if keep_old:
                 old, retired = {}, loaded
             else:
                 old, retired = entry.versions, {}
                 entry.versions, entry.reason, entry.config = loaded, "", config
-                entry.override = model_dir if files else None
+                # A folder is kept only while versions serve from it; a load that failed leaves none behind.
+                previous, entry.override = entry.override, override if serving else None
                 entry.refresh()
+                if previous is not None and old:
+                    self._retiring_overrides.add(previous)
         for status in retired.values():
             if status.served is not None:
                 _retire(status.served, 0)
         if old:
-            # The old versions stop taking requests now; those in flight finish on them, off this thread.
-            threading.Thread(target=_retire_all, args=(old, self.unload_timeout), daemon=True,
+            # The old versions stop taking requests now; those in flight finish on them, off this thread; then
+            # the folder they were loaded from goes.
+            threading.Thread(target=self._retire_old, args=(old, previous), daemon=True,
                              name=f"inferd-retire-{name}").start()
+        else:
+            _remove_override(previous)
         if failed:
             raise InferError.invalid(f"failed to load '{name}': " + "; ".join(failed))
 
+    def _retire_old(self, old: Mapping[int, VersionStatus], override: Path | None) -> None:
+        try:
+            _retire_all(old, self.unload_timeout)
+        finally:
+            if override is not None:
+                with self._lock:
+                    self._retiring_overrides.discard(override)
+                _remove_override(override)
+
     def _write_override(self, name: str, files: Mapping[str, bytes]) -> Path:
-        """Model files given with the load request go to a folder of their own (never into the repository)."""
+        """Model files given with the load request go to a folder of their own (never into the repository):
+        `<temp dir>/inferd-load-<random>/<name>`. Removed (`_remove_override`) when nothing serves from it."""
         import shutil
         import tempfile
 
-        base = Path(tempfile.mkdtemp(prefix="inferd-load-"))
+        base = Path(tempfile.mkdtemp(prefix=OVERRIDE_PREFIX))
         root = base / name  # the name was checked: one plain path component
         try:
             root.mkdir()
@@ -401,10 +441,13 @@ class ModelManager:
             entry.refresh()
             entry.reason = "unloaded"
         _retire_all(old, self.unload_timeout)
+        stale = None
         with self._lock:
-            if entry.versions is unloading:  # unless a load came in meanwhile
+            if entry.versions is unloading:  # unless a load came in meanwhile (it removes the folder then)
                 entry.versions = {}
                 entry.refresh()
+                stale, entry.override = entry.override, None
+        _remove_override(stale)
         log.info("unloaded model '%s'", name)
 
     def close(self) -> None:
@@ -412,6 +455,27 @@ class ModelManager:
             entries = list(self._models.values())
         for entry in entries:
             _retire_all(entry.versions, self.unload_timeout)
+        with self._lock:
+            folders = [*self._retiring_overrides, *(e.override for e in entries if e.override is not None)]
+            self._retiring_overrides.clear()
+            for entry in entries:
+                entry.override = None
+        for folder in folders:
+            _remove_override(folder)
+
+
+OVERRIDE_PREFIX = "inferd-load-"  # the temp-dir folders of load requests' files
+
+
+def _remove_override(folder: Path | None) -> None:
+    """Remove a load request's folder (`<temp dir>/inferd-load-<random>/<name>`) with its parent."""
+    if folder is None:
+        return
+    import shutil
+
+    base = folder.parent
+    if base.name.startswith(OVERRIDE_PREFIX):  # never anything but a folder `_write_override` made
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def check_model_name(name: str) -> None:
