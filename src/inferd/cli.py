@@ -105,8 +105,9 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        f"before their data is read (default {DEFAULT_MAX_TENSOR_ELEMENTS})")
     serve.add_argument("--max-inputs", type=int, default=DEFAULT_MAX_INPUTS, metavar="N",
                        help=f"most inputs one request may name (default {DEFAULT_MAX_INPUTS})")
-    _bool_flag(serve, "--allow-client-shm", True, "let clients register system shared memory regions and place "
-               "inputs and outputs in them (Triton 26.04+ defaults to false; clients must be on this host)")
+    _bool_flag(serve, "--allow-client-shm", False, "let clients register system shared memory regions and place "
+               "inputs and outputs in them (off by default, as Triton 26.04+: the server then maps and writes any "
+               "segment a client names, as its own user; clients must be on this host)")
     _bool_flag(serve, "--allow-code-upload", False, "let model load requests carry code in their file: overrides "
                "(Python models, pickles, TorchServe archives, MLflow models): such a load runs what the client sent "
                "with the server's rights")

@@ -83,7 +83,7 @@ class Server:
         repository_poll_secs: float = 15.0,
         server_name: str = "inferd",
         tracer: Tracer | None = None,
-        allow_client_shm: bool = True,
+        allow_client_shm: bool = False,
         max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS,
         max_inputs: int = DEFAULT_MAX_INPUTS,
         model_env_dir: str | Path | None = None,

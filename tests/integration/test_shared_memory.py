@@ -1,10 +1,11 @@
 """Triton's shared-memory extensions with tritonclient, over HTTP and gRPC: system shared memory end to end, every
-misuse answered with INVALID_ARGUMENT (the server keeps serving and keeps no mapping), and the CUDA endpoints'
-"not supported" subset."""
+misuse answered with INVALID_ARGUMENT (the server keeps serving and keeps no mapping), the limits (off by default,
+the server's own segments refused, a bounded number of regions), and the CUDA endpoints' "not supported" subset."""
 
 from __future__ import annotations
 
 import os
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +36,27 @@ from serving import ServerProcess, start_server
 
 PROTOCOLS = ("http", "grpc")
 SIMPLE_BYTES = 16 * 4  # one INT32 [1, 16] tensor of `simple`
+PY_DOUBLE = "py_double"  # a Python model: it runs in an instance process, with the server's shared-memory arenas
+MAX_SHM_REGIONS = 128  # the server's default cap on registered regions
+
+
+def _add_py_double(repo: Path) -> None:
+    version = repo / PY_DOUBLE / "1"
+    version.mkdir(parents=True)
+    (version / "model.py").write_text(textwrap.dedent("""
+        import numpy as np
+
+
+        class Model:
+            def predict(self, inputs):
+                return {"y": inputs["x"] * np.float32(2)}
+    """))
+    (repo / PY_DOUBLE / "config.pbtxt").write_text(textwrap.dedent(f"""
+        name: "{PY_DOUBLE}"
+        backend: "python"
+        input [ {{ name: "x" data_type: TYPE_FP32 dims: [ 4 ] }} ]
+        output [ {{ name: "y" data_type: TYPE_FP32 dims: [ 4 ] }} ]
+    """))
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +66,9 @@ def shm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
     add_simple(repo)
     add_slow(repo)
     write_model(repo, SIMPLE_STRING, simple_string_model(), SIMPLE_STRING_CONFIG)
-    process = start_server(repo, tmp_path_factory.mktemp("logs") / "inferd-shm.log")
+    _add_py_double(repo)
+    # Client shared memory is off by default (as Triton 26.04+): these tests turn it on.
+    process = start_server(repo, tmp_path_factory.mktemp("logs") / "inferd-shm.log", "--allow-client-shm=true")
     yield process
     process.stop()
 
@@ -404,6 +428,69 @@ def test_http_register_body_is_checked(shm_server: ServerProcess) -> None:
     assert httpx.get(f"{shm_server.base_url}/v2/systemsharedmemory/status", timeout=30).json() == []
 
 
+# ---- limits: the server's own segments, and how many regions ----
+
+def _expect_refused(call: Any, http_status: str, grpc_status: str, *words: str) -> str:
+    with pytest.raises(InferenceServerException) as caught:
+        call()
+    assert str(caught.value.status()) in (http_status, f"StatusCode.{grpc_status}"), (caught.value.status(),
+                                                                                     caught.value.message())
+    message = caught.value.message() or ""
+    for word in words:
+        assert word in message, (word, message)
+    return message
+
+
+def _server_arenas(server: ServerProcess) -> list[str]:
+    """The POSIX shared-memory objects of the server's instance processes (`/inferd-<server pid>-<random>`)."""
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("needs /dev/shm to see the server's segments")
+    return sorted(p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(f"inferd-{server.process.pid}-"))
+
+
+def test_the_servers_own_segments_can_never_be_registered(client: Any, protocol: str,
+                                                          shm_server: ServerProcess) -> None:
+    """A client that registered the server's instance arenas could read and rewrite other clients' tensors."""
+    module = _module(protocol)
+    x = np.arange(4, dtype=np.float32)
+    result = client.infer(PY_DOUBLE, [make_input(module, "x", x, "FP32")])  # the instance's arenas exist now
+    np.testing.assert_array_equal(result.as_numpy("y"), x * 2)
+    arenas = _server_arenas(shm_server)
+    assert arenas, "the Python model's instance made no shared-memory arena"
+    for arena in arenas:
+        for key in (f"/{arena}", f"//{arena}", arena):  # shm_open ignores leading slashes
+            _expect_refused(lambda k=key: client.register_system_shared_memory("stolen", k, 64), "403",
+                            "PERMISSION_DENIED", "server's own segments", key)
+    assert "stolen" not in {r["name"] for r in _status(client, protocol)}
+    result = client.infer(PY_DOUBLE, [make_input(module, "x", x + 1, "FP32")])
+    np.testing.assert_array_equal(result.as_numpy("y"), (x + 1) * 2)
+    _still_serving(client, protocol)
+
+
+def test_registered_regions_are_capped(client: Any, protocol: str, regions: Regions,
+                                       shm_server: ServerProcess) -> None:
+    """Each region holds a file descriptor of the server: past the cap, RESOURCE_EXHAUSTED (HTTP 429)."""
+    regions.create("cap", 64, register=False)
+    key = f"/{regions.name('cap')}"
+    room = MAX_SHM_REGIONS - len(_status(client, protocol))
+    names = [f"{regions.name('cap')}_{i}" for i in range(room)]
+    try:
+        for name in names:
+            client.register_system_shared_memory(name, key, 64)
+        assert len(_status(client, protocol)) == MAX_SHM_REGIONS
+        _expect_refused(lambda: client.register_system_shared_memory(f"{regions.name('cap')}_over", key, 64),
+                        "429", "RESOURCE_EXHAUSTED", f"{MAX_SHM_REGIONS} system shared memory regions")
+        assert len(_mapped_keys(shm_server, regions.tag)) == room  # the refused one was not mapped
+        client.unregister_system_shared_memory(names[0])  # room again
+        client.register_system_shared_memory(f"{regions.name('cap')}_over", key, 64)
+        names.append(f"{regions.name('cap')}_over")
+        _still_serving(client, protocol)
+    finally:
+        for name in names:
+            client.unregister_system_shared_memory(name)
+    assert _mapped_keys(shm_server, regions.tag) == []
+
+
 # ---- CUDA shared memory: endpoints present, registration refused ----
 
 def test_cuda_shared_memory_endpoints(client: Any, protocol: str) -> None:
@@ -420,12 +507,14 @@ def test_cuda_shared_memory_endpoints(client: Any, protocol: str) -> None:
     _still_serving(client, protocol)
 
 
-# ---- switched off ----
+# ---- switched off: the default ----
 
-def test_allow_client_shm_false(tmp_path: Path, server_log: Path) -> None:
+def test_client_shm_is_off_by_default(tmp_path: Path, server_log: Path) -> None:
+    """Without --allow-client-shm=true, no client can have the server map a segment it names (another process's
+    secrets included): register answers 403 / PERMISSION_DENIED and the extension is not listed."""
     repo = tmp_path / "models"
     add_simple(repo)
-    process = start_server(repo, server_log, "--allow-client-shm=false")
+    process = start_server(repo, server_log)
     name = f"inferd_off_{os.getpid()}"
     handle = shm.create_shared_memory_region(name, f"/{name}", 2 * SIMPLE_BYTES, create_only=True)
     try:
@@ -439,8 +528,9 @@ def test_allow_client_shm_false(tmp_path: Path, server_log: Path) -> None:
             assert "--allow-client-shm" in (caught.value.message() or "")
         assert http.get_system_shared_memory_status() == []
         http.unregister_system_shared_memory()
-        with pytest.raises(InferenceServerException, match="allow-client-shm"):
-            http.infer(SIMPLE, _simple_shm_inputs("http", name))
+        for c, protocol in ((http, "http"), (grpc, "grpc")):  # at inference the region is not there: 400
+            _expect_invalid(lambda c=c, protocol=protocol: c.infer(SIMPLE, _simple_shm_inputs(protocol, name)),
+                            name, "--allow-client-shm=true")
         _still_serving(http, "http")
         http.close()
         grpc.close()

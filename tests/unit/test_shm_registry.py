@@ -25,7 +25,7 @@ def segment() -> Iterator[shared_memory.SharedMemory]:
 
 @pytest.fixture
 def registry() -> Iterator[SystemSharedMemory]:
-    reg = SystemSharedMemory()
+    reg = SystemSharedMemory(enabled=True)  # off unless the server is started with --allow-client-shm=true
     yield reg
     reg.close()
 
@@ -127,12 +127,13 @@ def test_unregistered_while_held(registry: SystemSharedMemory, segment: shared_m
 
 
 def test_disabled() -> None:
-    registry = SystemSharedMemory(enabled=False)
+    registry = SystemSharedMemory()  # the default, as Triton 26.04+
     with pytest.raises(InferError, match="--allow-client-shm") as caught:
         registry.register("r", "/x", 0, 8)
     assert caught.value.kind == ErrorKind.PERMISSION_DENIED
-    with pytest.raises(InferError, match="--allow-client-shm"):
+    with pytest.raises(InferError, match="--allow-client-shm") as caught:  # at inference: no such region
         registry.acquire("r")
+    assert caught.value.kind == ErrorKind.INVALID_ARGUMENT
     assert registry.status() == []
     registry.unregister()
 

@@ -7,6 +7,11 @@ one tenant can never name another's region.
 A region unregistered while requests use it leaves the registry at once; its mapping stays until the last of those
 requests lets go (they fail: see `SharedMemoryLease`), then it is unmapped. Numpy views of it that outlive even
 that keep the mapping alive until they go.
+
+Client shared memory is off unless the server is started with it (`--allow-client-shm=true`, as Triton 26.04+):
+a registered key is opened and written by the server, as the server's user. Even then the server's own segments
+(its instance arenas, `/inferd-<pid>-...`) can never be registered, and at most `max_regions` regions are registered
+at once (each keeps a file descriptor open).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 import threading
 from typing import Any
 
+from ..instances.arenas import SHM_PREFIX, is_server_segment
 from ..types import ErrorKind, InferError
 
 try:  # what multiprocessing.shared_memory opens segments with; POSIX only
@@ -24,7 +30,10 @@ try:  # what multiprocessing.shared_memory opens segments with; POSIX only
 except ImportError:  # pragma: no cover - Windows
     _posixshmem = None
 
-__all__ = ["SharedMemoryRegion", "SystemSharedMemory"]
+__all__ = ["DEFAULT_MAX_SHM_REGIONS", "SharedMemoryRegion", "SystemSharedMemory"]
+
+# Regions registered at once, over all owners: each holds a file descriptor (the mapping's) until unregistered.
+DEFAULT_MAX_SHM_REGIONS = 128
 
 _DISABLED = "client shared memory is disabled on this server (start it with --allow-client-shm=true)"
 
@@ -104,9 +113,13 @@ def _check_int(field: str, value: Any, minimum: int) -> int:
 class SystemSharedMemory:
     """The registered system shared-memory regions, by (owner, name). Thread-safe: every frontend shares it."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = False, max_regions: int = DEFAULT_MAX_SHM_REGIONS) -> None:
+        if isinstance(max_regions, bool) or not isinstance(max_regions, int) or max_regions < 0:
+            raise ValueError(f"max_regions must be an integer >= 0, got {max_regions!r}")
         self.enabled = enabled
+        self.max_regions = max_regions  # regions registered at once, over all owners
         self._regions: dict[tuple[str, str], SharedMemoryRegion] = {}
+        self._mapping = 0  # registrations mapping their region now: they count against the cap too
         self._lock = threading.Lock()
 
     def register(self, name: str, key: str, offset: int, byte_size: int, owner: str = "") -> None:
@@ -119,10 +132,28 @@ class SystemSharedMemory:
                                      "object, e.g. '/my_region'")
         _check_int("offset", offset, 0)
         _check_int("byte_size", byte_size, 1)
-        if (owner, name) in self._regions:
-            raise InferError.invalid(f"shared memory region '{name}' is already registered")
-        region = SharedMemoryRegion(owner, name, key, offset, byte_size)  # maps it: outside the lock
+        if is_server_segment(key):
+            # The server's own instance arenas: a client that mapped them could read and rewrite other requests.
+            raise InferError(ErrorKind.PERMISSION_DENIED,
+                             f"cannot register shared memory region '{name}': '{key}' is in the namespace of the "
+                             f"server's own segments ('/{SHM_PREFIX}*'), which clients may not register")
+        with self._lock:  # a place under the cap is taken before mapping: a refused registration opens nothing
+            if (owner, name) in self._regions:
+                raise InferError.invalid(f"shared memory region '{name}' is already registered")
+            if len(self._regions) + self._mapping >= self.max_regions:
+                raise InferError(ErrorKind.RESOURCE_EXHAUSTED,
+                                 f"cannot register shared memory region '{name}': {self.max_regions} system shared "
+                                 "memory regions are registered, the most this server allows at once; unregister "
+                                 "one first")
+            self._mapping += 1
+        try:
+            region = SharedMemoryRegion(owner, name, key, offset, byte_size)  # maps it: outside the lock
+        except BaseException:
+            with self._lock:
+                self._mapping -= 1
+            raise
         with self._lock:
+            self._mapping -= 1
             taken = (owner, name) in self._regions
             if not taken:
                 self._regions[(owner, name)] = region
@@ -161,8 +192,8 @@ class SystemSharedMemory:
             if region is not None:
                 region.users += 1
                 return region
-        if not self.enabled:
-            raise InferError(ErrorKind.PERMISSION_DENIED, _DISABLED)
+        if not self.enabled:  # no region can exist: the request names one that is not there (400, as in Triton)
+            raise InferError.invalid(f"unable to find shared memory region: '{name}' ({_DISABLED})")
         raise InferError.invalid(f"unable to find shared memory region: '{name}' is not registered")
 
     def release(self, region: SharedMemoryRegion) -> None:
