@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from ._version import __version__
 from .frontends.http.routes import API_GROUPS
 from .limits import DEFAULT_MAX_INPUTS, DEFAULT_MAX_TENSOR_ELEMENTS
+from .memory import DEFAULT_MAX_SHM_REGIONS
 from .observability import LOG_CONTROL, Tracer
 from .observability.tracing import parse_trace_config
 from .pipeline.plugins import add_pipeline_stage_argument, add_pipeline_stages
@@ -108,6 +109,9 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     _bool_flag(serve, "--allow-client-shm", False, "let clients register system shared memory regions and place "
                "inputs and outputs in them (off by default, as Triton 26.04+: the server then maps and writes any "
                "segment a client names, as its own user; clients must be on this host)")
+    serve.add_argument("--max-shm-regions", type=int, default=DEFAULT_MAX_SHM_REGIONS, metavar="N",
+                       help=f"most client shared-memory regions registered at once; each holds a file descriptor "
+                       f"(default {DEFAULT_MAX_SHM_REGIONS}; past it, 429 / RESOURCE_EXHAUSTED)")
     _bool_flag(serve, "--allow-code-upload", False, "let model load requests carry code in their file: overrides "
                "(Python models, pickles, TorchServe archives, MLflow models): such a load runs what the client sent "
                "with the server's rights")
@@ -205,6 +209,7 @@ def serve_command(args: argparse.Namespace) -> int:
             server_name=args.server_name,
             tracer=tracer,
             allow_client_shm=args.allow_client_shm,
+            max_shm_regions=args.max_shm_regions,
             max_tensor_elements=args.max_tensor_elements,
             max_inputs=args.max_inputs,
             model_env_dir=args.model_env_dir or None,
@@ -233,15 +238,15 @@ def serve_command(args: argparse.Namespace) -> int:
 
 async def _serve(server: Server, args: argparse.Namespace, started: float) -> None:
     from .frontends.http import HttpFrontend
-    from .frontends.http.server import HttpLimits, set_limits
+    from .frontends.http.server import HttpLimits
     from .frontends.runner import Endpoint, serve_until_signal
 
-    set_limits(server, HttpLimits(header_timeout=args.http_header_timeout_secs,
-                                  body_timeout=args.http_body_timeout_secs, max_connections=args.http_max_connections))
+    limits = HttpLimits(header_timeout=args.http_header_timeout_secs, body_timeout=args.http_body_timeout_secs,
+                        max_connections=args.http_max_connections)
     frontend = HttpFrontend(server, max_input_size=args.http_max_input_size, restricted=args.http_restricted)
     http = (frontend, Endpoint(args.http_address, args.http_port))
     await serve_until_signal(
-        server, http=http if args.allow_http else None, grpc_restricted=args.grpc_restricted,
+        server, http=http if args.allow_http else None, grpc_restricted=args.grpc_restricted, http_limits=limits,
         grpc=Endpoint(args.grpc_address, args.grpc_port) if args.allow_grpc else None,
         metrics=Endpoint(args.metrics_address or args.http_address, args.metrics_port) if args.allow_metrics else None,
         exit_timeout=args.exit_timeout_secs, grpc_max_message_bytes=args.grpc_max_message_size,

@@ -18,6 +18,7 @@ from .instances.environments import EnvironmentCache
 from .limits import DEFAULT_MAX_INPUTS, DEFAULT_MAX_TENSOR_ELEMENTS, RequestLimits
 from .manager import ModelManager
 from .memory import (
+    DEFAULT_MAX_SHM_REGIONS,
     CudaSharedMemory,
     SystemSharedMemory,
 )
@@ -84,6 +85,7 @@ class Server:
         server_name: str = "inferd",
         tracer: Tracer | None = None,
         allow_client_shm: bool = False,
+        max_shm_regions: int = DEFAULT_MAX_SHM_REGIONS,
         max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS,
         max_inputs: int = DEFAULT_MAX_INPUTS,
         model_env_dir: str | Path | None = None,
@@ -96,7 +98,7 @@ class Server:
             raise ValueError(f"model_control_mode must be one of {', '.join(CONTROL_MODES)}")
         self.limits = RequestLimits(max_tensor_elements, max_inputs)
         # Client memory (Triton's shared-memory extensions), shared by every frontend.
-        self.shared_memory = SystemSharedMemory(enabled=allow_client_shm)
+        self.shared_memory = SystemSharedMemory(enabled=allow_client_shm, max_regions=max_shm_regions)
         self.cuda_shared_memory = CudaSharedMemory()
         # model_env_dir: where the Python environments of models' requirements.txt are cached.
         environments = EnvironmentCache(model_env_dir) if model_env_dir is not None else None

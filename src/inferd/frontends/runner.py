@@ -17,6 +17,7 @@ from typing import Any
 
 from ..server import Server
 from .http.app import HttpFrontend
+from .http.server import HttpLimits
 
 log = logging.getLogger("inferd")
 
@@ -43,6 +44,7 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
                              grpc: Endpoint | None, metrics: Endpoint | None, exit_timeout: float,
                              grpc_max_message_bytes: int | None = None,
                              grpc_restricted: Mapping[str, tuple[str, str]] | None = None,
+                             http_limits: HttpLimits | None = None,
                              http_name: str = "HTTPService",
                              ready_message: str = "ready", started: float | None = None,
                              metrics_collectors: Sequence[Any] = ()) -> None:
@@ -79,7 +81,7 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
     http_server = None
     if http is not None:
         frontend, endpoint = http
-        http_server = HttpServer(frontend, endpoint.address, endpoint.port)
+        http_server = HttpServer(frontend, endpoint.address, endpoint.port, limits=http_limits)
         await http_server.start()
         log.info("started %s at %s:%d", http_name, endpoint.address, http_server.port)
     # With the bound ports: with port 0 the system picks them.

@@ -15,6 +15,7 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
+from ..memory.segments import SHM_PREFIX, is_server_segment
 from ..types import ErrorKind, InferError, Tensors
 
 __all__ = ["SHM_PREFIX", "ChildArenas", "Header", "ServerArena", "Tensors", "close_mapping", "is_server_segment",
@@ -23,16 +24,9 @@ __all__ = ["SHM_PREFIX", "ChildArenas", "Header", "ServerArena", "Tensors", "clo
 # (name, dtype str, shape, offset): where one fixed-size tensor lies in an arena.
 Header = tuple[str, str, tuple[int, ...], int]
 
-SHM_PREFIX = "inferd-"  # shared memory segments are /dev/shm/inferd-<server pid>-<random>
 _ALIGN = 64
 _MIN_ARENA = 1 << 16
 _PAGE = 1 << 12
-
-
-def is_server_segment(key: str) -> bool:
-    """Whether a POSIX shared-memory name, as a client would give it to `shm_open` ("/name"; leading slashes are
-    ignored there), is in the namespace of inferd's own segments: the arenas of this server or another on the host."""
-    return key.lstrip("/").startswith(SHM_PREFIX)
 
 
 def _aligned(size: int, to: int = _ALIGN) -> int:

@@ -9,9 +9,10 @@ from .binding import (
     shared_memory_ref,
 )
 from .cuda import CudaSharedMemory
-from .system import SharedMemoryRegion, SystemSharedMemory
+from .system import DEFAULT_MAX_SHM_REGIONS, SharedMemoryRegion, SystemSharedMemory
 
 __all__ = [
+    "DEFAULT_MAX_SHM_REGIONS",
     "SHM_BYTE_SIZE",
     "SHM_OFFSET",
     "SHM_REGION",

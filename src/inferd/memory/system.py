@@ -22,8 +22,8 @@ import os
 import threading
 from typing import Any
 
-from ..instances.arenas import SHM_PREFIX, is_server_segment
 from ..types import ErrorKind, InferError
+from .segments import SHM_PREFIX, is_server_segment
 
 try:  # what multiprocessing.shared_memory opens segments with; POSIX only
     import _posixshmem

@@ -23,7 +23,6 @@ import dataclasses
 import logging
 import socket
 import time
-import weakref
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
@@ -85,16 +84,6 @@ class HttpLimits:
     max_connections: int = 0
     max_pipelined: int = 16
     max_pipelined_bytes: int = 4 * 1024 * 1024
-
-
-# Limits set for a Server (by `inferd serve`'s flags) that an HttpServer built for one of its frontends uses.
-_SERVER_LIMITS: weakref.WeakKeyDictionary[Any, HttpLimits] = weakref.WeakKeyDictionary()
-
-
-def set_limits(server: Any, limits: HttpLimits) -> None:
-    """Make every HttpServer later built, without limits of its own, for a frontend of `server` (an
-    inferd.Server) use `limits`."""
-    _SERVER_LIMITS[server] = limits
 
 
 class _Clock:
@@ -470,8 +459,8 @@ class _Connection(asyncio.Protocol):
 class HttpServer:
     """Listens on host:port and serves `frontend` until `stop`.
 
-    `limits`: what a client may make the server hold (default: those `set_limits` gave `frontend.server`, else
-    HttpLimits()); `keep_alive_timeout`, when given, replaces theirs.
+    `limits`: what a client may make the server hold (default HttpLimits()); `keep_alive_timeout`, when given,
+    replaces theirs.
     """
 
     def __init__(self, frontend: HttpFrontend, host: str, port: int, *,
@@ -481,7 +470,7 @@ class HttpServer:
         self.port = port
         self.max_input_size = frontend.max_input_size
         if limits is None:
-            limits = _SERVER_LIMITS.get(frontend.server, HttpLimits())
+            limits = HttpLimits()
         if keep_alive_timeout is not None:
             limits = dataclasses.replace(limits, keep_alive_timeout=keep_alive_timeout)
         self.limits = limits
