@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import enum
+import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +26,7 @@ __all__ = [
     "datatype_of",
     "describe_error",
     "numpy_dtype",
+    "public_error_text",
 ]
 
 
@@ -87,6 +91,48 @@ class InferError(Exception):
 def describe_error(exc: BaseException) -> str:
     """An exception in one line for a message: its type and text (`ValueError: bad shape`)."""
     return f"{type(exc).__name__}: {exc}"
+
+
+# An absolute path of two components or more (a home-relative ~/... and a file:// URL too), not preceded by a word
+# character or a slash, so "a/b", "x // y" and "http://host/" stay.
+_SEGMENT = r"[^\s/'\"`()\[\]{}<>,;:|=]+"
+_PATH = re.compile(rf"(?<![\w.~/-])(?:file://)?~?/(?:{_SEGMENT}/)+(?:{_SEGMENT})?")
+_SECRET_MIN_CHARS = 7  # shorter values ("1", "true", "C.UTF-8") would mask ordinary words
+MASK = "***"
+
+
+class _Environment:
+    """The environment's values at start, longest first, as one pattern (compiled once)."""
+
+    pattern: re.Pattern[str] | None = None
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str]) -> re.Pattern[str] | None:
+        # Values that are absolute paths are left to _PATH: masking a path's prefix would leave "***/b/c" for the
+        # path pattern to miss.
+        values = sorted({value for value in environ.values()
+                         if len(value) >= _SECRET_MIN_CHARS and not value.startswith(("/", "~/"))},
+                        key=len, reverse=True)
+        return re.compile("|".join(map(re.escape, values))) if values else None
+
+
+_Environment.pattern = _Environment.load(os.environ)
+
+
+def public_error_text(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """A failure's text as clients may read it: on one line, the values of the server's environment variables
+    (as they were at start; `environ` instead when given) of 7 characters or more masked, and absolute paths
+    reduced to their last component (`open /srv/models/m/1/weights.bin` -> `open weights.bin`). The full text is
+    for the server's log only."""
+    text = " ".join(text.split())
+    pattern = _Environment.pattern if environ is None else _Environment.load(environ)
+    if pattern is not None:
+        text = pattern.sub(MASK, text)
+    return _PATH.sub(_last_component, text)
+
+
+def _last_component(match: re.Match[str]) -> str:
+    return match.group().rstrip("/").rpartition("/")[2]
 
 
 # V2 datatype names <-> numpy. BYTES tensors are object arrays of `bytes`.

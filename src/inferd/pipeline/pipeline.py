@@ -8,14 +8,17 @@ server is built (or changed by `insert` / `remove` before traffic), so a stage t
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Coroutine, Iterable
 from typing import Any, Protocol, runtime_checkable
 
 from ..scheduling import BackendFailure
-from ..types import ErrorKind, InferenceRequest, InferenceResponse, InferError, describe_error
+from ..types import ErrorKind, InferenceRequest, InferenceResponse, InferError, describe_error, public_error_text
 from .call import Call, RequestContext
+
+log = logging.getLogger("inferd.pipeline")
 
 __all__ = ["Pipeline", "Stage", "as_infer_error"]
 
@@ -174,10 +177,15 @@ def _wait(awaitable: Awaitable[None]) -> None:
 
 
 def as_infer_error(call: Call, exc: Exception) -> InferError:
-    """The error a failed request's caller gets: an InferError as it is; a model's own failure as INTERNAL."""
+    """The error a failed request's caller gets: an InferError as it is; a model's own failure as INTERNAL, its
+    text without the server's paths and environment values (public_error_text; the full text is in the log)."""
     if isinstance(exc, InferError):
         return exc
     name = call.model.name if call.model is not None else call.request.model_name
     if isinstance(exc, BackendFailure):
-        return InferError.internal(f"model '{name}' failed: {exc}")
-    return InferError(ErrorKind.INTERNAL, f"model '{name}' failed: {describe_error(exc)}")
+        text = str(exc)  # logged where the batch failed
+    else:
+        text = " ".join(describe_error(exc).split())
+        log.error("model '%s' failed: %s", name, text)
+        log.debug("model '%s' failed", name, exc_info=exc)
+    return InferError(ErrorKind.INTERNAL, f"model '{name}' failed: {public_error_text(text)}")

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import queue
+import re
 import time
 from collections.abc import Sequence
 from typing import Protocol
@@ -17,6 +19,8 @@ import numpy as np
 from ..backends import Backend
 from ..observability import ModelStatistics, Trace
 from ..types import InferError, Tensors
+
+log = logging.getLogger("inferd.scheduling")
 
 # A model whose batches take less than this runs on the event loop: a thread hand-off would cost more than the model.
 INLINE_BUDGET_NS = 300_000
@@ -118,6 +122,10 @@ class InstancePool:
         # Unknown cost: the first execution runs off the loop and its measurement decides.
         self.exec_ns = float(_SLOW_NS)
 
+    def _label(self) -> str:
+        stats = self.stats
+        return f"model '{stats.name}' version {stats.version}" if stats is not None else "a model"
+
     @property
     def cheap(self) -> bool:
         """Batches are fast enough to run inline on the event loop."""
@@ -143,7 +151,11 @@ class InstancePool:
         except InferError as exc:
             return [exc] * len(jobs)
         except Exception as exc:  # a backend failure fails this batch's requests, nothing else
-            error = BackendFailure(" ".join(str(exc).split()) or type(exc).__name__)
+            error = BackendFailure(_failure_text(exc))
+            # The full text once per failed batch, on one line; clients get it cleaned (as_infer_error), and the
+            # traceback only at debug verbosity.
+            log.error("%s failed: %s", self._label(), error)
+            log.debug("%s failed", self._label(), exc_info=exc)
             return [error] * len(jobs)
         end = time.perf_counter_ns()
         if self.stats is not None:
@@ -176,7 +188,19 @@ def unloading_error(name: str) -> InferError:
 
 
 class BackendFailure(Exception):
-    """The model itself raised while executing."""
+    """The model itself raised while executing; its text is the model's exception on one line, `Type: text`."""
+
+
+# A text that already names its exception ("ValueError: negative input", as instance processes and the Python
+# backend pass a model's exception on).
+_TYPED = re.compile(r"[A-Za-z_][\w.]*: ")
+
+
+def _failure_text(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if not text:
+        return type(exc).__name__
+    return text if _TYPED.match(text) else f"{type(exc).__name__}: {text}"
 
 
 def _split(outputs: Tensors, jobs: Sequence[Job]) -> list[Tensors | BaseException]:

@@ -17,7 +17,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from ...pipeline import RequestContext
 from ...server import Server
-from ...types import InferenceRequest, InferError, describe_error
+from ...types import InferenceRequest, InferError, describe_error, public_error_text
 from .codec import (
     cuda_shared_memory_status_response,
     decode_infer_request,
@@ -189,7 +189,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             message = err.message
         except Exception as exc:
             log.exception("ModelStreamInfer request failed")
-            message = f"ModelStreamInfer failed: {describe_error(exc)}"
+            message = f"ModelStreamInfer failed: {public_error_text(describe_error(exc))}"
         # The id tells the client which request failed.
         return pb.ModelStreamInferResponse(error_message=message,
                                            infer_response=pb.ModelInferResponse(id=request.id))

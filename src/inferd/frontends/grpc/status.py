@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from ...types import InferError, describe_error
+from ...types import InferError, describe_error, public_error_text
 
 log = logging.getLogger("inferd.grpc")
 
@@ -43,7 +43,7 @@ class status_on_error:  # lower case: it reads as the function it was, `async wi
             code, message = grpc.StatusCode[exc.kind.grpc_code_name], exc.message
         else:
             log.error("gRPC %s failed", self._rpc, exc_info=(type(exc), exc, tb))
-            code, message = grpc.StatusCode.INTERNAL, f"{self._rpc} failed: {describe_error(exc)}"
+            code, message = grpc.StatusCode.INTERNAL, f"{self._rpc} failed: {public_error_text(describe_error(exc))}"
         exc.__traceback__ = None
         del exc, tb
         await self._context.abort(code, message)  # raises
