@@ -77,6 +77,7 @@ class PythonBackend:
         self._adapter: _Adapter | None = None
         self._dtypes: dict[str, np.dtype[Any]] = {}
         self._name = "model"
+        self._traceback_logged = False
 
     # ---- in the server process ----
 
@@ -132,7 +133,14 @@ class PythonBackend:
                 from ..compat.triton_python import infer_error
 
                 raise infer_error(exc) from None
-            log.error("model '%s' raised:\n%s", self._name, "".join(traceback.format_exception(exc)).rstrip())
+            # The first failure's traceback for the model's author; later ones are one line in the server's log
+            # (scheduling), with their tracebacks at debug verbosity only: no traceback flood per request.
+            text = "".join(traceback.format_exception(exc)).rstrip()
+            if not self._traceback_logged:
+                self._traceback_logged = True
+                log.error("model '%s' raised (later failures are logged in one line):\n%s", self._name, text)
+            else:
+                log.debug("model '%s' raised:\n%s", self._name, text)
             raise RuntimeError(f"{type(exc).__name__}: {' '.join(str(exc).split())}") from None
         return self._conform(outputs)
 
