@@ -450,11 +450,15 @@ class ModelManager:
         _remove_override(stale)
         log.info("unloaded model '%s'", name)
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Retire every model. With `timeout`, the waits for requests in flight share one deadline `timeout` s away
+        (a shutdown's exit timeout); without, each model waits up to `unload_timeout`."""
         with self._lock:
             entries = list(self._models.values())
+        deadline = None if timeout is None else time.monotonic() + timeout
         for entry in entries:
-            _retire_all(entry.versions, self.unload_timeout)
+            wait = self.unload_timeout if deadline is None else max(0.0, deadline - time.monotonic())
+            _retire_all(entry.versions, wait)
         with self._lock:
             folders = [*self._retiring_overrides, *(e.override for e in entries if e.override is not None)]
             self._retiring_overrides.clear()

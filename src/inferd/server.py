@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,8 @@ class Server:
         self._run = self.pipeline.run
         self._run_sync = self.pipeline.run_sync
         self._live = False
+        self._draining = False  # shutting down: not ready, requests in flight still served
+        self._closed = False
         self._stop_polling = threading.Event()
         self._poller: threading.Thread | None = None
         if start:
@@ -157,12 +160,32 @@ class Server:
             except Exception:  # a bad poll (a folder removed mid-scan) must not end polling
                 log.exception("repository poll failed")
 
-    def close(self) -> None:
+    def drain(self) -> None:
+        """The first step of a shutdown: report not ready (HTTP /v2/health/ready 400, gRPC ServerReady false,
+        grpc.health NOT_SERVING) so load balancers stop sending, while requests still run. `close` ends it."""
+        if not self._draining:
+            self._draining = True
+            log.info("draining: reporting not ready")
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop polling, retire every model (waiting for its requests in flight), free the rest. With `timeout`,
+        all the waiting together ends after `timeout` s; without, each model waits up to its unload timeout.
+        A second call does nothing (until `start` again)."""
+        if self._closed and not self._live:
+            return
+        self._closed = True
+        deadline = None if timeout is None else time.monotonic() + timeout
         self._live = False
+        self._draining = False  # not ready all the same: not live
         self._stop_polling.set()
         if self._poller is not None:
-            self._poller.join(timeout=self.repository_poll_secs + 5)
-        self.manager.close()
+            poll_wait = self.repository_poll_secs + 5
+            self._poller.join(timeout=poll_wait if deadline is None else max(0.0, deadline - time.monotonic()))
+        self.manager.close(None if deadline is None else max(0.0, deadline - time.monotonic()))
         self.tracer.close()
         self.shared_memory.close()  # after the models: no request uses a region any more
 
@@ -179,7 +202,7 @@ class Server:
 
     def ready(self) -> bool:
         """Ready to serve: with strict readiness, only when every model loaded; otherwise once started."""
-        if not self._live:
+        if not self._live or self._draining:
             return False
         return self.manager.all_ready() if self.strict_readiness else True
 

@@ -1,15 +1,25 @@
 """Running a Server's front doors until SIGINT / SIGTERM: what `inferd serve` and `inferd microservice` share.
 
 The HTTP server runs on the event loop, the gRPC server on its own thread and loop, the metrics endpoint on its
-own HTTP thread. On a signal: stop accepting, let requests in flight finish (up to `exit_timeout` seconds), stop.
+own HTTP thread. On a signal (SIGINT / SIGTERM), all within `exit_timeout` seconds of it:
+
+1. not ready: `/v2/health/ready` 400, gRPC ServerReady false, grpc.health NOT_SERVING; with a drain delay the front
+   doors still accept for that long, so load balancers see it before connections are refused;
+2. stop accepting and let requests in flight finish;
+3. retire the models (`Server.close` with what is left of the exit timeout); at the deadline the model instance
+   processes still busy are terminated (then killed), so calls blocked on a hung model return;
+4. a last resort: a process still running `EXIT_MARGIN_S` after the deadline ends itself with EXIT_OVERRUN_CODE.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
+import os
 import signal
+import threading
 import time
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +31,12 @@ from .http.server import HttpLimits
 
 log = logging.getLogger("inferd")
 
+DRAIN_DELAY_ENV = "INFERD_DRAIN_DELAY_SECS"  # the drain delay when the caller gives none (default 0)
+EXIT_MARGIN_S = 5.0  # after the exit deadline: for the models' processes to end, then the watchdog's turn
+CLOSE_GRACE_S = 2.0  # after terminating the instance processes: for the model retirement to finish
+EXIT_OVERRUN_CODE = 1  # the exit code when the watchdog had to end the process
+_shutdown_done = threading.Event()  # set when run_event_loop returns
+
 
 @dataclass
 class Endpoint:
@@ -31,13 +47,17 @@ class Endpoint:
 
 
 def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run `main` on uvloop where it is installed, else on asyncio's own loop."""
+    """Run `main` on uvloop where it is installed, else on asyncio's own loop; then the exit watchdog of
+    `serve_until_signal` (if it started one) stands down."""
     try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(main)
+        else:
+            uvloop.run(main)
+    finally:
+        _shutdown_done.set()  # the loop and its threads are done: the exit watchdog stands down
 
 
 async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoint] | None,
@@ -47,8 +67,14 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
                              http_limits: HttpLimits | None = None,
                              http_name: str = "HTTPService",
                              ready_message: str = "ready", started: float | None = None,
-                             metrics_collectors: Sequence[Any] = ()) -> None:
-    """Start the front doors that are given, log `ready_message`, and serve until SIGINT or SIGTERM.
+                             metrics_collectors: Sequence[Any] = (), drain_delay: float | None = None,
+                             close_server: bool = True) -> None:
+    """Start the front doors that are given, log `ready_message`, and serve until SIGINT or SIGTERM; then shut down
+    within `exit_timeout` seconds (see the module docstring).
+
+    `drain_delay`: seconds the front doors keep accepting after the signal while the server reports not ready (None:
+    the INFERD_DRAIN_DELAY_SECS environment variable, else 0); part of `exit_timeout`. `close_server`: retire the
+    models (`server.close`) before returning, terminating instance processes still busy at the deadline.
 
     `metrics_collectors`: Prometheus collectors served on the metrics endpoint next to the model metrics;
     `grpc_restricted`: API group -> (metadata key, value) that gRPC calls of the group must carry (Triton's
@@ -93,16 +119,80 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
     else:
         log.info("%s", ready_message)
     await stop.wait()
-    log.info("shutting down: no new requests; waiting up to %.0f s for in-flight ones", exit_timeout)
+    deadline = time.monotonic() + exit_timeout
+    _start_exit_watchdog(deadline + EXIT_MARGIN_S)
+    server.drain()  # not ready, first
+    delay = min(_drain_delay(drain_delay), exit_timeout)
+    if delay > 0:
+        log.info("not ready; still accepting for %.1f s (drain delay)", delay)
+        await asyncio.sleep(delay)
+    left = max(0.0, deadline - time.monotonic())
+    log.info("shutting down: no new requests; waiting up to %.0f s for in-flight ones", left)
     stops = []
     if http_server is not None:
-        stops.append(http_server.stop(exit_timeout))
+        stops.append(http_server.stop(left))
     if grpc_frontend is not None:
-        stops.append(asyncio.to_thread(grpc_frontend.stop, exit_timeout))
+        stops.append(asyncio.to_thread(grpc_frontend.stop, left))
     await asyncio.gather(*stops)
     if metrics_server is not None:
         metrics_server.shutdown()
+    if close_server:
+        await asyncio.to_thread(_close_server, server, deadline)
     log.info("stopped")
+
+
+def _drain_delay(given: float | None) -> float:
+    if given is not None:
+        return max(0.0, given)
+    text = os.environ.get(DRAIN_DELAY_ENV, "").strip()
+    if not text:
+        return 0.0
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        log.warning("%s=%r is not a number of seconds; no drain delay", DRAIN_DELAY_ENV, text)
+        return 0.0
+
+
+def _close_server(server: Server, deadline: float) -> None:
+    """`server.close` with what is left until `deadline`; past it, end the instance processes still busy (a hung
+    model) so the retirement can finish, and give up waiting on it CLOSE_GRACE_S later."""
+    from ..instances.process import terminate_all
+
+    closer = threading.Thread(target=server.close, args=(max(0.0, deadline - time.monotonic()),),
+                              name="inferd-close", daemon=True)
+    closer.start()
+    closer.join(max(0.0, deadline - time.monotonic()))
+    if closer.is_alive():
+        log.warning("exit timeout reached with models still busy; terminating their instance processes")
+        terminate_all(grace=1.0)
+        closer.join(CLOSE_GRACE_S)
+        if closer.is_alive():
+            log.warning("models still retiring %.0f s past the exit timeout; exiting without them", CLOSE_GRACE_S)
+
+
+def _start_exit_watchdog(at: float) -> None:
+    """A last resort: a daemon thread that ends the process at `at` (time.monotonic) if it is still running then,
+    whatever holds it (a thread no timeout reaches)."""
+    def watch() -> None:
+        log.error("still running %.0f s past the exit timeout; terminating instance processes and exiting now",
+                  EXIT_MARGIN_S)
+        try:
+            from ..instances.process import terminate_all
+
+            terminate_all(grace=0.5)
+        finally:
+            for handler in logging.getLogger().handlers + log.handlers:
+                with contextlib.suppress(Exception):  # exiting: a handler that cannot flush must not stop it
+                    handler.flush()
+            os._exit(EXIT_OVERRUN_CODE)
+
+    def watch_or_stand_down() -> None:
+        if not _shutdown_done.wait(max(0.0, at - time.monotonic())):
+            watch()
+
+    _shutdown_done.clear()
+    threading.Thread(target=watch_or_stand_down, name="inferd-exit-watchdog", daemon=True).start()
 
 
 def is_loopback(host: str) -> bool:

@@ -37,6 +37,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -91,15 +92,23 @@ class _WorkerProcess:
         if tracker_fd is None:
             raise OSError("multiprocessing's resource tracker is not running")
         sentinel, alive = os.pipe()
+        # The parent watch: the child reads its end until end-of-file, which comes when this process is gone (even
+        # killed by SIGKILL), and then exits. Only this process holds the write end (close_fds: no other child
+        # inherits it), closed when the instance process has ended or this process exits.
+        watched, watch = os.pipe()
         try:
-            self._popen = subprocess.Popen(worker_command(python, conn_fd, tracker_fd), stdin=subprocess.DEVNULL,
-                                           pass_fds=(conn_fd, alive, tracker_fd))
+            self._popen = subprocess.Popen(worker_command(python, conn_fd, tracker_fd, watched),
+                                           stdin=subprocess.DEVNULL,
+                                           pass_fds=(conn_fd, alive, tracker_fd, watched))
         except BaseException:
             os.close(sentinel)
+            os.close(watch)
             raise
         finally:
             os.close(alive)
+            os.close(watched)
         self.sentinel = sentinel
+        self._watch = watch
         self.pid = self._popen.pid
 
     @property
@@ -121,6 +130,9 @@ class _WorkerProcess:
         sentinel, self.sentinel = self.sentinel, -1
         if sentinel >= 0:
             os.close(sentinel)
+        watch, self._watch = self._watch, -1
+        if watch >= 0:
+            os.close(watch)
 
 
 class _Child:
@@ -213,12 +225,39 @@ class _Resources:
 # Resources of every instance that has started a process, until released.
 _HELD: dict[int, _Resources] = {}
 _EXIT_STOP_TIMEOUT_S = 5.0
+# Set by `terminate_all` (a shutdown past its deadline): no waiting on instance processes any more, no restarts.
+_TERMINATING = threading.Event()
+_TERMINATING_WAIT_S = 1.0  # how long an unload then waits for a call's lock (its process is ended already)
+
+
+def terminate_all(grace: float = 1.0) -> None:
+    """End every instance process now: SIGTERM, then SIGKILL to those still running after `grace` s.
+
+    For a shutdown whose time is up: calls blocked on a hung model return (their process is gone), unloads and the
+    exit hook stop waiting on the processes, and none is restarted (for the rest of this process's life: it is
+    for a process that is exiting). Safe from any thread, and to call again."""
+    _TERMINATING.set()
+    processes = [child.process for resources in list(_HELD.values())
+                 if (child := resources.child) is not None]
+    for process in processes:
+        if process.exitcode is None:
+            log.warning("terminating model instance process %s", process.pid)
+            with contextlib.suppress(OSError):
+                process.terminate()
+    deadline = time.monotonic() + grace
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.exitcode is None:
+            with contextlib.suppress(OSError):
+                process.kill()
+            process.join(1.0)
 
 
 def _release_all_at_exit() -> None:
+    timeout = 0.0 if _TERMINATING.is_set() else _EXIT_STOP_TIMEOUT_S
     for resources in list(_HELD.values()):
         with contextlib.suppress(Exception):
-            resources.release(_EXIT_STOP_TIMEOUT_S)
+            resources.release(timeout)
 
 
 atexit.register(_release_all_at_exit)
@@ -299,15 +338,23 @@ class ProcessInstance:
     def unload(self) -> None:
         """Stop the process (it unloads the model) and free the shared memory."""
         self._closed = True
-        if not self._lock.acquire(timeout=self.stop_timeout):
+        terminating = _TERMINATING.is_set()
+        stop_timeout = 0.0 if terminating else self.stop_timeout
+        locked = self._lock.acquire(timeout=_TERMINATING_WAIT_S if terminating else self.stop_timeout)
+        if not locked:
             child = self._resources.child  # a call (or a restart) holds the lock: end its process so it lets go
             if child is not None:
                 child.kill()
-            self._lock.acquire()
+            # The call sees its process gone and lets go; never wait on it without an end.
+            locked = self._lock.acquire(timeout=_TERMINATING_WAIT_S if terminating else self.stop_timeout)
+            if not locked:
+                log.warning("model '%s': a call still holds the instance after its process was killed; "
+                            "releasing the instance without it", self._name)
         try:
-            self._resources.release(self.stop_timeout)
+            self._resources.release(stop_timeout)
         finally:
-            self._lock.release()
+            if locked:
+                self._lock.release()
 
     # ---- process lifecycle (with the lock held) ----
 
@@ -395,9 +442,12 @@ class ProcessInstance:
             self._resources.child = None
 
     def _restart_in_background(self) -> None:
+        if _TERMINATING.is_set():
+            return  # shutting down: no new processes
+
         def restart() -> None:
             with self._lock:
-                if self._closed or self._resources.child is not None:
+                if self._closed or _TERMINATING.is_set() or self._resources.child is not None:
                     return
                 self.restarts += 1
                 try:

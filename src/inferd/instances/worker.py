@@ -2,7 +2,7 @@
 
 `ProcessInstance` starts it as a plain child process (`command`), not through multiprocessing's spawn:
 
-    <python> -c "<bootstrap>" <pipe fd>,<tracker fd> <the server's sys.path ...>
+    <python> -c "<bootstrap>" <pipe fd>,<tracker fd>[,<watch fd>] <the server's sys.path ...>
 
 Spawn would re-import the server's `__main__` module in the child (a script, `python -m module`), which re-runs a
 script without an `if __name__ == "__main__":` guard: an SDK script would start a second server inside each
@@ -17,6 +17,9 @@ folder, device, environment site dirs).
 * Inputs are numpy views of the server's request arena; outputs are written into its response arena, which the
   server grows on request ("grow" / "arena"), see arenas.py. BYTES tensors travel pickled.
 * During a call the model may send BLS requests (see bls.py): `Channel` is the pipe's only reader from then on.
+* The process dies with the server: a thread reads the watch pipe, whose only write end the server holds, and ends
+  the process at its end-of-file (the server has exited, however: also SIGKILL), even while the model is busy.
+  Not PR_SET_PDEATHSIG: it fires when the server *thread* that started the process ends (a restart thread does).
 * A backend exception fails that call only and goes back as plain data ("failed", InferError kind, type,
   message, traceback); whatever stops the load is sent the same way, and the process ends.
 """
@@ -28,6 +31,7 @@ import os
 import pkgutil
 import signal
 import sys
+import threading
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -48,14 +52,36 @@ _BOOTSTRAP = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN);
               "from inferd.instances.worker import main; main(sys.argv[1])")
 
 
-def command(python: str, conn_fd: int, tracker_fd: int) -> list[str]:
-    """The command line of an instance process run by `python`, talking over `conn_fd` (see the module docstring)."""
-    return [python, "-c", _BOOTSTRAP, f"{conn_fd},{tracker_fd}", *sys.path]
+def command(python: str, conn_fd: int, tracker_fd: int, watch_fd: int | None = None) -> list[str]:
+    """The command line of an instance process run by `python`, talking over `conn_fd` (see the module docstring);
+    with `watch_fd`, it exits when that pipe reads end-of-file (the server is gone)."""
+    fds = f"{conn_fd},{tracker_fd}" + (f",{watch_fd}" if watch_fd is not None else "")
+    return [python, "-c", _BOOTSTRAP, fds, *sys.path]
+
+
+PARENT_GONE_EXIT_CODE = 70  # the instance process's exit code when the server went away without stopping it
+
+
+def watch_parent(watch_fd: int) -> threading.Thread:
+    """Exit this process (at once, whatever the model is doing) when `watch_fd` reads end-of-file."""
+    def watch() -> None:
+        try:
+            while os.read(watch_fd, 1):
+                pass
+        except OSError:
+            pass
+        os._exit(PARENT_GONE_EXIT_CODE)
+
+    thread = threading.Thread(target=watch, name="inferd-parent-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def main(fds: str) -> None:
-    """The instance process's entry point (called by the bootstrap): the pipe, then `serve`."""
-    conn_fd, tracker_fd = (int(fd) for fd in fds.split(","))
+    """The instance process's entry point (called by the bootstrap): the parent watch, the pipe, then `serve`."""
+    conn_fd, tracker_fd, *watch = (int(fd) for fd in fds.split(","))
+    if watch:
+        watch_parent(watch[0])
     # The server's resource tracker, as a spawned child would share it: on Python < 3.13 mapping a segment registers
     # it, and a tracker of the child's own would unlink the server's arenas when the child exits.
     multiprocessing.resource_tracker._resource_tracker._fd = tracker_fd  # type: ignore[attr-defined]
