@@ -65,6 +65,13 @@ def _wait_gone(pid: int, timeout: float) -> bool:
     return not _alive(pid)
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
 def _infer(server: ServerProcess, x: int, timeout: float = 30.0) -> httpx.Response:
     body = {"inputs": [{"name": "x", "shape": [1], "datatype": "INT32", "data": [x]}]}
     return httpx.post(f"{server.base_url}/v2/models/{MODEL}/infer", json=body, timeout=timeout)
@@ -127,9 +134,13 @@ def test_instance_processes_die_with_a_killed_server(repo: Path, tmp_path: Path)
     server = _start(repo, tmp_path)
     try:
         child, _, _ = _in_flight(server, repo / MODEL / "1" / "busy.pid", 1)  # busy in the model: not reading
+        others = [pid for pid in _children(server.process.pid) if pid != child]  # multiprocessing's resource tracker
+        assert others, "the server started no resource tracker"
         os.kill(server.process.pid, signal.SIGKILL)
         server.process.wait(10)
         assert _wait_gone(child, 5), "the instance process outlived its killed server"
+        for pid in others:
+            assert _wait_gone(pid, 5), f"process {pid} of the server outlived it"
     finally:
         server.stop()
 
