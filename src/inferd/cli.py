@@ -87,6 +87,10 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        help="do not complete configs from the model files")
     serve.add_argument("--exit-timeout-secs", type=float, default=30.0,
                        help="on shutdown, how long in-flight requests may take to finish")
+    serve.add_argument("--drain-delay-secs", type=float, default=None, metavar="S",
+                       help="on shutdown, keep accepting for S seconds while reporting not ready, so load balancers "
+                       "move traffic away first (counts within --exit-timeout-secs; default $INFERD_DRAIN_DELAY_SECS, "
+                       "else 0)")
     serve.add_argument("--http-max-input-size", type=int, default=64 * 1024 * 1024,
                        help="largest HTTP request body in bytes")
     serve.add_argument("--http-header-timeout-secs", type=float, default=30.0, metavar="SECONDS",
@@ -249,7 +253,8 @@ async def _serve(server: Server, args: argparse.Namespace, started: float) -> No
         server, http=http if args.allow_http else None, grpc_restricted=args.grpc_restricted, http_limits=limits,
         grpc=Endpoint(args.grpc_address, args.grpc_port) if args.allow_grpc else None,
         metrics=Endpoint(args.metrics_address or args.http_address, args.metrics_port) if args.allow_metrics else None,
-        exit_timeout=args.exit_timeout_secs, grpc_max_message_bytes=args.grpc_max_message_size,
+        exit_timeout=args.exit_timeout_secs, drain_delay=args.drain_delay_secs,
+        grpc_max_message_bytes=args.grpc_max_message_size,
         ready_message=f"inferd {__version__} ready", started=started)
 
 

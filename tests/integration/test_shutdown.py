@@ -160,7 +160,7 @@ def test_not_ready_during_the_drain_and_the_request_in_flight_finishes(repo: Pat
     import tritonclient.grpc as grpcclient
 
     # A drain delay: the front doors keep accepting for 1 s after SIGTERM, answering not ready.
-    server = _start(repo, tmp_path, "--exit-timeout-secs", "10", env={"INFERD_DRAIN_DELAY_SECS": "1"})
+    server = _start(repo, tmp_path, "--exit-timeout-secs", "10", "--drain-delay-secs", "1")
     try:
         assert httpx.get(f"{server.base_url}/v2/health/ready").status_code == 200
         grpc = grpcclient.InferenceServerClient(server.grpc_url)
