@@ -171,6 +171,14 @@ class Server:
     def draining(self) -> bool:
         return self._draining
 
+    @staticmethod
+    def terminate_instances(grace: float = 1.0) -> None:
+        """The last step of a shutdown past its deadline: end every instance process still running (SIGTERM, then
+        SIGKILL after `grace` s), so a hung model cannot keep the server from exiting."""
+        from .instances.process import terminate_all
+
+        terminate_all(grace=grace)
+
     def close(self, timeout: float | None = None) -> None:
         """Stop polling, retire every model (waiting for its requests in flight), free the rest. With `timeout`,
         all the waiting together ends after `timeout` s; without, each model waits up to its unload timeout.

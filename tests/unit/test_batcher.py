@@ -413,7 +413,7 @@ async def test_a_failing_batch_fails_only_its_own_requests(make_batcher: MakeBat
     await blocker
     for failed in results[:2]:
         assert isinstance(failed, BackendFailure)
-        assert str(failed) == "the model failed"  # on one line, as a status message
+        assert str(failed) == "RuntimeError: the model failed"  # on one line, with its type, as a status message
     answer_of(results[2], 3)
 
 

@@ -94,7 +94,7 @@ async def test_a_model_failure_fails_only_its_own_request(make_scheduler: MakeSc
     failed, answered = await send(scheduler, job(scheduler, FAIL), job(scheduler, 2))
     with pytest.raises(BackendFailure) as failure:
         await failed
-    assert str(failure.value) == "the model failed"  # on one line, as a status message
+    assert str(failure.value) == "RuntimeError: the model failed"  # on one line, with its type, as a status message
     answer_of(await answered, 2)
 
 

@@ -120,7 +120,7 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
         log.info("%s", ready_message)
     await stop.wait()
     deadline = time.monotonic() + exit_timeout
-    _start_exit_watchdog(deadline + EXIT_MARGIN_S)
+    _start_exit_watchdog(deadline + EXIT_MARGIN_S, server)
     server.drain()  # not ready, first
     delay = min(_drain_delay(drain_delay), exit_timeout)
     if delay > 0:
@@ -157,30 +157,26 @@ def _drain_delay(given: float | None) -> float:
 def _close_server(server: Server, deadline: float) -> None:
     """`server.close` with what is left until `deadline`; past it, end the instance processes still busy (a hung
     model) so the retirement can finish, and give up waiting on it CLOSE_GRACE_S later."""
-    from ..instances.process import terminate_all
-
     closer = threading.Thread(target=server.close, args=(max(0.0, deadline - time.monotonic()),),
                               name="inferd-close", daemon=True)
     closer.start()
     closer.join(max(0.0, deadline - time.monotonic()))
     if closer.is_alive():
         log.warning("exit timeout reached with models still busy; terminating their instance processes")
-        terminate_all(grace=1.0)
+        server.terminate_instances(grace=1.0)
         closer.join(CLOSE_GRACE_S)
         if closer.is_alive():
             log.warning("models still retiring %.0f s past the exit timeout; exiting without them", CLOSE_GRACE_S)
 
 
-def _start_exit_watchdog(at: float) -> None:
+def _start_exit_watchdog(at: float, server: Server) -> None:
     """A last resort: a daemon thread that ends the process at `at` (time.monotonic) if it is still running then,
     whatever holds it (a thread no timeout reaches)."""
     def watch() -> None:
         log.error("still running %.0f s past the exit timeout; terminating instance processes and exiting now",
                   EXIT_MARGIN_S)
         try:
-            from ..instances.process import terminate_all
-
-            terminate_all(grace=0.5)
+            server.terminate_instances(grace=0.5)
         finally:
             for handler in logging.getLogger().handlers + log.handlers:
                 with contextlib.suppress(Exception):  # exiting: a handler that cannot flush must not stop it
