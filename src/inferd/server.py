@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .backends import BACKENDS, load_plugins
+from .backends import backend_for
 from .config import CONFIG_FILENAME, ConfigError, ModelConfig, config_from_json, config_to_json, parse_config
 from .instances.bls import BlsRequest
 from .instances.environments import EnvironmentCache
@@ -382,23 +382,17 @@ def uploaded_code(config: ModelConfig | None, files: Mapping[str, bytes]) -> str
 
 
 def _backend_of_upload(config: ModelConfig, files: Mapping[str, bytes]) -> str:
-    """The backend `resolve_backend` will pick for an uploaded folder ("" when none fits: the load fails)."""
-    load_plugins()
-    if config.backend:
-        return config.backend if config.backend in BACKENDS else ""
-    if config.platform:
-        return next((name for name, spec in BACKENDS.items() if config.platform in spec.platforms), "")
+    """The backend the manager will pick for an uploaded folder ("" when none fits: the load fails)."""
     # What the version folders hold: "1/model.savedmodel/saved_model.pb" holds "model.savedmodel".
     present = set()
     for path in files:
         parts = path.replace("\\", "/").split("/")
         if len(parts) >= 2 and parts[0].isdigit():
             present.add(parts[1])
-    for name, spec in BACKENDS.items():
-        filenames = [config.default_model_filename] if config.default_model_filename else spec.filenames
-        if present.intersection(filenames):
-            return name
-    return ""
+    try:
+        return backend_for(config, present.__contains__)
+    except ConfigError:
+        return ""
 
 
 def core_stages(server: Server) -> list[Stage]:

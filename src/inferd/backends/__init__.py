@@ -115,6 +115,12 @@ def load_plugins() -> None:
 
 def resolve_backend(config: ModelConfig, model_dir: Path, version_dirs: list[Path]) -> str:
     """The backend name for a model: from `backend`, from `platform`, or from the files present."""
+    return backend_for(config, lambda filename: any((d / filename).exists() for d in version_dirs))
+
+
+def backend_for(config: ModelConfig, has_file: Callable[[str], bool]) -> str:
+    """The backend name from `backend`, from `platform`, or from the model files a version folder holds
+    (`has_file(name)`: on disk for a repository, among the uploaded names for a load request's files)."""
     load_plugins()
     if config.backend:
         if config.backend not in BACKENDS:
@@ -127,7 +133,7 @@ def resolve_backend(config: ModelConfig, model_dir: Path, version_dirs: list[Pat
         raise ConfigError(f"unknown platform '{config.platform}'")
     for name, spec in BACKENDS.items():
         filenames = [config.default_model_filename] if config.default_model_filename else spec.filenames
-        if any(filename and (d / filename).exists() for d in version_dirs for filename in filenames):
+        if any(filename and has_file(filename) for filename in filenames):
             return name
     raise ConfigError("config specifies no 'backend' or 'platform' and no known model file was found")
 
