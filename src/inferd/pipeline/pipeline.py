@@ -99,18 +99,14 @@ class Pipeline:
             call.error = call.cause = exc
             raise
         except Exception as exc:
-            call.cause = exc
-            call.error = error = as_infer_error(call, exc)
+            error = _failed(call, exc)
             try:
                 raise error from None
             finally:
                 del error  # no frame-traceback cycle: a failed request's tensors go now, not at the next GC
         finally:
             _finish(call)
-        response = call.response
-        if response is None:
-            raise _no_response()
-        return response
+        return _response(call)
 
     def run_sync(self, request: InferenceRequest, context: RequestContext) -> InferenceResponse:
         """The same stages on the caller's thread (the SDK's `Server.infer`, a Python model's BLS call): a stage
@@ -122,18 +118,14 @@ class Pipeline:
                 if pending is not None:
                     _wait(pending)
         except Exception as exc:
-            call.cause = exc
-            call.error = error = as_infer_error(call, exc)
+            error = _failed(call, exc)
             try:
                 raise error from None
             finally:
                 del error
         finally:
             _finish(call)
-        response = call.response
-        if response is None:
-            raise _no_response()
-        return response
+        return _response(call)
 
 
 def _finish(call: Call) -> None:
@@ -145,8 +137,18 @@ def _finish(call: Call) -> None:
         call.error = call.cause = None
 
 
-def _no_response() -> InferError:
-    return InferError.internal("the pipeline ended without a response (is its 'respond' stage missing?)")
+def _failed(call: Call, exc: Exception) -> InferError:
+    """Record why the request failed (its cause, and the error its caller gets) for the finish callbacks."""
+    call.cause = exc
+    call.error = error = as_infer_error(call, exc)
+    return error
+
+
+def _response(call: Call) -> InferenceResponse:
+    response = call.response
+    if response is None:
+        raise InferError.internal("the pipeline ended without a response (is its 'respond' stage missing?)")
+    return response
 
 
 def _wait(awaitable: Awaitable[None]) -> None:
