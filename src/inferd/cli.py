@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .microservice import add_microservice_parser
 
     add_microservice_parser(commands)
+    from .gateway.admin_cli import add_tenants_parser, add_usage_parser
+
+    add_tenants_parser(commands)
+    add_usage_parser(commands)
     return parser
 
 
