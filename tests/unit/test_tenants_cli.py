@@ -169,7 +169,7 @@ def test_errors_are_one_line_and_exit_1(capsys: pytest.CaptureFixture[str], auth
     ("bad.yaml", "tenants: [\n", "not valid YAML"),
     ("bad.json", "{", "not valid JSON"),
     ("list.json", "[]", "expected a mapping"),
-    ("auth.toml", "", "must end in .yaml, .yml or .json"),
+    ("auth.conf", "- a list\n", "expected a mapping"),  # any name but .json is YAML
     ("badhash.json", '{"admin_keys": ["sha256:1234"]}', "is not a sha256 hash"),
 ])
 def test_unreadable_files(capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str, content: str | None,

@@ -31,13 +31,13 @@ Command = Callable[[argparse.Namespace], int]
 
 _TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
 _JSON_SUFFIXES = (".json",)
-_YAML_SUFFIXES = (".yaml", ".yml")
 _NEW_FILE_MODE = 0o600
 _TOP_LEVEL_ORDER = ("admin_keys", "open_paths", "tenants")
 
 _TENANTS_HELP = "manage tenants and API keys in an auth config file (the file `inferd serve --auth-config` reads)"
 _TENANTS_EPILOG = """\
-The file is YAML (.yaml, .yml) or JSON (.json) and is rewritten atomically, so a running server can watch it.
+The file is JSON when its name ends in .json, else YAML (.yaml, .yml); it is rewritten atomically, so a running
+server can watch it.
 Only the sha256 hash of each key is stored; plain keys found in the file are hashed whenever a command writes it
 (comments in a YAML file are not kept).
 
@@ -101,7 +101,7 @@ def _add_action(actions: Any, name: str, command: Command, text: str,
     parser = actions.add_parser(name, help=text, description=text)
     arguments(parser)
     parser.add_argument("--auth-config", required=True, type=Path, metavar="FILE",
-                        help="the auth file (.yaml, .yml or .json)")
+                        help="the auth file: JSON if it ends in .json, else YAML")
     parser.set_defaults(func=_guarded(command))
 
 
@@ -169,13 +169,8 @@ def add_usage_parser(subparsers: Any) -> None:
 
 
 def _is_json(path: Path) -> bool:
-    """JSON for .json, YAML for .yaml/.yml: the suffix decides, as it does for the server."""
-    suffix = path.suffix.lower()
-    if suffix in _JSON_SUFFIXES:
-        return True
-    if suffix in _YAML_SUFFIXES:
-        return False
-    raise AdminError(f"{path}: the auth file must end in .yaml, .yml or .json")
+    """JSON for a .json file, YAML for any other (.yaml, .yml): the rule the server reads the file by."""
+    return path.suffix.lower() in _JSON_SUFFIXES
 
 
 def _yaml() -> Any:
@@ -200,7 +195,7 @@ def load_auth_file(path: Path, create: bool = False) -> dict[str, Any]:
 
 def _parse_json(path: Path, text: str) -> Any:
     try:
-        return json.loads(text)
+        return json.loads(text) if text.strip() else None
     except ValueError as exc:
         raise AdminError(f"{path}: not valid JSON: {exc}") from None
 
