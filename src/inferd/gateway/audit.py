@@ -108,10 +108,14 @@ def create_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:") or (parsed.database or "").startswith("file:"):
             raise ValueError(f"audit database {shown}: sqlite needs a file path (sqlite:///path/to/audit.db)")
-        Path(parsed.database or "").expanduser().parent.mkdir(parents=True, exist_ok=True)
+        path = Path(parsed.database or "").expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        parsed = parsed.set(database=str(path))
         kwargs["connect_args"] = {"check_same_thread": False}
-    elif parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
-        kwargs["connect_args"] = {"connect_timeout": 10}
+    else:
+        kwargs["pool_pre_ping"] = True  # a server restarted since the last batch: reconnect instead of failing it
+        if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+            kwargs["connect_args"] = {"connect_timeout": 10}
     try:
         engine = sa.create_engine(parsed, **kwargs)
     except (ImportError, sa.exc.NoSuchModuleError) as error:
