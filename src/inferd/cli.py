@@ -106,6 +106,7 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--http-max-connections", type=int, default=0, metavar="N",
                        help="HTTP connections open at once; past it the oldest with no request in progress is "
                        "closed, else the new one gets 503 (default 0: 10,000, or half the open-files limit if lower)")
+    _add_tls_arguments(serve)
     serve.add_argument("--grpc-max-message-size", type=int, default=2**31 - 1,
                        help="largest gRPC message in bytes (default 2 GiB - 1, as Triton; gRPC's own 4 MB is "
                        "too small for tensors)")
@@ -147,6 +148,23 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     add_pipeline_stage_argument(serve)
     for flag in _IGNORED_TRITON_FLAGS:
         serve.add_argument(flag, action="append", default=None, help=argparse.SUPPRESS)
+
+
+def _add_tls_arguments(serve: argparse.ArgumentParser) -> None:
+    """HTTPS (uvicorn's flag names) and gRPC TLS (Triton's); /metrics stays plain HTTP, as in Triton."""
+    serve.add_argument("--ssl-certfile", default=None, metavar="PATH",
+                       help="serve HTTPS only on --http-port with this PEM certificate (chain); needs --ssl-keyfile "
+                       "(/metrics stays plain HTTP)")
+    serve.add_argument("--ssl-keyfile", default=None, metavar="PATH", help="the PEM private key of --ssl-certfile")
+    serve.add_argument("--ssl-ca-certs", default=None, metavar="PATH",
+                       help="PEM CA certificates: HTTPS clients must present a certificate signed by them")
+    _bool_flag(serve, "--grpc-use-ssl", False, "serve gRPC over TLS with --grpc-server-cert and --grpc-server-key")
+    _bool_flag(serve, "--grpc-use-ssl-mutual", False, "serve gRPC over TLS and require client certificates signed "
+               "by --grpc-root-cert (implies --grpc-use-ssl)")
+    serve.add_argument("--grpc-server-cert", default=None, metavar="PATH", help="PEM certificate (chain) of gRPC TLS")
+    serve.add_argument("--grpc-server-key", default=None, metavar="PATH", help="PEM private key of gRPC TLS")
+    serve.add_argument("--grpc-root-cert", default=None, metavar="PATH",
+                       help="PEM CA certificates that sign gRPC client certificates (--grpc-use-ssl-mutual)")
 
 
 def parse_restrictions(values: Sequence[str], what: str = "api") -> dict[str, tuple[str, str]]:
@@ -202,6 +220,7 @@ def serve_command(args: argparse.Namespace) -> int:
     try:
         args.http_restricted = parse_restrictions(args.http_restricted_api, "api")
         args.grpc_restricted = parse_restrictions(args.grpc_restricted_protocol, "protocol")
+        _tls_settings(args)
     except ValueError as exc:
         log.error("%s", exc)
         return 1
@@ -244,6 +263,16 @@ def serve_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tls_settings(args: argparse.Namespace) -> None:
+    """`args.http_tls` / `args.grpc_tls` from the TLS flags, their files loaded before any model is (ValueError:
+    one line naming the flag), so a bad file stops the server before it loads models for minutes."""
+    from .frontends.tls import grpc_tls, http_tls
+
+    args.http_tls = http_tls(args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certs)
+    args.grpc_tls = grpc_tls(args.grpc_use_ssl, args.grpc_use_ssl_mutual, args.grpc_server_cert,
+                             args.grpc_server_key, args.grpc_root_cert)
+
+
 async def _serve(server: Server, args: argparse.Namespace, started: float) -> None:
     from .frontends.http import HttpFrontend
     from .frontends.http.server import HttpLimits
@@ -258,7 +287,7 @@ async def _serve(server: Server, args: argparse.Namespace, started: float) -> No
         grpc=Endpoint(args.grpc_address, args.grpc_port) if args.allow_grpc else None,
         metrics=Endpoint(args.metrics_address or args.http_address, args.metrics_port) if args.allow_metrics else None,
         exit_timeout=args.exit_timeout_secs, drain_delay=args.drain_delay_secs,
-        grpc_max_message_bytes=args.grpc_max_message_size,
+        grpc_max_message_bytes=args.grpc_max_message_size, http_tls=args.http_tls, grpc_tls=args.grpc_tls,
         ready_message=f"inferd {__version__} ready", started=started)
 
 

@@ -23,11 +23,15 @@ import threading
 import time
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..server import Server
 from .http.app import HttpFrontend
 from .http.server import HttpLimits
+from .tls import TlsSettings
+
+if TYPE_CHECKING:
+    from .grpc import GrpcFrontend
 
 log = logging.getLogger("inferd")
 
@@ -68,7 +72,8 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
                              http_name: str = "HTTPService",
                              ready_message: str = "ready", started: float | None = None,
                              metrics_collectors: Sequence[Any] = (), drain_delay: float | None = None,
-                             close_server: bool = True) -> None:
+                             close_server: bool = True, http_tls: TlsSettings | None = None,
+                             grpc_tls: TlsSettings | None = None) -> None:
     """Start the front doors that are given, log `ready_message`, and serve until SIGINT or SIGTERM; then shut down
     within `exit_timeout` seconds (see the module docstring).
 
@@ -78,7 +83,8 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
 
     `metrics_collectors`: Prometheus collectors served on the metrics endpoint next to the model metrics;
     `grpc_restricted`: API group -> (metadata key, value) that gRPC calls of the group must carry (Triton's
-    `--grpc-restricted-protocol`; the HTTP frontend carries its own)."""
+    `--grpc-restricted-protocol`; the HTTP frontend carries its own). `http_tls` / `grpc_tls`: serve that door over
+    TLS only (None: plain); the metrics endpoint stays plain HTTP, as in Triton."""
     from .http.server import HttpServer
 
     loop = asyncio.get_running_loop()
@@ -88,14 +94,7 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
 
     grpc_frontend = None
     if grpc is not None:
-        from .grpc import GrpcFrontend
-
-        options: dict[str, Any] = {}
-        if grpc_max_message_bytes is not None:
-            options["max_message_bytes"] = grpc_max_message_bytes
-        grpc_frontend = GrpcFrontend(server, grpc.address, grpc.port, restricted=grpc_restricted, **options)
-        grpc_frontend.start()
-        log.info("started GRPCInferenceService at %s:%d", grpc.address, grpc_frontend.port)
+        grpc_frontend = _start_grpc(server, grpc, grpc_max_message_bytes, grpc_restricted, grpc_tls)
     metrics_server = None
     if metrics is not None:
         from ..observability.metrics import start_metrics_server
@@ -107,8 +106,9 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
     http_server = None
     if http is not None:
         frontend, endpoint = http
-        http_server = HttpServer(frontend, endpoint.address, endpoint.port, limits=http_limits)
+        http_server = HttpServer(frontend, endpoint.address, endpoint.port, limits=http_limits, tls=http_tls)
         await http_server.start()
+        _log_tls(http_name, http_tls)
         log.info("started %s at %s:%d", http_name, endpoint.address, http_server.port)
     # With the bound ports: with port 0 the system picks them.
     _warn_if_repository_open(
@@ -139,6 +139,28 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
     if close_server:
         await asyncio.to_thread(_close_server, server, deadline)
     log.info("stopped")
+
+
+def _start_grpc(server: Server, grpc: Endpoint, max_message_bytes: int | None,
+                restricted: Mapping[str, tuple[str, str]] | None, tls: TlsSettings | None) -> GrpcFrontend:
+    """The gRPC door, started (bound) and logged with its bound port."""
+    from .grpc import GrpcFrontend
+
+    options: dict[str, Any] = {}
+    if max_message_bytes is not None:
+        options["max_message_bytes"] = max_message_bytes
+    frontend = GrpcFrontend(server, grpc.address, grpc.port, restricted=restricted, tls=tls, **options)
+    frontend.start()
+    _log_tls("GRPCInferenceService", tls)
+    log.info("started GRPCInferenceService at %s:%d", grpc.address, frontend.port)
+    return frontend
+
+
+def _log_tls(name: str, tls: TlsSettings | None) -> None:
+    """One line saying a door serves TLS (before its `started ... at` line, which scripts parse as it is)."""
+    if tls is not None:
+        log.info("%s serves TLS only (certificate %s%s)", name, tls.certfile,
+                 f"; client certificates required, signed by {tls.ca_certs}" if tls.ca_certs else "")
 
 
 def _drain_delay(given: float | None) -> float:

@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2_grpc
 from tritonclient.grpc import service_pb2_grpc
 
 from ...server import Server
+from ..tls import TlsSettings
 from .health import HealthServicer
 from .servicer import InferenceServicer
 
@@ -101,6 +102,13 @@ def _refusal(handler: Any, message: str) -> Any:
     return grpc.stream_stream_rpc_method_handler(streaming, **serializers)
 
 
+def _credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+    """gRPC's server credentials for `tls`: with CA certificates, clients must present a certificate signed by
+    them (Triton's --grpc-use-ssl-mutual), else none is asked for."""
+    certificate, key, ca = tls.pem()
+    return grpc.ssl_server_credentials([(key, certificate)], root_certificates=ca, require_client_auth=ca is not None)
+
+
 def _address(host: str, port: int) -> str:
     if ":" in host and not host.startswith("["):  # a bare IPv6 address
         host = f"[{host}]"
@@ -124,6 +132,7 @@ class GrpcFrontend:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         stream_window: int = 256,
         restricted: Mapping[str, tuple[str, str]] | None = None,
+        tls: TlsSettings | None = None,
     ) -> None:
         if stream_window < 1:
             raise ValueError("stream_window must be at least 1")
@@ -139,6 +148,8 @@ class GrpcFrontend:
         unknown = set(self.restricted) - set(RPC_API.values())
         if unknown:
             raise ValueError(f"unknown restricted protocol {', '.join(sorted(unknown))}")
+        # TLS with these files (Triton's --grpc-use-ssl; with ca_certs, --grpc-use-ssl-mutual); None: plain text.
+        self.tls = tls
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested: asyncio.Event | None = None
@@ -220,7 +231,10 @@ class GrpcFrontend:
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         address = self.address
         try:
-            port = server.add_insecure_port(address)
+            if self.tls is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, _credentials(self.tls))
         except RuntimeError as exc:
             raise OSError(f"gRPC frontend cannot bind {address}: the port is in use or the address is not "
                           f"available ({exc})") from None

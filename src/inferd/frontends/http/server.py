@@ -13,6 +13,10 @@ that has no request in progress is closed for the new one, else the new one is a
 connection may queue: reading pauses while too many pipelined requests wait, and while the client does not read
 its answers (the transport's write buffer is over its high-water mark). A request the server refuses is answered
 after every earlier request on the connection, and the connection then closes.
+
+With `tls` the port serves HTTPS only (see `frontends.tls`). The TLS handshake is bounded by the header timeout
+(a client that connects and never completes it is dropped), and since a TLS transport cannot half-close, a refused
+connection is closed (with TLS's close_notify) right after its answer instead of lingering.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any
 
 import httptools
 
+from ..tls import TlsSettings
 from .app import HttpFrontend
 from .messages import QUERY_HEADER, Reply, error_reply
 
@@ -460,12 +465,14 @@ class HttpServer:
     """Listens on host:port and serves `frontend` until `stop`.
 
     `limits`: what a client may make the server hold (default HttpLimits()); `keep_alive_timeout`, when given,
-    replaces theirs.
+    replaces theirs. `tls`: serve HTTPS only, with these files (default: plain HTTP).
     """
 
     def __init__(self, frontend: HttpFrontend, host: str, port: int, *,
-                 keep_alive_timeout: float | None = None, limits: HttpLimits | None = None) -> None:
+                 keep_alive_timeout: float | None = None, limits: HttpLimits | None = None,
+                 tls: TlsSettings | None = None) -> None:
         self.frontend = frontend
+        self.tls = tls
         self.host = host
         self.port = port
         self.max_input_size = frontend.max_input_size
@@ -488,8 +495,14 @@ class HttpServer:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.now = self.loop.time()
+        secure: dict[str, Any] = {}
+        if self.tls is not None:
+            # A client that connects and never finishes the handshake is not yet a connection the timeout checks
+            # see: the handshake gets the header timeout of its own.
+            secure = {"ssl": self.tls.server_context(alpn=("http/1.1",)),
+                      "ssl_handshake_timeout": self.limits.header_timeout}
         self._server = await self.loop.create_server(lambda: _Connection(self), self.host, self.port,
-                                                     reuse_address=True, backlog=4096)
+                                                     reuse_address=True, backlog=4096, **secure)
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]
         self._checker = self.loop.call_later(self.tick, self._check)
