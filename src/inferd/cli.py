@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._version import __version__
 from .frontends.http.routes import API_GROUPS
@@ -16,6 +19,9 @@ from .observability import LOG_CONTROL, Tracer
 from .observability.tracing import parse_trace_config
 from .pipeline.plugins import add_pipeline_stage_argument, add_pipeline_stages
 from .server import Server
+
+if TYPE_CHECKING:
+    from .gateway.gate import Gateway
 
 log = logging.getLogger("inferd")
 
@@ -107,6 +113,7 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        help="HTTP connections open at once; past it the oldest with no request in progress is "
                        "closed, else the new one gets 503 (default 0: 10,000, or half the open-files limit if lower)")
     _add_tls_arguments(serve)
+    _add_auth_arguments(serve)
     serve.add_argument("--grpc-max-message-size", type=int, default=2**31 - 1,
                        help="largest gRPC message in bytes (default 2 GiB - 1, as Triton; gRPC's own 4 MB is "
                        "too small for tensors)")
@@ -165,6 +172,53 @@ def _add_tls_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--grpc-server-key", default=None, metavar="PATH", help="PEM private key of gRPC TLS")
     serve.add_argument("--grpc-root-cert", default=None, metavar="PATH",
                        help="PEM CA certificates that sign gRPC client certificates (--grpc-use-ssl-mutual)")
+
+
+def _add_auth_arguments(serve: argparse.ArgumentParser) -> None:
+    """Tenants, API keys and the audit trail (off without --auth-config: every caller is let in, as Triton)."""
+    serve.add_argument("--auth-config", default=None, metavar="FILE",
+                       help="turn authentication on: admin keys, open paths and tenants (keys, models, limits) in "
+                       "this YAML or JSON file, re-read when it changes and on SIGHUP (see `inferd tenants`)")
+    serve.add_argument("--audit-db", default=None, metavar="URL",
+                       help="where the audit trail (one record per call) goes: sqlite:///PATH or postgresql://... "
+                       "(default with --auth-config: sqlite:///<--state-dir>/audit.db)")
+    serve.add_argument("--state-dir", default=None, metavar="PATH",
+                       help="where the server keeps its state (default $XDG_STATE_HOME/inferd, else "
+                       "~/.local/state/inferd)")
+    serve.add_argument("--audit-retention-days", type=float, default=None, metavar="DAYS",
+                       help="delete audit records older than this (default: keep them)")
+
+
+def _gateway(args: argparse.Namespace) -> Gateway | None:
+    """The gateway the auth flags ask for (None without --auth-config and --audit-db); ValueError, one line, when
+    the file or the database is wrong."""
+    from .gateway.audit import AuditLog
+    from .gateway.gate import Gateway
+
+    if args.auth_config is None and args.audit_db is None:
+        return None
+    url = args.audit_db or f"sqlite:///{state_dir(args.state_dir) / 'audit.db'}"
+    if args.auth_config is None:
+        raise ValueError("--audit-db needs --auth-config (the audit trail records who called)")
+    audit = AuditLog(url, retention_days=args.audit_retention_days)
+    try:
+        gateway = Gateway(args.auth_config, audit=audit)
+    except ValueError:
+        audit.close()
+        raise
+    gateway.seed_quotas()
+    gateway.watch()
+    log.info("authentication on: %d tenant(s) from %s; audit trail in %s", len(gateway.config.tenants),
+             args.auth_config, url.split("@")[-1])
+    return gateway
+
+
+def state_dir(given: str | None) -> Path:
+    """--state-dir, else $XDG_STATE_HOME/inferd, else ~/.local/state/inferd."""
+    if given:
+        return Path(given).expanduser()
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "inferd"
 
 
 def parse_restrictions(values: Sequence[str], what: str = "api") -> dict[str, tuple[str, str]]:
@@ -226,6 +280,11 @@ def serve_command(args: argparse.Namespace) -> int:
         return 1
     started = time.perf_counter()
     try:
+        gateway = _gateway(args)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 1
+    try:
         server = Server(
             args.model_repository,
             model_control_mode=args.model_control_mode,
@@ -241,9 +300,12 @@ def serve_command(args: argparse.Namespace) -> int:
             max_inputs=args.max_inputs,
             model_env_dir=args.model_env_dir or None,
             allow_code_upload=args.allow_code_upload,
+            gateway=gateway,
         )
     except (OSError, ValueError, ImportError) as exc:  # a missing or unreachable repository
         log.error("%s", exc)
+        if gateway is not None:
+            gateway.close()
         return 1
     if not add_pipeline_stages(server, args.pipeline_stage):
         server.close()
@@ -288,6 +350,7 @@ async def _serve(server: Server, args: argparse.Namespace, started: float) -> No
         metrics=Endpoint(args.metrics_address or args.http_address, args.metrics_port) if args.allow_metrics else None,
         exit_timeout=args.exit_timeout_secs, drain_delay=args.drain_delay_secs,
         grpc_max_message_bytes=args.grpc_max_message_size, http_tls=args.http_tls, grpc_tls=args.grpc_tls,
+        metrics_collectors=[server.gateway.metrics] if server.gateway is not None else (),
         ready_message=f"inferd {__version__} ready", started=started)
 
 

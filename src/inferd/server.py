@@ -14,6 +14,9 @@ import numpy as np
 from ._version import __version__
 from .backends import backend_for
 from .config import CONFIG_FILENAME, ConfigError, ModelConfig, config_from_json, config_to_json, parse_config
+from .gateway.fairness import FairShareStage
+from .gateway.gate import Gateway
+from .gateway.stages import AuthenticateStage
 from .instances.bls import BlsRequest
 from .instances.environments import EnvironmentCache
 from .limits import DEFAULT_MAX_INPUTS, DEFAULT_MAX_TENSOR_ELEMENTS, RequestLimits
@@ -91,6 +94,7 @@ class Server:
         max_inputs: int = DEFAULT_MAX_INPUTS,
         model_env_dir: str | Path | None = None,
         allow_code_upload: bool = False,
+        gateway: Gateway | None = None,
         stages: Iterable[Stage] = (),
         start: bool = True,
     ) -> None:
@@ -119,8 +123,13 @@ class Server:
         self.tracer = tracer or Tracer()
         self.logs = LOG_CONTROL
         self.tracer.log_requests(self.logs.debug)
+        # Tenants, keys, limits and the audit trail (--auth-config); None: every caller is let in, as Triton.
+        self.gateway = gateway
         # The one request pipeline: the core stages, then stages from installed plugins and the caller.
         self.pipeline = Pipeline(core_stages(self))
+        if gateway is not None:
+            self.add_stage(AuthenticateStage(gateway, self._ready_versions))
+            self.add_stage(FairShareStage())
         for stage in (*plugin_stages(self), *stages):
             self.add_stage(stage)
         self._run = self.pipeline.run
@@ -196,6 +205,8 @@ class Server:
         self.manager.close(None if deadline is None else max(0.0, deadline - time.monotonic()))
         self.tracer.close()
         self.shared_memory.close()  # after the models: no request uses a region any more
+        if self.gateway is not None:
+            self.gateway.close()  # the audit trail flushed: every answered call is recorded
 
     def __enter__(self) -> Server:
         return self
@@ -231,6 +242,11 @@ class Server:
             return None
         states = {number: (status.state.value, status.reason) for number, status in list(entry.versions.items())}
         return states, entry.reason
+
+    def _ready_versions(self, name: str) -> list[str]:
+        """The ready versions of a model, newest first."""
+        entry = self.manager.entry(name)
+        return [] if entry is None else [m.version_str for m in entry.ready]
 
     def model_ready(self, name: str, version: str = "") -> bool:
         return self.manager.is_ready(name, version)

@@ -64,7 +64,14 @@ class ErrorKind(enum.Enum):
 
 
 class InferError(Exception):
-    """The one error type of the data plane; frontends turn it into their protocol's error form."""
+    """The one error type of the data plane; frontends turn it into their protocol's error form.
+
+    `retry_after`: seconds a refused client should wait (HTTP `Retry-After`, set on RESOURCE_EXHAUSTED refusals of
+    a tenant's limits); `reason`: a short machine-readable cause where one is useful (which limit refused).
+    """
+
+    retry_after: int | None = None
+    reason: str = ""
 
     def __init__(self, kind: ErrorKind, message: str) -> None:
         super().__init__(message)

@@ -13,7 +13,7 @@ from tritonclient.grpc import service_pb2
 
 from inferd import Server
 from inferd.cli import parse_restrictions
-from inferd.frontends.grpc.frontend import RPC_API
+from inferd.frontends.grpc.interceptors import RPC_API
 from inferd.frontends.http.app import HttpFrontend
 from inferd.frontends.http.routes import API_GROUPS, MICROSERVICE_ROUTES, SERVE_ROUTES
 from inferd.frontends.runner import Endpoint, _warn_if_repository_open, is_loopback

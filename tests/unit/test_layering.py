@@ -63,6 +63,8 @@ def test_lower_layers_do_not_import_upper_ones() -> None:
         "scheduling": ("inferd.frontends", "inferd.pipeline", "inferd.server", "inferd.manager",
                        "inferd.repository"),
         "pipeline": ("inferd.frontends", "inferd.server"),
+        "gateway": ("inferd.frontends", "inferd.server", "inferd.manager", "inferd.scheduling", "inferd.backends",
+                    "inferd.instances"),
         "compat": ("inferd.frontends", "inferd.server", "inferd.pipeline"),
         "repository": ("inferd.backends", "inferd.frontends", "inferd.server", "inferd.pipeline"),
     }

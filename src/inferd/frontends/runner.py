@@ -91,6 +91,9 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    gateway = server.gateway
+    if gateway is not None:  # SIGHUP re-reads the auth file, as daemons do with their configuration
+        loop.add_signal_handler(signal.SIGHUP, gateway.reload)
 
     grpc_frontend = None
     if grpc is not None:

@@ -23,14 +23,19 @@ class RequestContext:
     metadata (gRPC) read by name. Headers are looked up only when a stage asks (authentication, routing by host,
     trace propagation), so a request that no stage asks about pays nothing for them."""
 
-    __slots__ = ("_headers", "_metadata", "peer", "protocol")
+    __slots__ = ("_headers", "_metadata", "endpoint", "peer", "principal", "protocol")
 
     def __init__(self, protocol: str, headers: Mapping[bytes, bytes] | None = None,
-                 metadata: Callable[[], Iterable[tuple[str, Any]] | None] | None = None, peer: str = "") -> None:
+                 metadata: Callable[[], Iterable[tuple[str, Any]] | None] | None = None, peer: str = "",
+                 endpoint: str = "", principal: Any = None) -> None:
         self.protocol = protocol  # "v2-http", "v2-grpc", "v1", "torchserve", "seldon", "sdk", "bls"
         self._headers = headers
         self._metadata = metadata
-        self.peer = peer
+        self.peer = peer  # the client's address, "host:port"
+        self.endpoint = endpoint  # the route pattern, or the gRPC method
+        # Who the front door found the caller to be (the gateway's Principal), when it authenticated the request
+        # before decoding it; None: the `authenticate` stage looks at the key itself.
+        self.principal = principal
 
     def header(self, name: str) -> str | None:
         """An HTTP header or gRPC metadata value by its (case-insensitive) name; None when absent."""

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hmac
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -21,6 +19,7 @@ from tritonclient.grpc import service_pb2_grpc
 from ...server import Server
 from ..tls import TlsSettings
 from .health import HealthServicer
+from .interceptors import RPC_API, AuthInterceptor, RestrictedApiInterceptor
 from .servicer import InferenceServicer
 
 log = logging.getLogger("inferd.grpc")
@@ -32,74 +31,6 @@ DEFAULT_MAX_MESSAGE_BYTES = 2**31 - 1
 _START_TIMEOUT_S = 30.0
 # Calls the gRPC core holds for the server before grpc.aio asks for them (see _serve); past this, refused.
 MAX_PENDING_RPCS = 65536
-
-
-_SERVICE = "/inference.GRPCInferenceService/"
-_HEALTH = "/grpc.health.v1.Health/"
-
-# Every RPC's API group (Triton's, as `--grpc-restricted-protocol` names them); the standard health protocol is in
-# "health" with Triton's own health RPCs.
-RPC_API: dict[str, str] = {
-    **{_SERVICE + rpc: "health" for rpc in ("ServerLive", "ServerReady", "ModelReady")},
-    **{_HEALTH + rpc: "health" for rpc in ("Check", "Watch")},
-    **{_SERVICE + rpc: "metadata" for rpc in ("ServerMetadata", "ModelMetadata")},
-    **{_SERVICE + rpc: "inference" for rpc in ("ModelInfer", "ModelStreamInfer")},
-    **{_SERVICE + f"{kind}SharedMemory{verb}": "shared-memory"
-       for kind in ("System", "Cuda") for verb in ("Status", "Register", "Unregister")},
-    _SERVICE + "ModelConfig": "model-config",
-    **{_SERVICE + rpc: "model-repository"
-       for rpc in ("RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload")},
-    _SERVICE + "ModelStatistics": "statistics",
-    _SERVICE + "TraceSetting": "trace",
-    _SERVICE + "LogSettings": "logging",
-}
-# Triton prefixes the configured key so restriction metadata cannot collide with other metadata.
-RESTRICTED_KEY_PREFIX = "triton-grpc-protocol-"
-
-
-class RestrictedApiInterceptor(grpc.aio.ServerInterceptor):
-    """Calls of a restricted API group without the metadata `triton-grpc-protocol-<key>: <value>` end with
-    UNAVAILABLE before the servicer sees them, with Triton's message (Triton answers UNAVAILABLE too).
-
-    `restricted`: API group -> (key, value), as `--grpc-restricted-protocol` gives them.
-    """
-
-    def __init__(self, restricted: Mapping[str, tuple[str, str]]) -> None:
-        self._required = {group: (RESTRICTED_KEY_PREFIX + key.lower(), value)
-                          for group, (key, value) in restricted.items()}
-
-    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
-                                handler_call_details: Any) -> Any:
-        required = self._required.get(RPC_API.get(handler_call_details.method, ""))
-        handler = await continuation(handler_call_details)
-        if required is None or handler is None:
-            return handler
-        key, value = required
-        for name, given in handler_call_details.invocation_metadata or ():
-            if name == key and isinstance(given, str) and hmac.compare_digest(given.encode(), value.encode()):
-                return handler
-        return _refusal(handler, f"This protocol is restricted, expecting header '{key}'")
-
-
-def _refusal(handler: Any, message: str) -> Any:
-    """A handler of the same shape as `handler` that ends the call with UNAVAILABLE and `message`."""
-
-    async def unary(request: Any, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, message)
-
-    async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, message)
-        yield  # pragma: no cover - abort raises
-
-    serializers = {"request_deserializer": handler.request_deserializer,
-                   "response_serializer": handler.response_serializer}
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(unary, **serializers)
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(streaming, **serializers)
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(unary, **serializers)
-    return grpc.stream_stream_rpc_method_handler(streaming, **serializers)
 
 
 def _credentials(tls: TlsSettings) -> grpc.ServerCredentials:
@@ -211,7 +142,12 @@ class GrpcFrontend:
     async def _serve(self, bound: concurrent.futures.Future[int]) -> None:
         self._stop_requested = asyncio.Event()
         # The interceptor only when something is restricted: an unrestricted server pays nothing per call.
-        interceptors = [RestrictedApiInterceptor(self.restricted)] if self.restricted else []
+        # Interceptors only for what is on: an open, unrestricted server pays nothing per call.
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if self.restricted:
+            interceptors.append(RestrictedApiInterceptor(self.restricted))
+        if self.server.gateway is not None:
+            interceptors.append(AuthInterceptor(self.server.gateway))
         server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.max_receive_message_length", self.max_message_bytes),

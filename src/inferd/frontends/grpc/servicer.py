@@ -38,6 +38,15 @@ __all__ = ["InferenceServicer"]
 # grpc.aio.ServicerContext (grpc ships without types)
 Context = Any
 
+_INFER = "/inference.GRPCInferenceService/ModelInfer"
+_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+
+def _peer(peer: str) -> str:
+    """gRPC's peer ("ipv4:127.0.0.1:5000", "ipv6:[::1]:5000") as an address ("127.0.0.1:5000")."""
+    kind, colon, address = peer.partition(":")
+    return address if colon and kind in ("ipv4", "ipv6") else peer
+
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     """The V2 inference service. Runs on the gRPC frontend's own event loop.
@@ -124,9 +133,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         async with status_on_error(context, "ModelInfer"):
             # No local holds the decoded request: grpc keeps an aborted call's frame in a reference cycle, and its
             # tensors (views of client shared memory among them) must go when the call ends, not at the next GC.
-            response = await self._server.infer_request(self._decode(request),
-                                                        RequestContext("v2-grpc", metadata=context.invocation_metadata))
+            response = await self._server.infer_request(self._decode(request), self._caller(context, _INFER))
             return encode_infer_response(response)
+
+    def _caller(self, context: Context, method: str) -> RequestContext:
+        """Where a call came from; its peer's address only when the gateway audits calls."""
+        peer = _peer(context.peer()) if self._server.gateway is not None else ""
+        return RequestContext("v2-grpc", metadata=context.invocation_metadata, peer=peer, endpoint=method)
 
     def _decode(self, request: pb.ModelInferRequest) -> InferenceRequest:
         """The core's request, reported to the batchers' arrival hints as read and then started."""
@@ -149,7 +162,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         slots = asyncio.Semaphore(self._stream_window)
         running: set[asyncio.Task[None]] = set()
 
-        caller = RequestContext("v2-grpc", metadata=context.invocation_metadata)
+        caller = self._caller(context, _STREAM_INFER)
 
         async def answer(request: pb.ModelInferRequest) -> None:
             try:

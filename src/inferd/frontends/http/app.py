@@ -13,11 +13,13 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from ...gateway.config import Principal
+from ...gateway.gate import ADMIN_GROUPS, Gateway, admin_only
 from ...server import Server
 from ...types import ErrorKind, InferError, describe_error
-from . import seldon, torchserve
-from .messages import QUERY_HEADER, HttpRequest, Reply, error_reply
-from .routes import API_GROUPS, SERVE_ROUTES, Route, RouteTable
+from . import seldon, torchserve, v2_api
+from .messages import PEER_HEADER, QUERY_HEADER, HttpRequest, Params, Reply, error_reply, infer_error_reply
+from .routes import API_GROUPS, INFERENCE, SERVE_ROUTES, Route, RouteTable
 
 log = logging.getLogger("inferd.http")
 
@@ -26,6 +28,24 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 DEFAULT_MAX_INPUT_SIZE = 64 * 1024 * 1024  # Triton's --http-max-input-size default
+
+# The V2 protocol's names of the route protocols, as the pipeline's contexts name them.
+_PROTOCOLS = {"v2": "v2-http"}
+# Repository index, model list and statistics answer tenants too, showing only their models.
+_TENANT_HANDLERS = (v2_api.repository_index, v2_api.model_statistics)
+# How a protocol answers for a model it does not have, where that differs from the V2 form.
+_MISSING: dict[str, Callable[[str, str], Reply]] = {"torchserve": torchserve.missing_model}
+
+
+def _header(headers: Mapping[bytes, bytes], name: str) -> str | None:
+    value = headers.get(name.encode("latin-1"))
+    return None if value is None else value.decode("latin-1")
+
+
+def _peer(headers: Mapping[bytes, bytes]) -> str:
+    peer = headers.get(PEER_HEADER)
+    return "" if peer is None else peer.decode("latin-1")
+
 
 # A path that exists but not with this method: each protocol says so in its own error form.
 _NOT_ALLOWED: dict[str, Callable[[str, str], Reply]] = {
@@ -70,6 +90,7 @@ class HttpFrontend:
         self.max_input_size = max_input_size
         self.table = RouteTable(routes)
         self.default_model = default_model
+        self.gateway: Gateway | None = server.gateway  # None: authentication is off
         self.restricted = dict(restricted or {})
         unknown = set(self.restricted) - set(API_GROUPS)
         if unknown:
@@ -88,15 +109,47 @@ class HttpFrontend:
                 given = headers.get(key)
                 if given is None or not hmac.compare_digest(given, value):
                     return error_reply(403, f"This API is restricted, expecting header '{key.decode('latin-1')}'")
+            principal = None
+            if self.gateway is not None and not self.gateway.is_open(path):
+                found = self._authorize(self.gateway, route, params, headers)  # type: ignore[arg-type]
+                if not isinstance(found, Principal):
+                    return found
+                principal = found
             encoding = headers.get(b"content-encoding")
             if encoding:
                 body = _decompress(body, encoding, self.max_input_size)
-            return await route.handler(self, HttpRequest(method, path, headers, body), params)  # type: ignore[arg-type]
+            request = HttpRequest(method, path, headers, body, route.path, principal)
+            return await route.handler(self, request, params)  # type: ignore[arg-type]
         except InferError as exc:
-            return error_reply(exc.kind.http_status, exc.message)
+            return infer_error_reply(exc)
         except Exception as exc:  # a handler bug is a 500 for this request, never a dead server
             log.exception("unhandled error on %s %s", method, path)
             return error_reply(500, f"internal error: {describe_error(exc)}")
+
+    def _authorize(self, gateway: Gateway, route: Route, params: Params, headers: dict[bytes, bytes]
+                   ) -> Principal | Reply:
+        """Who calls (401 without a valid key), and whether the route is theirs: admin endpoints refuse tenant
+        keys (403); a model the tenant is not granted is answered as a missing one, in its protocol's form."""
+        try:
+            principal = gateway.identify(lambda name: _header(headers, name))
+        except InferError as exc:
+            if route.api == INFERENCE:
+                gateway.refused(_PROTOCOLS.get(route.protocol, route.protocol), route.path,
+                                params.get("model_name", self.default_model), exc, headers.get(b"x-request-id"),
+                                _peer(headers))
+            return infer_error_reply(exc)
+        if principal.admin:
+            return principal
+        if route.api in ADMIN_GROUPS and route.handler not in _TENANT_HANDLERS:
+            return infer_error_reply(admin_only(f"{route.method} {route.path}"))
+        name = params.get("model_name")
+        if name is not None:
+            try:
+                Gateway.check_model(principal, name, params.get("model_version", ""))
+            except InferError as exc:
+                missing = _MISSING.get(route.protocol)
+                return missing(name, params.get("model_version", "")) if missing else infer_error_reply(exc)
+        return principal
 
     def _unrouted(self, method: str, path: str, allowed: list[str]) -> Reply:
         if not allowed:

@@ -71,6 +71,7 @@ SERVE_ROUTES: list[Route] = [
         Route("POST", f"{base}/infer", v2_api.model_infer, V2, INFERENCE),
     )),
     Route("GET", "/v2/models/stats", v2_api.model_statistics, V2, STATISTICS),
+    Route("GET", "/v2/usage", v2_api.usage, V2, STATISTICS),
     Route("POST", "/v2/repository/index", v2_api.repository_index, V2, REPOSITORY),
     Route("POST", "/v2/repository/models/{model_name}/load", v2_api.repository_load, V2, REPOSITORY),
     Route("POST", "/v2/repository/models/{model_name}/unload", v2_api.repository_unload, V2, REPOSITORY),

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ...compat.seldon.protocol import SeldonError, SeldonFailure, decode_body
-from ...pipeline import RequestContext
 from ...types import InferenceRequest, InferError
-from .messages import JSON, QUERY_HEADER, HttpRequest, Params, Reply
+from .messages import JSON, QUERY_HEADER, HttpRequest, Params, Reply, error_headers
 
 if TYPE_CHECKING:
     from .app import HttpFrontend
@@ -77,11 +76,13 @@ async def _call(app: HttpFrontend, request: HttpRequest, operation: str, body: A
     call = InferenceRequest(app.default_model, {}, {}, message=body if body is not None else {},
                             operation=operation)
     try:
-        response = await app.server.infer_request(call, RequestContext("seldon", request.headers))
+        response = await app.server.infer_request(call, request.context("seldon"))
     except SeldonFailure as exc:
         return _json_reply(exc.status, exc.body)
     except InferError as exc:  # refused by the core (unavailable, queue full, limits): Seldon's form too
         reason = "MICROSERVICE_BAD_DATA" if exc.kind.http_status < 500 else "MICROSERVICE_INTERNAL_ERROR"
-        return _json_reply(exc.kind.http_status, SeldonError(exc.message, exc.kind.http_status, reason).to_dict())
+        status, body, headers = _json_reply(exc.kind.http_status,
+                                            SeldonError(exc.message, exc.kind.http_status, reason).to_dict())
+        return status, body, [*headers, *error_headers(exc)]
     status, answer = response.message
     return _json_reply(status, answer)

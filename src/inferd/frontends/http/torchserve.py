@@ -27,10 +27,9 @@ import numpy as np
 import orjson
 
 from ...model import ServedModel
-from ...pipeline import RequestContext
 from ...server import Server
 from ...types import InferenceRequest, InferError
-from .messages import HttpRequest, Params, Reply, error_reply
+from .messages import HttpRequest, Params, Reply, error_headers, error_reply
 
 if TYPE_CHECKING:
     from .app import HttpFrontend
@@ -73,24 +72,28 @@ async def predict(app: HttpFrontend, request: HttpRequest, params: Params) -> Re
         return _failed(exc)
 
 
+def missing_model(name: str, version: str = "") -> Reply:
+    """TorchServe's answer for a model (or a version of it) it does not have."""
+    if version:
+        return _error(404, "ModelVersionNotFoundException",
+                      f"Model version: {version} does not exist for model: {name}")
+    return _error(404, "ModelNotFoundException", f"Model not found: {name}")
+
+
 def _served(server: Server, name: str, version: str) -> ServedModel | Reply:
     known = server.version_states(name)
     if known is None:
-        return _error(404, "ModelNotFoundException", f"Model not found: {name}")
+        return missing_model(name)
     number = ""
     if version:
         match = _VERSION.match(version)
         if match is None or int(match.group(1)) not in known[0]:
-            return _error(404, "ModelVersionNotFoundException",
-                          f"Model version: {version} does not exist for model: {name}")
+            return missing_model(name, version)
         number = str(int(match.group(1)))
     try:
         return server.model(name, number)
     except InferError:  # not loaded, or its load failed: TorchServe has no such model registered
-        if number:
-            return _error(404, "ModelVersionNotFoundException",
-                          f"Model version: {version} does not exist for model: {name}")
-        return _error(404, "ModelNotFoundException", f"Model not found: {name}")
+        return missing_model(name, version if number else "")
 
 
 def _bytes_tensor(value: bytes, batching: bool) -> np.ndarray:
@@ -113,7 +116,7 @@ async def _predict(server: Server, served: ServedModel, request: HttpRequest) ->
         given = {"content-type": content_type} if content_type else {}
         inputs["headers"] = _bytes_tensor(orjson.dumps(given), batching)
     call = InferenceRequest(served.name, inputs, dict.fromkeys(inputs, "BYTES"), served.version_str)
-    response = await server.infer_request(call, RequestContext("torchserve", headers))
+    response = await server.infer_request(call, request.context("torchserve"))
     outputs = response.outputs
     answer = outputs.get("response")
     if answer is None or answer.dtype != np.object_:
@@ -163,4 +166,5 @@ def _failed(exc: InferError) -> Reply:
     message = exc.message
     if message.startswith(f"{_PREDICTION_FAILED}: "):  # the handler raised: TorchServe says only this
         message = _PREDICTION_FAILED
-    return _error(exc.kind.http_status, "InternalServerException", message)
+    status, body, headers = _error(exc.kind.http_status, "InternalServerException", message)
+    return status, body, [*headers, *error_headers(exc)]

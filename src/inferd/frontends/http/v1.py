@@ -22,7 +22,6 @@ import numpy as np
 
 from ...config import DEFAULT_SIGNATURE, signature_name
 from ...model import ServedModel, TensorSpec
-from ...pipeline import RequestContext
 from ...server import Server
 from ...types import ErrorKind, InferenceRequest, InferError
 from ..tensors import MAX_DIMS, decode_nested
@@ -136,7 +135,7 @@ async def _predict(server: Server, name: str, version: str, request: HttpRequest
     for input_name, array in inputs.items():
         server.limits.check_elements(input_name, array.shape)
     datatypes = {n: served.inputs[n].datatype for n in inputs}
-    context = RequestContext("v1", request.headers)
+    context = request.context("v1")
     response = await server.infer_request(InferenceRequest(name, inputs, datatypes, version), context)
     outputs = {n: _output_value(n, _to_model_shape(served.outputs.get(n), a, batching))
                for n, a in response.outputs.items()}

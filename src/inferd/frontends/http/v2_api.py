@@ -11,11 +11,12 @@ import binascii
 import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 from ...config import ConfigError
-from ...pipeline import RequestContext
+from ...gateway.usage import usage_rows
 from ...types import InferError
-from .messages import EMPTY_OK, JSON, HttpRequest, Params, Reply, error_reply, json_reply
+from .messages import EMPTY_OK, JSON, QUERY_HEADER, HttpRequest, Params, Reply, error_reply, json_reply
 from .v2 import decode_infer_request, encode_infer_response, load_json_object
 
 if TYPE_CHECKING:
@@ -52,7 +53,19 @@ async def model_config(app: HttpFrontend, request: HttpRequest, params: Params) 
 
 
 async def model_statistics(app: HttpFrontend, request: HttpRequest, params: Params) -> Reply:
-    return json_reply(200, app.server.statistics(params.get("model_name", ""), params.get("model_version", "")))
+    stats = app.server.statistics(params.get("model_name", ""), params.get("model_version", ""))
+    principal = request.principal
+    if principal is not None and not principal.admin:  # a tenant sees only its own models
+        stats["model_stats"] = [s for s in stats["model_stats"] if principal.sees(s["name"])]
+    return json_reply(200, stats)
+
+
+async def usage(app: HttpFrontend, request: HttpRequest, params: Params) -> Reply:
+    """`GET /v2/usage?tenant=&model=&since=&until=&group_by=`: the audit trail's totals (usage.py)."""
+    gateway = app.server.gateway
+    query = parse_qs(request.headers.get(QUERY_HEADER, b"").decode("latin-1"))
+    rows = await asyncio.to_thread(usage_rows, gateway, request.principal, {k: v[-1] for k, v in query.items()})
+    return json_reply(200, rows)
 
 
 async def model_infer(app: HttpFrontend, request: HttpRequest, params: Params) -> Reply:
@@ -72,7 +85,7 @@ async def model_infer(app: HttpFrontend, request: HttpRequest, params: Params) -
     except InferError:
         server.model(name, version)  # an unknown model is the clearer error
         raise
-    response = await server.infer_request(infer_request, RequestContext("v2-http", headers))
+    response = await server.infer_request(infer_request, request.context("v2-http"))
     body, json_length = encode_infer_response(response, options)
     reply_headers = JSON if json_length is None else [
         (b"content-type", b"application/octet-stream"),
@@ -121,6 +134,9 @@ async def repository_index(app: HttpFrontend, request: HttpRequest, params: Para
     doc = load_json_object(request.body)
     # Scans the repository on disk: off the event loop.
     rows = await _in_thread(app.server.repository_index, bool(doc.get("ready", False)))
+    principal = request.principal
+    if principal is not None and not principal.admin:  # a tenant sees only its own models
+        rows = [row for row in rows if principal.sees(row["name"])]
     return json_reply(200, rows)
 
 

@@ -1,0 +1,113 @@
+"""Stage `authenticate` (before `resolve`): the caller's key → its tenant, the tenant's model grants (a model it is
+not granted is answered as a missing one), its limits (rate, in flight, daily quota), and one audit record and
+one metric sample per call, however it ends — refused calls included."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from ..pipeline.call import Call
+from ..types import InferError
+from .audit import AuditRecord
+from .config import Principal
+from .gate import TRUSTED_PROTOCOLS, Gateway
+
+__all__ = ["AuthenticateStage", "payload_bytes"]
+
+_TENANT = "tenant"
+
+
+class AuthenticateStage:
+    name = "authenticate"
+    before = "resolve"
+
+    def __init__(self, gateway: Gateway, ready_versions: Callable[[str], list[str]]) -> None:
+        self._gateway = gateway
+        self._metrics = gateway.metrics
+        self._audit = gateway.audit
+        self._ready_versions = ready_versions  # the model's ready versions, newest first
+
+    def __call__(self, call: Call) -> None:
+        context = call.context
+        if context.protocol in TRUSTED_PROTOCOLS:
+            return
+        call.on_finish(self._record)  # first registered, last run: sees the outcome of everything after
+        request = call.request
+        if not request.id:
+            request.id = context.header("x-request-id") or uuid.uuid4().hex
+        principal = context.principal
+        if principal is None:
+            principal = self._gateway.identify(context.header)
+        call.state[_TENANT] = principal
+        self._check_grant(principal, call)
+        gateway = self._gateway
+        try:
+            holds = gateway.limits.acquire(principal)
+        except InferError as exc:
+            gateway.rejected(principal.name, exc.reason)
+            raise
+        if holds:
+            call.on_finish(lambda c: gateway.limits.release(principal))
+
+    def _check_grant(self, principal: Principal, call: Call) -> None:
+        request = call.request
+        name = request.model_name
+        Gateway.check_model(principal, name, request.model_version)
+        if request.model_version or principal.admin:
+            return
+        versions = principal.versions_of(name)
+        if versions is None:
+            return
+        # Only some versions are granted: the newest of those that is ready serves a request that names none.
+        for version in self._ready_versions(name):
+            if version in versions:
+                request.model_version = version
+                return
+        raise InferError.not_found(f"Request for unknown model: '{name}' has no available versions")
+
+    def _record(self, call: Call) -> None:
+        error = call.error
+        status = 200 if error is None else _status(error)
+        principal: Principal | None = call.state.get(_TENANT)
+        model = call.model
+        name = call.request.model_name
+        version = model.version_str if model is not None else call.request.model_version
+        if principal is not None:
+            self._metrics.request(principal.name, name, status)
+        if self._audit is None:
+            return
+        now_ns = time.perf_counter_ns()
+        context = call.context
+        response = call.response
+        self._audit.record(AuditRecord(
+            time=time.time() - (now_ns - call.start_ns) / 1e9, tenant=None if principal is None else principal.name,
+            model=name, version=version, protocol=context.protocol, endpoint=context.endpoint, status=status,
+            latency_ms=(now_ns - call.start_ns) / 1e6, bytes_in=payload_bytes(call.request.inputs),
+            bytes_out=0 if response is None else payload_bytes(response.outputs), request_id=call.request.id,
+            client=context.peer))
+
+
+def _status(error: BaseException) -> int:
+    if isinstance(error, InferError):
+        return error.kind.http_status
+    if isinstance(error, asyncio.CancelledError):
+        return 499
+    return 500
+
+
+def payload_bytes(tensors: Mapping[str, Any]) -> int:
+    """The tensor data a call carried (the same measure on every protocol, whatever its wire encoding)."""
+    total = 0
+    for array in tensors.values():
+        if isinstance(array, np.ndarray):
+            if array.dtype == object:
+                total += sum(len(v) for v in array.flat if isinstance(v, (bytes, str)))
+            else:
+                total += array.nbytes
+    return total
