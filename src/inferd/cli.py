@@ -113,7 +113,7 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        help="HTTP connections open at once; past it the oldest with no request in progress is "
                        "closed, else the new one gets 503 (default 0: 10,000, or half the open-files limit if lower)")
     _add_tls_arguments(serve)
-    _add_auth_arguments(serve)
+    add_auth_arguments(serve)
     serve.add_argument("--grpc-max-message-size", type=int, default=2**31 - 1,
                        help="largest gRPC message in bytes (default 2 GiB - 1, as Triton; gRPC's own 4 MB is "
                        "too small for tensors)")
@@ -174,7 +174,7 @@ def _add_tls_arguments(serve: argparse.ArgumentParser) -> None:
                        help="PEM CA certificates that sign gRPC client certificates (--grpc-use-ssl-mutual)")
 
 
-def _add_auth_arguments(serve: argparse.ArgumentParser) -> None:
+def add_auth_arguments(serve: argparse.ArgumentParser) -> None:  # `inferd serve` and `inferd microservice`
     """Tenants, API keys and the audit trail (off without --auth-config: every caller is let in, as Triton)."""
     serve.add_argument("--auth-config", default=None, metavar="FILE",
                        help="turn authentication on: admin keys, open paths and tenants (keys, models, limits) in "
@@ -189,7 +189,7 @@ def _add_auth_arguments(serve: argparse.ArgumentParser) -> None:
                        help="delete audit records older than this (default: keep them)")
 
 
-def _gateway(args: argparse.Namespace) -> Gateway | None:
+def gateway_from_args(args: argparse.Namespace) -> Gateway | None:
     """The gateway the auth flags ask for (None without --auth-config and --audit-db); ValueError, one line, when
     the file or the database is wrong."""
     from .gateway.audit import AuditLog
@@ -280,7 +280,7 @@ def serve_command(args: argparse.Namespace) -> int:
         return 1
     started = time.perf_counter()
     try:
-        gateway = _gateway(args)
+        gateway = gateway_from_args(args)
     except ValueError as exc:
         log.error("%s", exc)
         return 1

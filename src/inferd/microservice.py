@@ -93,8 +93,10 @@ def add_microservice_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest HTTP request body in bytes")
     parser.add_argument("--exit-timeout-secs", type=float, default=30.0,
                         help="on shutdown, how long in-flight requests may take to finish")
+    from .cli import add_auth_arguments
     from .pipeline.plugins import add_pipeline_stage_argument
 
+    add_auth_arguments(parser)
     add_pipeline_stage_argument(parser)
     for flag in _IGNORED_FLAGS:
         parser.add_argument(flag, nargs="?", const="1", default=None, help=argparse.SUPPRESS)
@@ -155,10 +157,18 @@ def microservice_command(args: argparse.Namespace) -> int:
         component.close()
         return 1
     component.custom_metrics.labels["model_name"] = os.environ.get("PREDICTIVE_UNIT_ID") or model_name
+    try:
+        from .cli import gateway_from_args
+
+        gateway = gateway_from_args(args)
+    except ValueError as exc:
+        log.error("%s", exc)
+        component.close()
+        return 1
     register_component(model_name, component)
     repository = _write_repository(model_name, threads)
     try:
-        server = Server(repository, server_name="inferd")
+        server = Server(repository, server_name="inferd", gateway=gateway)
         try:
             from .pipeline.plugins import add_pipeline_stages
 
@@ -192,5 +202,5 @@ async def _serve(server: Any, component: Any, model_name: str, args: argparse.Na
         grpc=Endpoint(args.grpc_address, args.grpc_port) if args.grpc_port else None,
         metrics=Endpoint(args.metrics_address or args.http_address, args.metrics_port) if args.metrics_port else None,
         exit_timeout=args.exit_timeout_secs, http_name="Seldon + V2 HTTPService",
-        metrics_collectors=[component.custom_metrics],
+        metrics_collectors=[component.custom_metrics, *([server.gateway.metrics] if server.gateway else [])],
         ready_message=f"inferd {__version__} microservice ready", started=started)

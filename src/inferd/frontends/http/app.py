@@ -119,7 +119,11 @@ class HttpFrontend:
             if encoding:
                 body = _decompress(body, encoding, self.max_input_size)
             request = HttpRequest(method, path, headers, body, route.path, principal)
-            return await route.handler(self, request, params)  # type: ignore[arg-type]
+            reply = await route.handler(self, request, params)  # type: ignore[arg-type]
+            if principal is not None and b"x-request-id" in headers:  # the id the audit trail records it under
+                status, payload, extra = reply
+                return status, payload, [*extra, (b"x-request-id", headers[b"x-request-id"])]
+            return reply
         except InferError as exc:
             return infer_error_reply(exc)
         except Exception as exc:  # a handler bug is a 500 for this request, never a dead server

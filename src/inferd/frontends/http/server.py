@@ -36,7 +36,7 @@ import httptools
 
 from ..tls import TlsSettings
 from .app import HttpFrontend
-from .messages import QUERY_HEADER, Reply, error_reply
+from .messages import PEER_HEADER, QUERY_HEADER, Reply, error_reply
 
 log = logging.getLogger("inferd.http")
 
@@ -155,6 +155,7 @@ class _Connection(asyncio.Protocol):
         self.since = server.now
         self.task: asyncio.Task[None] | None = None
         self.task_started = False
+        self.peer = b""  # the client's "host:port", kept among each request's headers when the gateway audits
 
     # ---- asyncio.Protocol ----
 
@@ -173,6 +174,11 @@ class _Connection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+        if self.frontend.gateway is not None:
+            peer = transport.get_extra_info("peername")
+            if isinstance(peer, tuple) and len(peer) >= 2:
+                host = f"[{peer[0]}]" if ":" in str(peer[0]) else str(peer[0])
+                self.peer = f"{host}:{peer[1]}".encode()
         connections[self] = None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -290,6 +296,8 @@ class _Connection(asyncio.Protocol):
         path = (url if query < 0 else url[:query]).decode("latin-1")
         if query >= 0:
             self.headers[QUERY_HEADER] = url[query + 1:]
+        if self.peer:
+            self.headers[PEER_HEADER] = self.peer
         if "%" in path:
             from urllib.parse import unquote
 
