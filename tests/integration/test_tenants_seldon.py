@@ -53,7 +53,7 @@ def _post(service: Microservice, key: str | None) -> httpx.Response:
 
 
 def test_seldon_routes_need_a_key_and_serve_the_granted_tenant(service: tuple[Microservice, Path]) -> None:
-    process, state = service
+    process, _ = service
     missing = _post(process, None)
     assert missing.status_code == 401
     assert missing.headers["www-authenticate"].startswith("Bearer")
