@@ -114,6 +114,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         try:
             principal = gateway.identify(lambda name: _metadata(metadata, name))
         except InferError as exc:
+            if method == _SERVICE + "ModelInfer":
+                return _refused_infer(handler, gateway, exc, _metadata(metadata, "x-request-id"))
             if method in _INFERENCE:
                 gateway.refused("v2-grpc", method, "", exc, _metadata(metadata, "x-request-id"), "")
             return refusal(handler, grpc.StatusCode[exc.kind.grpc_code_name], exc.message)
@@ -125,6 +127,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if method in _MODEL_METHODS or method in _FILTERED:
             return _scoped(handler, principal, method in _FILTERED)
         return handler
+
+
+def _refused_infer(handler: Any, gateway: Gateway, error: InferError, request_id: str | None) -> Any:
+    """A ModelInfer refused for its key: the call is audited with the model it named, then ends with `error`."""
+
+    async def unary(request: Any, context: Any) -> Any:
+        peer = context.peer()
+        client = peer.partition(":")[2] if peer.startswith(("ipv4:", "ipv6:")) else peer
+        gateway.refused("v2-grpc", _SERVICE + "ModelInfer", request.model_name, error, request.id or request_id,
+                        client)
+        await context.abort(grpc.StatusCode[error.kind.grpc_code_name], error.message)
+
+    return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=handler.request_deserializer,
+                                               response_serializer=handler.response_serializer)
 
 
 def _is_open(gateway: Gateway, method: str) -> bool:
