@@ -94,15 +94,19 @@ class Gateway:
         self.metrics.rejected(tenant, reason)
 
     def refused(self, protocol: str, endpoint: str, model: str, error: InferError, request_id: bytes | str | None,
-                client: str) -> None:
-        """The audit record of an inference call a front door refused before the pipeline (no valid key)."""
+                client: str, *, tenant: str | None = None, version: str = "", latency_ms: float = 0.0) -> None:
+        """The audit record of an inference call a front door refused before the pipeline: no valid key (`tenant`
+        None), or a request it could not decode (`tenant`: who sent it; `latency_ms`: until it was refused)."""
+        if tenant is not None:
+            self.metrics.request(tenant, model, error.kind.http_status)
         if self.audit is None:
             return
         if isinstance(request_id, bytes):
             request_id = request_id.decode("latin-1")
-        self.audit.record(AuditRecord(time=self._clock(), tenant=None, model=model, version="", protocol=protocol,
-                                      endpoint=endpoint, status=error.kind.http_status, latency_ms=0.0, bytes_in=0,
-                                      bytes_out=0, request_id=request_id or uuid.uuid4().hex, client=client))
+        self.audit.record(AuditRecord(time=self._clock() - latency_ms / 1000, tenant=tenant, model=model,
+                                      version=version, protocol=protocol, endpoint=endpoint,
+                                      status=error.kind.http_status, latency_ms=latency_ms, bytes_in=0, bytes_out=0,
+                                      request_id=request_id or uuid.uuid4().hex, client=client))
 
     def is_open(self, path: str) -> bool:
         return path in self.config.open_paths

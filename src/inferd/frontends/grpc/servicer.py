@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -133,13 +134,33 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         async with status_on_error(context, "ModelInfer"):
             # No local holds the decoded request: grpc keeps an aborted call's frame in a reference cycle, and its
             # tensors (views of client shared memory among them) must go when the call ends, not at the next GC.
-            response = await self._server.infer_request(self._decode(request), self._caller(context, _INFER))
+            caller = self._caller(context, _INFER)
+            response = await self._server.infer_request(self._audited_decode(request, caller), caller)
             return encode_infer_response(response)
 
     def _caller(self, context: Context, method: str) -> RequestContext:
         """Where a call came from; its peer's address only when the gateway audits calls."""
         peer = _peer(context.peer()) if self._server.gateway is not None else ""
         return RequestContext("v2-grpc", metadata=context.invocation_metadata, peer=peer, endpoint=method)
+
+    def _audited_decode(self, request: pb.ModelInferRequest, caller: RequestContext, *,
+                        arrivals: bool = True) -> InferenceRequest:
+        """The decoded request (reported to the arrival hints unless `arrivals` is False); one that cannot be decoded
+        is answered before the pipeline, so it is audited here."""
+        started = time.perf_counter()
+        try:
+            return self._decode(request) if arrivals else decode_infer_request(request, self._server.limits)
+        except InferError as exc:
+            gateway = self._server.gateway
+            if gateway is not None:
+                try:
+                    tenant: str | None = gateway.identify(caller.header).name
+                except InferError:
+                    tenant = None
+                gateway.refused("v2-grpc", caller.endpoint, request.model_name, exc,
+                                request.id or caller.header("x-request-id"), caller.peer, tenant=tenant,
+                                version=request.model_version, latency_ms=(time.perf_counter() - started) * 1000)
+            raise
 
     def _decode(self, request: pb.ModelInferRequest) -> InferenceRequest:
         """The core's request, reported to the batchers' arrival hints as read and then started."""
@@ -196,7 +217,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def _stream_answer(self, request: pb.ModelInferRequest,
                              caller: RequestContext) -> pb.ModelStreamInferResponse:
         try:
-            response = await self._server.infer_request(decode_infer_request(request, self._server.limits), caller)
+            response = await self._server.infer_request(self._audited_decode(request, caller, arrivals=False),
+                                                        caller)
             return pb.ModelStreamInferResponse(infer_response=encode_infer_response(response))
         except InferError as err:
             message = err.message

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import time
 import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -73,17 +74,27 @@ async def model_infer(app: HttpFrontend, request: HttpRequest, params: Params) -
     name = params["model_name"]
     version = params.get("model_version", "")
     headers = request.headers
-    raw_length = headers.get(b"inference-header-content-length")
-    header_length = None
-    if raw_length is not None:
-        try:
-            header_length = int(raw_length)
-        except ValueError:
-            raise InferError.invalid("Inference-Header-Content-Length must be an integer") from None
+    started = time.perf_counter()
     try:
-        infer_request, options = decode_infer_request(request.body, header_length, name, version, server.limits)
-    except InferError:
-        server.model(name, version)  # an unknown model is the clearer error
+        raw_length = headers.get(b"inference-header-content-length")
+        header_length = None
+        if raw_length is not None:
+            try:
+                header_length = int(raw_length)
+            except ValueError:
+                raise InferError.invalid("Inference-Header-Content-Length must be an integer") from None
+        try:
+            infer_request, options = decode_infer_request(request.body, header_length, name, version, server.limits)
+        except InferError:
+            server.model(name, version)  # an unknown model is the clearer error
+            raise
+    except InferError as exc:  # answered before the pipeline: audited here
+        gateway = server.gateway
+        if gateway is not None:
+            principal = request.principal
+            gateway.refused("v2-http", request.route, name, exc, headers.get(b"x-request-id"),
+                            request.context("v2-http").peer, tenant=None if principal is None else principal.name,
+                            version=version, latency_ms=(time.perf_counter() - started) * 1000)
         raise
     response = await server.infer_request(infer_request, request.context("v2-http"))
     body, json_length = encode_infer_response(response, options)
