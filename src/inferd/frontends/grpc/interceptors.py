@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
+from tritonclient.grpc import service_pb2 as pb
 
 from ...gateway.config import Principal
 from ...gateway.gate import ADMIN_GROUPS, Gateway, admin_only
@@ -155,7 +156,8 @@ def _metadata(metadata: Any, name: str) -> str | None:
 
 
 def _scoped(handler: Any, principal: Principal, filtered: bool) -> Any:
-    """`handler` for a tenant: a model it is not granted is NOT_FOUND; lists keep only its models."""
+    """`handler` for a tenant: a model it is not granted is NOT_FOUND (not ready, for ModelReady), as a missing
+    one; lists keep only its models."""
     behavior = handler.unary_unary
 
     async def unary(request: Any, context: Any) -> Any:
@@ -164,6 +166,8 @@ def _scoped(handler: Any, principal: Principal, filtered: bool) -> Any:
             try:
                 Gateway.check_model(principal, name, getattr(request, "version", ""))
             except InferError as exc:
+                if isinstance(request, pb.ModelReadyRequest):  # an unknown model is simply not ready: so is this
+                    return pb.ModelReadyResponse(ready=False)
                 await context.abort(grpc.StatusCode[exc.kind.grpc_code_name], exc.message)
         response = await behavior(request, context)
         if filtered:

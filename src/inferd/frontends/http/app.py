@@ -35,11 +35,23 @@ _PROTOCOLS = {"v2": "v2-http"}
 _TENANT_HANDLERS = (v2_api.repository_index, v2_api.model_statistics)
 # How a protocol answers for a model it does not have, where that differs from the V2 form.
 _MISSING: dict[str, Callable[[str, str], Reply]] = {"torchserve": torchserve.missing_model}
+# A model's readiness: an unknown one is simply not ready (400, no body), and so is one the tenant is not granted.
+_NOT_READY: Reply = (400, b"", [])
 
 
 def _header(headers: Mapping[bytes, bytes], name: str) -> str | None:
     value = headers.get(name.encode("latin-1"))
     return None if value is None else value.decode("latin-1")
+
+
+def _with_request_id(reply: Reply, headers: Mapping[bytes, bytes]) -> Reply:
+    """An authenticated caller's answer, whatever it is, carries its X-Request-Id back (the id the audit trail
+    records the call under): a model it is not granted is answered as a missing one, headers included."""
+    request_id = headers.get(b"x-request-id")
+    if request_id is None:
+        return reply
+    status, payload, extra = reply
+    return status, payload, [*extra, (b"x-request-id", request_id)]
 
 
 def _peer(headers: Mapping[bytes, bytes]) -> str:
@@ -100,6 +112,7 @@ class HttpFrontend:
 
     async def handle(self, method: str, path: str, headers: dict[bytes, bytes], body: bytes) -> Reply:
         """Answer one request (the body already read, within the size limit); never raises."""
+        principal = None
         try:
             route, params = self.table.match(method, path)
             if route is None:
@@ -109,7 +122,6 @@ class HttpFrontend:
                 given = headers.get(key)
                 if given is None or not hmac.compare_digest(given, value):
                     return error_reply(403, f"This API is restricted, expecting header '{key.decode('latin-1')}'")
-            principal = None
             if self.gateway is not None and not self.gateway.is_open(path):
                 found = self._authorize(self.gateway, route, params, headers)  # type: ignore[arg-type]
                 if not isinstance(found, Principal):
@@ -120,12 +132,10 @@ class HttpFrontend:
                 body = _decompress(body, encoding, self.max_input_size)
             request = HttpRequest(method, path, headers, body, route.path, principal)
             reply = await route.handler(self, request, params)  # type: ignore[arg-type]
-            if principal is not None and b"x-request-id" in headers:  # the id the audit trail records it under
-                status, payload, extra = reply
-                return status, payload, [*extra, (b"x-request-id", headers[b"x-request-id"])]
-            return reply
+            return reply if principal is None else _with_request_id(reply, headers)
         except InferError as exc:
-            return infer_error_reply(exc)
+            reply = infer_error_reply(exc)
+            return reply if principal is None else _with_request_id(reply, headers)
         except Exception as exc:  # a handler bug is a 500 for this request, never a dead server
             log.exception("unhandled error on %s %s", method, path)
             return error_reply(500, f"internal error: {describe_error(exc)}")
@@ -145,14 +155,27 @@ class HttpFrontend:
         if principal.admin:
             return principal
         if route.api in ADMIN_GROUPS and route.handler not in _TENANT_HANDLERS:
-            return infer_error_reply(admin_only(f"{route.method} {route.path}"))
+            return _with_request_id(infer_error_reply(admin_only(f"{route.method} {route.path}")), headers)
         name = params.get("model_name")
         if name is not None:
+            version = params.get("model_version", "")
+            if route.protocol == "torchserve":
+                version = torchserve.version_number(version)  # "1.0" is version 1
             try:
-                Gateway.check_model(principal, name, params.get("model_version", ""))
+                Gateway.check_model(principal, name, version)
             except InferError as exc:
+                if route.api == INFERENCE:  # refused before the pipeline: counted and audited here
+                    gateway.refused(_PROTOCOLS.get(route.protocol, route.protocol), route.path, name, exc,
+                                    headers.get(b"x-request-id"), _peer(headers), tenant=principal.name,
+                                    version=version)
+                if route.handler is v2_api.model_ready:
+                    return _with_request_id(_NOT_READY, headers)
                 missing = _MISSING.get(route.protocol)
-                return missing(name, params.get("model_version", "")) if missing else infer_error_reply(exc)
+                if missing is None:
+                    return _with_request_id(infer_error_reply(exc), headers)
+                # A hidden model is missing as a whole; a hidden version of a model it sees, that version.
+                return _with_request_id(missing(name, params.get("model_version", "") if principal.sees(name)
+                                                else ""), headers)
         return principal
 
     def _unrouted(self, method: str, path: str, allowed: list[str]) -> Reply:

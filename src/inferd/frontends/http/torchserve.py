@@ -20,6 +20,7 @@ the management API (`/models`, its own port in TorchServe) is not served.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -63,13 +64,21 @@ async def predict(app: HttpFrontend, request: HttpRequest, params: Params) -> Re
     server = app.server
     if not params["model_name"]:  # `/predictions//1`: no model named at all is no TorchServe route
         return error_reply(404, "Not Found")
-    found = _served(server, params["model_name"], params.get("model_version", ""))
+    principal = request.principal
+    granted = None if principal is None else principal.versions_of(params["model_name"])
+    found = _served(server, params["model_name"], params.get("model_version", ""), granted)
     if not isinstance(found, ServedModel):
         return found
     try:
         return await _predict(server, found, request)
     except InferError as exc:
         return _failed(exc)
+
+
+def version_number(version: str) -> str:
+    """inferd's version number of a TorchServe version ("1.0" is 1); a version that is no number as it is."""
+    match = _VERSION.match(version)
+    return str(int(match.group(1))) if match is not None else version
 
 
 def missing_model(name: str, version: str = "") -> Reply:
@@ -80,9 +89,16 @@ def missing_model(name: str, version: str = "") -> Reply:
     return _error(404, "ModelNotFoundException", f"Model not found: {name}")
 
 
-def _served(server: Server, name: str, version: str) -> ServedModel | Reply:
+def _served(server: Server, name: str, version: str, granted: frozenset[str] | None = None) -> ServedModel | Reply:
+    """The model version a request calls. `granted`: the versions the caller's tenant may call (None: all); with
+    no version named, the newest of those that is ready."""
     known = server.version_states(name)
     if known is None:
+        return missing_model(name)
+    if not version and granted is not None:
+        for granted_version in sorted(granted, key=int, reverse=True):
+            with contextlib.suppress(InferError):
+                return server.model(name, granted_version)
         return missing_model(name)
     number = ""
     if version:
