@@ -71,6 +71,13 @@ class Principal:
         """Whether the model `name` exists for this principal (some version of it is granted)."""
         return self.admin or any(g.matches(name) for g in self.grants)
 
+    def sees_version(self, name: str, version: str) -> bool:
+        """Whether `version` of the model `name` exists for this principal ("": whether some version does)."""
+        if not self.sees(name):
+            return False
+        versions = self.versions_of(name)
+        return versions is None or not version or version in versions
+
     def versions_of(self, name: str) -> frozenset[str] | None:
         """The versions of `name` granted, or None when every version is."""
         if self.admin:

@@ -172,6 +172,11 @@ def _scoped(handler: Any, principal: Principal, filtered: bool) -> Any:
         response = await behavior(request, context)
         if filtered:
             _keep_visible(response, principal)
+        elif isinstance(response, pb.ModelMetadataResponse):  # a tenant granted some versions sees those only
+            versions = [v for v in response.versions if principal.sees_version(name, v)]
+            if len(versions) != len(response.versions):
+                del response.versions[:]
+                response.versions.extend(versions)
         return response
 
     return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=handler.request_deserializer,
@@ -180,7 +185,7 @@ def _scoped(handler: Any, principal: Principal, filtered: bool) -> Any:
 
 def _keep_visible(response: Any, principal: Principal) -> None:
     rows = response.model_stats if hasattr(response, "model_stats") else response.models
-    keep = [row for row in rows if principal.sees(row.name)]
+    keep = [row for row in rows if principal.sees_version(row.name, row.version)]
     if len(keep) != len(rows):
         del rows[:]
         rows.extend(keep)

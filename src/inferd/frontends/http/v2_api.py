@@ -41,7 +41,12 @@ async def server_ready(app: HttpFrontend, request: HttpRequest, params: Params) 
 
 
 async def model_metadata(app: HttpFrontend, request: HttpRequest, params: Params) -> Reply:
-    return json_reply(200, app.server.model_metadata(params["model_name"], params.get("model_version", "")))
+    name = params["model_name"]
+    doc = app.server.model_metadata(name, params.get("model_version", ""))
+    principal = request.principal
+    if principal is not None and not principal.admin:  # a tenant granted some versions sees those only
+        doc["versions"] = [v for v in doc.get("versions", []) if principal.sees_version(name, v)]
+    return json_reply(200, doc)
 
 
 async def model_ready(app: HttpFrontend, request: HttpRequest, params: Params) -> Reply:
@@ -57,7 +62,7 @@ async def model_statistics(app: HttpFrontend, request: HttpRequest, params: Para
     stats = app.server.statistics(params.get("model_name", ""), params.get("model_version", ""))
     principal = request.principal
     if principal is not None and not principal.admin:  # a tenant sees only its own models
-        stats["model_stats"] = [s for s in stats["model_stats"] if principal.sees(s["name"])]
+        stats["model_stats"] = [s for s in stats["model_stats"] if principal.sees_version(s["name"], s["version"])]
     return json_reply(200, stats)
 
 
@@ -147,7 +152,7 @@ async def repository_index(app: HttpFrontend, request: HttpRequest, params: Para
     rows = await _in_thread(app.server.repository_index, bool(doc.get("ready", False)))
     principal = request.principal
     if principal is not None and not principal.admin:  # a tenant sees only its own models
-        rows = [row for row in rows if principal.sees(row["name"])]
+        rows = [row for row in rows if principal.sees_version(row["name"], row.get("version", ""))]
     return json_reply(200, rows)
 
 
