@@ -69,7 +69,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         {"name": "acme", "keys": [ACME_KEY], "models": ["*"]},
         {"name": "beta", "keys": [BETA_KEY], "models": ["*"]},
     ]}))
-    process = start_server(root / "models", root / "inferd.log", "--auth-config", str(auth))
+    process = start_server(root / "models", root / "inferd.log", "--auth-config", str(auth),
+                           "--state-dir", str(root / "state"))
     deadline = time.monotonic() + WAIT_S
     while httpx.get(f"{process.base_url}/v2/models/{MODEL}/ready", headers=_headers(ACME_KEY),
                     timeout=30).status_code != 200:

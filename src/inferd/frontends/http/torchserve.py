@@ -112,6 +112,16 @@ def _served(server: Server, name: str, version: str, granted: frozenset[str] | N
         return missing_model(name, version if number else "")
 
 
+def _audit_refusal(server: Server, request: HttpRequest, served: ServedModel, error: InferError) -> None:
+    """A call refused before the pipeline still leaves its audit record (with auth on)."""
+    gateway = server.gateway
+    if gateway is not None:
+        principal = request.principal
+        gateway.refused("torchserve", request.route, served.name, error, request.headers.get(b"x-request-id"),
+                        request.context("torchserve").peer, tenant=None if principal is None else principal.name,
+                        version=served.version_str)
+
+
 def _bytes_tensor(value: bytes, batching: bool) -> np.ndarray:
     array = np.empty(1, dtype=np.object_)
     array[0] = value
@@ -122,8 +132,10 @@ async def _predict(server: Server, served: ServedModel, request: HttpRequest) ->
     headers, body = request.headers, request.body
     byte_inputs = [n for n, s in served.inputs.items() if s.datatype == "BYTES"]
     if not byte_inputs:
-        return _error(400, "BadRequestException", f"model '{served.name}' has no BYTES input: /predictions serves "
-                      "models that take the request body as bytes (TorchServe archives)")
+        message = (f"model '{served.name}' has no BYTES input: /predictions serves models that take the request "
+                   "body as bytes (TorchServe archives)")
+        _audit_refusal(server, request, served, InferError.invalid(message))
+        return _error(400, "BadRequestException", message)
     body_input = "body" if "body" in byte_inputs else byte_inputs[0]
     batching = served.max_batch_size > 0
     inputs = {body_input: _bytes_tensor(body, batching)}

@@ -46,17 +46,38 @@ _TF_STATES = {"READY": "AVAILABLE", "LOADING": "LOADING", "UNLOADING": "UNLOADIN
 
 async def model_status(app: HttpFrontend, request: HttpRequest, params: Params) -> Reply:
     """`GET /v1/models/{m}[/versions/{v}]`: the versions' states in TF-Serving's words."""
-    return json_reply(200, _status(app.server, params["model_name"], params.get("model_version", "")))
+    name = params["model_name"]
+    status = _status(app.server, name, params.get("model_version", ""))
+    principal = request.principal
+    if principal is not None:  # a tenant granted some versions only sees those
+        status["model_version_status"] = [row for row in status["model_version_status"]
+                                          if principal.sees_version(name, row["version"])]
+    return json_reply(200, status)
 
 
 async def model_metadata(app: HttpFrontend, request: HttpRequest, params: Params) -> Reply:
     """`GET /v1/models/{m}[/versions/{v}]/metadata`: the signature in TF-Serving's shape."""
-    return json_reply(200, _metadata(app.server.model(params["model_name"], params.get("model_version", ""))))
+    name = params["model_name"]
+    return json_reply(200, _metadata(app.server.model(name, _granted_version(app.server, request, name, params))))
 
 
 async def predict(app: HttpFrontend, request: HttpRequest, params: Params) -> Reply:
-    doc = await _predict(app.server, params["model_name"], params.get("model_version", ""), request)
+    name = params["model_name"]
+    doc = await _predict(app.server, name, _granted_version(app.server, request, name, params), request)
     return json_reply(200, doc)
+
+
+def _granted_version(server: Server, request: HttpRequest, name: str, params: Params) -> str:
+    """The version a request means: the one it names; else, for a tenant granted some versions only, the newest of
+    those that is ready (the door has refused a version the tenant is not granted); else the newest ("")."""
+    version = params.get("model_version", "")
+    principal = request.principal
+    granted = None if version or principal is None else principal.versions_of(name)
+    if not granted:
+        return version
+    known = server.version_states(name)
+    ready = sorted((v for v, (state, _) in (known[0] if known else {}).items() if state == "READY"), reverse=True)
+    return next((str(v) for v in ready if str(v) in granted), max(granted, key=int))
 
 
 async def classify_or_regress(app: HttpFrontend, request: HttpRequest, params: Params) -> Reply:
