@@ -182,6 +182,9 @@ class AuditLog:
         self._max_pending = max_pending
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._stopping = threading.Event()
+        # The writer sleeps a flush interval at a time and then drains the queue, rather than waking for each record
+        # (a thread switch per inference call); flush and close wake it at once.
+        self._wake = threading.Event()
         self._close_lock = threading.Lock()
         self._closed = False
         self._close_ok = True
@@ -230,6 +233,7 @@ class AuditLog:
         before = self.dropped
         done = threading.Event()
         self._queue.put(done)
+        self._wake.set()
         return done.wait(timeout) and self.dropped == before
 
     def close(self, timeout: float = 10.0) -> None:
@@ -242,6 +246,7 @@ class AuditLog:
             self._closed = True
             self._stopping.set()
             self._queue.put(_STOP)
+            self._wake.set()
             self._thread.join(max(0.1, deadline - _time.monotonic()))
             if self._thread.is_alive():
                 log.error("audit: the writer did not stop within %.1f s (database %s)", timeout, self.url)
@@ -347,16 +352,18 @@ class AuditLog:
                 log.exception("audit: unexpected error in the writer thread (it goes on)")
 
     def _take(self, pending: list[AuditRecord], wait: float) -> tuple[bool, list[threading.Event]]:
-        """Move queued records to `pending`: wait up to `wait` s for the first, then take what is already queued
-        (up to a batch). Returns whether a stop came, and the flush requests met on the way."""
+        """Move queued records to `pending`: when none is queued, sleep up to a flush interval (or `wait` s, or
+        until flush / close wake the writer), then take what is queued (up to a batch). Returns whether a stop
+        came, and the flush requests met on the way."""
         flushes: list[threading.Event] = []
-        block = wait > 0
+        if wait > 0 and self._queue.empty():
+            self._wake.wait(min(wait, self._flush_interval))
+        self._wake.clear()
         while len(pending) < self._batch_size:
             try:
-                item = self._queue.get(block, wait if block and wait != math.inf else None)
+                item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            block = False
             if item is _STOP:
                 return True, flushes
             if isinstance(item, threading.Event):

@@ -19,6 +19,8 @@ __all__ = ["ADMIN", "DEFAULT_OPEN_PATHS", "ApiKey", "AuthConfig", "AuthConfigErr
            "RateLimit", "load_auth_config", "parse_auth_config", "read_auth_file"]
 
 DEFAULT_OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/metrics")
+_GRANT_CACHE_SIZE = 4096  # model names whose grant answer a principal keeps
+KEY_CACHE_SIZE = 4096  # presented keys whose principal a configuration keeps
 ADMIN = "admin"  # the principal name of admin keys in audit records and metrics (no tenant may take it)
 
 
@@ -66,10 +68,34 @@ class Principal:
     max_in_flight: int | None = None
     daily_quota: int | None = None
     weight: float = 1.0
+    # Model name -> (sees it, its granted versions or None for all), computed once per name: the grants are globs
+    # and every request asks. Bounded (clients choose the names); a reload makes new principals, so no staleness.
+    _grants_of: dict[str, tuple[bool, frozenset[str] | None]] = field(default_factory=dict, repr=False)
+
+    def _granted(self, name: str) -> tuple[bool, frozenset[str] | None]:
+        found = self._grants_of.get(name)
+        if found is None:
+            found = self._match(name)
+            if len(self._grants_of) < _GRANT_CACHE_SIZE:
+                self._grants_of[name] = found
+        return found
+
+    def _match(self, name: str) -> tuple[bool, frozenset[str] | None]:
+        if self.admin:
+            return True, None
+        versions: set[str] = set()
+        seen = False
+        for grant in self.grants:
+            if grant.matches(name):
+                if not grant.version:
+                    return True, None
+                seen = True
+                versions.add(grant.version)
+        return seen, frozenset(versions)
 
     def sees(self, name: str) -> bool:
         """Whether the model `name` exists for this principal (some version of it is granted)."""
-        return self.admin or any(g.matches(name) for g in self.grants)
+        return self._granted(name)[0]
 
     def sees_version(self, name: str, version: str) -> bool:
         """Whether `version` of the model `name` exists for this principal ("": whether some version does)."""
@@ -79,16 +105,8 @@ class Principal:
         return versions is None or not version or version in versions
 
     def versions_of(self, name: str) -> frozenset[str] | None:
-        """The versions of `name` granted, or None when every version is."""
-        if self.admin:
-            return None
-        versions = set()
-        for grant in self.grants:
-            if grant.matches(name):
-                if not grant.version:
-                    return None
-                versions.add(grant.version)
-        return frozenset(versions)
+        """The versions of `name` granted (empty: none), or None when every version is."""
+        return self._granted(name)[1]
 
 
 @dataclass(frozen=True)
@@ -98,6 +116,10 @@ class AuthConfig:
     open_paths: frozenset[str] = frozenset(DEFAULT_OPEN_PATHS)
     # sha256 digest of a key -> (its principal, the key): a presented key is hashed once and looked up.
     by_digest: Mapping[bytes, tuple[Principal, ApiKey]] = field(default_factory=dict)
+    # Presented keys found valid -> (principal, key), so a client's key is hashed once, not per request. Only
+    # valid keys enter (an attacker's guesses do not fill it); a reload builds a new configuration and so forgets
+    # revoked keys. Bounded by KEY_CACHE_SIZE.
+    known: dict[str, tuple[Principal, ApiKey]] = field(default_factory=dict, repr=False, compare=False)
 
     def tenant(self, name: str) -> Principal | None:
         for tenant in self.tenants:

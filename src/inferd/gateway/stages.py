@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,7 +15,7 @@ from ..pipeline.call import Call
 from ..types import InferError
 from .audit import AuditRecord
 from .config import Principal
-from .gate import TRUSTED_PROTOCOLS, Gateway
+from .gate import TRUSTED_PROTOCOLS, Gateway, new_request_id
 
 __all__ = ["AuthenticateStage", "payload_bytes"]
 
@@ -40,7 +39,7 @@ class AuthenticateStage:
         call.on_finish(self._record)  # first registered, last run: sees the outcome of everything after
         request = call.request
         if not request.id:
-            request.id = context.header("x-request-id") or uuid.uuid4().hex
+            request.id = context.header("x-request-id") or new_request_id()
         principal = context.principal
         if principal is None:
             principal = self._gateway.identify(context.header)
@@ -106,7 +105,7 @@ def payload_bytes(tensors: Mapping[str, Any]) -> int:
     total = 0
     for array in tensors.values():
         if isinstance(array, np.ndarray):
-            if array.dtype == object:
+            if array.dtype.kind == "O":
                 total += sum(len(v) for v in array.flat if isinstance(v, (bytes, str)))
             else:
                 total += array.nbytes

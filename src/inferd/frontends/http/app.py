@@ -39,11 +39,6 @@ _MISSING: dict[str, Callable[[str, str], Reply]] = {"torchserve": torchserve.mis
 _NOT_READY: Reply = (400, b"", [])
 
 
-def _header(headers: Mapping[bytes, bytes], name: str) -> str | None:
-    value = headers.get(name.encode("latin-1"))
-    return None if value is None else value.decode("latin-1")
-
-
 def _with_request_id(reply: Reply, headers: Mapping[bytes, bytes]) -> Reply:
     """An authenticated caller's answer, whatever it is, carries its X-Request-Id back (the id the audit trail
     records the call under): a model it is not granted is answered as a missing one, headers included."""
@@ -145,7 +140,7 @@ class HttpFrontend:
         """Who calls (401 without a valid key), and whether the route is theirs: admin endpoints refuse tenant
         keys (403); a model the tenant is not granted is answered as a missing one, in its protocol's form."""
         try:
-            principal = gateway.identify(lambda name: _header(headers, name))
+            principal = gateway.identify_http(headers)
         except InferError as exc:
             if route.api == INFERENCE:
                 gateway.refused(_PROTOCOLS.get(route.protocol, route.protocol), route.path,
