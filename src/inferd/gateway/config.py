@@ -72,7 +72,8 @@ class Principal:
     # and every request asks. Bounded (clients choose the names); a reload makes new principals, so no staleness.
     _grants_of: dict[str, tuple[bool, frozenset[str] | None]] = field(default_factory=dict, repr=False)
 
-    def _granted(self, name: str) -> tuple[bool, frozenset[str] | None]:
+    def granted(self, name: str) -> tuple[bool, frozenset[str] | None]:
+        """(whether some version of `name` is granted, the granted versions or None for all): one cached lookup."""
         found = self._grants_of.get(name)
         if found is None:
             found = self._match(name)
@@ -95,7 +96,7 @@ class Principal:
 
     def sees(self, name: str) -> bool:
         """Whether the model `name` exists for this principal (some version of it is granted)."""
-        return self._granted(name)[0]
+        return self.granted(name)[0]
 
     def sees_version(self, name: str, version: str) -> bool:
         """Whether `version` of the model `name` exists for this principal ("": whether some version does)."""
@@ -106,7 +107,7 @@ class Principal:
 
     def versions_of(self, name: str) -> frozenset[str] | None:
         """The versions of `name` granted (empty: none), or None when every version is."""
-        return self._granted(name)[1]
+        return self.granted(name)[1]
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import numpy as np
 
@@ -57,11 +56,11 @@ class AuthenticateStage:
     def _check_grant(self, principal: Principal, call: Call) -> None:
         request = call.request
         name = request.model_name
-        Gateway.check_model(principal, name, request.model_version)
-        if request.model_version or principal.admin:
+        seen, versions = principal.granted(name)  # cached per model name: the common case is two dict reads
+        if versions is None and seen:
             return
-        versions = principal.versions_of(name)
-        if versions is None:
+        Gateway.check_model(principal, name, request.model_version)  # the answer for a missing model or version
+        if request.model_version or versions is None:
             return
         # Only some versions are granted: the newest of those that is ready serves a request that names none.
         for version in self._ready_versions(name):
@@ -73,23 +72,24 @@ class AuthenticateStage:
     def _record(self, call: Call) -> None:
         error = call.error
         status = 200 if error is None else _status(error)
-        principal: Principal | None = call.state.get(_TENANT)
-        model = call.model
-        name = call.request.model_name
-        version = model.version_str if model is not None else call.request.model_version
+        state = call.state
+        principal: Principal | None = state.get(_TENANT)
+        request = call.request
+        name = request.model_name
         if principal is not None:
             self._metrics.request(principal.name, name, status)
-        if self._audit is None:
+        audit = self._audit
+        if audit is None:
             return
-        now_ns = time.perf_counter_ns()
+        model = call.model
+        latency_ns = time.perf_counter_ns() - call.start_ns
         context = call.context
         response = call.response
-        self._audit.record(AuditRecord(
-            time=time.time() - (now_ns - call.start_ns) / 1e9, tenant=None if principal is None else principal.name,
-            model=name, version=version, protocol=context.protocol, endpoint=context.endpoint, status=status,
-            latency_ms=(now_ns - call.start_ns) / 1e6, bytes_in=payload_bytes(call.request.inputs),
-            bytes_out=0 if response is None else payload_bytes(response.outputs), request_id=call.request.id,
-            client=context.peer))
+        audit.record(AuditRecord(
+            time.time() - latency_ns / 1e9, None if principal is None else principal.name, name,
+            model.version_str if model is not None else request.model_version, context.protocol, context.endpoint,
+            status, latency_ns / 1e6, payload_bytes(request.inputs),
+            0 if response is None else payload_bytes(response.outputs), request.id, context.peer))
 
 
 def _status(error: BaseException) -> int:
@@ -100,13 +100,12 @@ def _status(error: BaseException) -> int:
     return 500
 
 
-def payload_bytes(tensors: Mapping[str, Any]) -> int:
+def payload_bytes(tensors: Mapping[str, np.ndarray]) -> int:
     """The tensor data a call carried (the same measure on every protocol, whatever its wire encoding)."""
     total = 0
     for array in tensors.values():
-        if isinstance(array, np.ndarray):
-            if array.dtype.kind == "O":
-                total += sum(len(v) for v in array.flat if isinstance(v, (bytes, str)))
-            else:
-                total += array.nbytes
+        if array.dtype.kind != "O":
+            total += array.nbytes
+        else:
+            total += sum(len(v) for v in array.flat if isinstance(v, (bytes, str)))
     return total

@@ -54,6 +54,8 @@ def _peer(headers: Mapping[bytes, bytes]) -> str:
     return "" if peer is None else peer.decode("latin-1")
 
 
+_EVERY_VERSION = (True, None)  # Principal.granted's answer for a model granted whole
+
 # A path that exists but not with this method: each protocol says so in its own error form.
 _NOT_ALLOWED: dict[str, Callable[[str, str], Reply]] = {
     "torchserve": lambda method, path: torchserve.not_allowed(),
@@ -117,7 +119,7 @@ class HttpFrontend:
                 given = headers.get(key)
                 if given is None or not hmac.compare_digest(given, value):
                     return error_reply(403, f"This API is restricted, expecting header '{key.decode('latin-1')}'")
-            if self.gateway is not None and not self.gateway.is_open(path):
+            if self.gateway is not None and path not in self.gateway.config.open_paths:
                 found = self._authorize(self.gateway, route, params, headers)  # type: ignore[arg-type]
                 if not isinstance(found, Principal):
                     return found
@@ -152,7 +154,7 @@ class HttpFrontend:
         if route.api in ADMIN_GROUPS and route.handler not in _TENANT_HANDLERS:
             return _with_request_id(infer_error_reply(admin_only(f"{route.method} {route.path}")), headers)
         name = params.get("model_name")
-        if name is not None:
+        if name is not None and principal.granted(name) != _EVERY_VERSION:
             version = params.get("model_version", "")
             if route.protocol == "torchserve":
                 version = torchserve.version_number(version)  # "1.0" is version 1
