@@ -8,6 +8,8 @@ database never reaches the caller: a batch is retried with backoff, then dropped
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import math
 import operator
@@ -32,6 +34,8 @@ PRUNE_INTERVAL = 3600.0  # seconds between two retention passes
 RETRY_DELAYS = (0.2, 1.0, 3.0)  # backoff before each retry of a failed batch; then the batch is dropped
 MAX_PENDING = 200_000  # records waiting for the writer; past that record() drops (bounded memory, db down)
 _GROUPS = {"day": 86400, "hour": 3600}
+# Records per INSERT statement: 12 parameters each stays under sqlite's and PostgreSQL's parameter limits.
+ROWS_PER_STATEMENT = 256
 
 
 @dataclass(slots=True)
@@ -56,14 +60,18 @@ _FIELDS = tuple(f.name for f in fields(AuditRecord))
 _row_of = operator.attrgetter(*_FIELDS)  # a record as a tuple, in _FIELDS order
 
 
-def _insert_sql(paramstyle: str) -> str | None:
-    """The INSERT of one record with positional parameters in the driver's style (sqlite3: qmark; psycopg takes
-    %s in its pyformat style too); None for a driver that only names them (then SQLAlchemy builds the rows)."""
-    mark = {"qmark": "?", "format": "%s", "pyformat": "%s", "numeric": ":{i}"}.get(paramstyle)
-    if mark is None:
-        return None
-    values = ", ".join(mark.format(i=i + 1) for i in range(len(_FIELDS)))
-    return f"INSERT INTO {TABLE_NAME} ({', '.join(_FIELDS)}) VALUES ({values})"
+def _insert_mark(paramstyle: str) -> str | None:
+    """The driver's positional parameter mark (sqlite3: qmark; psycopg takes %s in its pyformat style too); None
+    for a driver that only names them (then SQLAlchemy builds the rows)."""
+    return {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(paramstyle)
+
+
+@functools.lru_cache(maxsize=8)
+def _insert_sql(mark: str, rows: int) -> str:
+    """One INSERT of `rows` records: a batch is one statement, so the driver leaves the GIL once per batch, not
+    once per row (sqlite3 releases and takes it back around every step; the event loop pays for each handoff)."""
+    group = "(" + ", ".join([mark] * len(_FIELDS)) + ")"
+    return f"INSERT INTO {TABLE_NAME} ({', '.join(_FIELDS)}) VALUES " + ", ".join([group] * rows)
 
 
 def audit_table(metadata: sa.MetaData) -> sa.Table:
@@ -186,7 +194,7 @@ class AuditLog:
         self._engine = create_engine(url)
         self.url = self._engine.url.render_as_string(hide_password=True)
         self._table = audit_table(sa.MetaData())
-        self._insert_sql = _insert_sql(self._engine.dialect.paramstyle)
+        self._mark = _insert_mark(self._engine.dialect.paramstyle)
         self._create_table()
         self._batch_size = batch_size
         self._flush_interval = flush_interval
@@ -387,10 +395,10 @@ class AuditLog:
 
     def _write(self, batch: list[AuditRecord]) -> None:
         """Insert a batch (executemany); on a database error retry with backoff, then drop it with an error log."""
-        # Plain tuples through the driver's own executemany: SQLAlchemy's per-row processing would cost the writer
-        # thread tens of microseconds per record, all of it holding the GIL the event loop needs.
-        sql = self._insert_sql
-        rows: list[Any] = (list(map(_row_of, batch)) if sql is not None else
+        # Plain tuples in multi-row INSERTs through the driver: SQLAlchemy's per-row processing would cost the
+        # writer thread tens of microseconds per record, all of it holding the GIL the event loop needs.
+        mark = self._mark
+        rows: list[Any] = (list(map(_row_of, batch)) if mark is not None else
                            [{name: getattr(record, name) for name in _FIELDS} for record in batch])
         for attempt in range(len(self._retry_delays) + 1):
             try:
@@ -398,8 +406,11 @@ class AuditLog:
                     # A dropped table comes back; anything else fails again below.
                     self._table.metadata.create_all(self._engine, checkfirst=True)
                 with self._engine.begin() as connection:
-                    if sql is not None:
-                        connection.exec_driver_sql(sql, rows)
+                    if mark is not None:
+                        for start in range(0, len(rows), ROWS_PER_STATEMENT):
+                            chunk = rows[start:start + ROWS_PER_STATEMENT]
+                            connection.exec_driver_sql(_insert_sql(mark, len(chunk)),
+                                                       tuple(itertools.chain.from_iterable(chunk)))
                     else:
                         connection.execute(self._table.insert(), rows)
                 self._written += len(rows)
