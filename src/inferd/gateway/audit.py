@@ -8,8 +8,6 @@ database never reaches the caller: a batch is retried with backoff, then dropped
 
 from __future__ import annotations
 
-import functools
-import itertools
 import logging
 import math
 import operator
@@ -25,6 +23,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
+from .audit_writer import WriterProcess, insert_mark, reason, write_batch
+
 __all__ = ["TABLE_NAME", "AuditLog", "AuditRecord", "audit_table"]
 
 log = logging.getLogger("inferd.audit")
@@ -34,8 +34,7 @@ PRUNE_INTERVAL = 3600.0  # seconds between two retention passes
 RETRY_DELAYS = (0.2, 1.0, 3.0)  # backoff before each retry of a failed batch; then the batch is dropped
 MAX_PENDING = 200_000  # records waiting for the writer; past that record() drops (bounded memory, db down)
 _GROUPS = {"day": 86400, "hour": 3600}
-# Records per INSERT statement: 12 parameters each stays under sqlite's and PostgreSQL's parameter limits.
-ROWS_PER_STATEMENT = 256
+
 
 
 @dataclass(slots=True)
@@ -58,20 +57,6 @@ class AuditRecord:
 
 _FIELDS = tuple(f.name for f in fields(AuditRecord))
 _row_of = operator.attrgetter(*_FIELDS)  # a record as a tuple, in _FIELDS order
-
-
-def _insert_mark(paramstyle: str) -> str | None:
-    """The driver's positional parameter mark (sqlite3: qmark; psycopg takes %s in its pyformat style too); None
-    for a driver that only names them (then SQLAlchemy builds the rows)."""
-    return {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(paramstyle)
-
-
-@functools.lru_cache(maxsize=8)
-def _insert_sql(mark: str, rows: int) -> str:
-    """One INSERT of `rows` records: a batch is one statement, so the driver leaves the GIL once per batch, not
-    once per row (sqlite3 releases and takes it back around every step; the event loop pays for each handoff)."""
-    group = "(" + ", ".join([mark] * len(_FIELDS)) + ")"
-    return f"INSERT INTO {TABLE_NAME} ({', '.join(_FIELDS)}) VALUES " + ", ".join([group] * rows)
 
 
 def audit_table(metadata: sa.MetaData) -> sa.Table:
@@ -186,6 +171,7 @@ class AuditLog:
         retention_days: float | None = None,
         retry_delays: Sequence[float] = RETRY_DELAYS,
         max_pending: int = MAX_PENDING,
+        writer_process: bool = True,
     ) -> None:
         if batch_size < 1 or flush_interval <= 0:
             raise ValueError("audit log: batch_size must be >= 1 and flush_interval > 0")
@@ -194,7 +180,7 @@ class AuditLog:
         self._engine = create_engine(url)
         self.url = self._engine.url.render_as_string(hide_password=True)
         self._table = audit_table(sa.MetaData())
-        self._mark = _insert_mark(self._engine.dialect.paramstyle)
+        self._mark = insert_mark(self._engine.dialect.paramstyle)
         self._create_table()
         self._batch_size = batch_size
         self._flush_interval = flush_interval
@@ -213,6 +199,14 @@ class AuditLog:
         self._write_dropped = 0
         self._rejected = 0  # record() calls refused (queue full or closed); counted without a lock: a statistic
         self._rejected_logged = 0
+        # The database writes run in a process of their own (audit_writer.py) unless `writer_process` is False or
+        # no process can be started; then on the writer thread.
+        self._process: WriterProcess | None = None
+        if writer_process:
+            try:
+                self._process = WriterProcess(url, self._retry_delays)
+            except OSError as exc:
+                log.warning("audit: writing from the server's own process (%s)", exc)
         self._thread = threading.Thread(target=self._run, name="inferd-audit-writer", daemon=True)
         self._thread.start()
 
@@ -271,6 +265,8 @@ class AuditLog:
             self._thread.join(max(0.1, deadline - _time.monotonic()))
             if self._thread.is_alive():
                 log.error("audit: the writer did not stop within %.1f s (database %s)", timeout, self.url)
+            if self._process is not None:
+                self._process.close(max(0.1, deadline - _time.monotonic()))
             self._engine.dispose()
 
     def __enter__(self) -> AuditLog:
@@ -394,41 +390,33 @@ class AuditLog:
         return False, flushes
 
     def _write(self, batch: list[AuditRecord]) -> None:
-        """Insert a batch (executemany); on a database error retry with backoff, then drop it with an error log."""
-        # Plain tuples in multi-row INSERTs through the driver: SQLAlchemy's per-row processing would cost the
-        # writer thread tens of microseconds per record, all of it holding the GIL the event loop needs.
+        """Insert a batch (see audit_writer.write_batch: retried with backoff, then dropped), in the writer process
+        when there is one; log what the writing said."""
+        # Plain tuples in multi-row INSERTs: SQLAlchemy's per-row processing would cost tens of microseconds a record.
         mark = self._mark
         rows: list[Any] = (list(map(_row_of, batch)) if mark is not None else
                            [{name: getattr(record, name) for name in _FIELDS} for record in batch])
-        for attempt in range(len(self._retry_delays) + 1):
+        written = dropped = 0
+        logs: list[tuple[int, str]] = []
+        if self._process is not None:
             try:
-                if attempt:
-                    # A dropped table comes back; anything else fails again below.
-                    self._table.metadata.create_all(self._engine, checkfirst=True)
-                with self._engine.begin() as connection:
-                    if mark is not None:
-                        for start in range(0, len(rows), ROWS_PER_STATEMENT):
-                            chunk = rows[start:start + ROWS_PER_STATEMENT]
-                            connection.exec_driver_sql(_insert_sql(mark, len(chunk)),
-                                                       tuple(itertools.chain.from_iterable(chunk)))
-                    else:
-                        connection.execute(self._table.insert(), rows)
-                self._written += len(rows)
-                if attempt:
-                    log.warning("audit: %d records written after %d retries", len(rows), attempt)
-                return
-            except Exception as error:
-                if attempt == len(self._retry_delays):
-                    self._write_dropped += len(rows)
-                    log.error(
-                        "audit: dropped %d records after %d attempts (%d dropped in all): %s",
-                        len(rows), attempt + 1, self._write_dropped, _reason(error),
-                    )
-                    return
-                delay = self._retry_delays[attempt]
-                log.warning("audit: writing %d records failed, retry in %.1f s: %s", len(rows), delay, _reason(error))
-                if self._stopping.wait(delay):
-                    _time.sleep(min(delay, 0.05))  # closing: retry at once instead of holding close() up
+                written, dropped, logs = self._process.write(rows)
+            except (OSError, EOFError) as exc:  # the process died: write from here from now on
+                log.error("audit: the writer process (pid %d) is gone, writing in-process: %s", self._process.pid,
+                          exc)
+                self._process = None
+        if self._process is None:
+            written, dropped, logs = write_batch(self._engine, self._table, mark, rows, self._retry_delays,
+                                                 self._retry_wait)
+        self._written += written
+        self._write_dropped += dropped
+        for level, message in logs:
+            log.log(level, "%s%s", message, f" ({self._write_dropped} dropped in all)" if level >= logging.ERROR
+                    else "")
+
+    def _retry_wait(self, delay: float) -> None:
+        if self._stopping.wait(delay):
+            _time.sleep(min(delay, 0.05))  # closing: retry at once instead of holding close() up
 
     def _prune(self) -> None:
         """Delete the records older than the retention; a failure is logged and tried again next time."""
@@ -441,7 +429,7 @@ class AuditLog:
             if deleted:
                 log.info("audit: deleted %d records older than %.1f days", deleted, self._retention / 86400)
         except Exception as error:
-            log.error("audit: deleting old records failed: %s", _reason(error))
+            log.error("audit: deleting old records failed: %s", reason(error))
 
     def _report_rejected(self) -> None:
         rejected = self._rejected
@@ -456,7 +444,3 @@ def _usage_order(key: tuple[str | None, str, int]) -> tuple[int, bool, str, str]
     return key[2], key[0] is not None, key[0] or "", key[1]
 
 
-def _reason(error: BaseException) -> str:
-    """The first line of the driver's message (SQLAlchemy appends the statement and every parameter)."""
-    text = str(getattr(error, "orig", None) or error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
