@@ -385,7 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         f"Loader: {loader}. req/s, p50, p99, server CPU µs/req (CPU of inferd's process tree, the audit writer "
-        "included, / 200 responses), server and loader cores (1.00 = one core busy): medians over rounds; ratio to off: of the req/s medians; per-round "
+        "included, / 200 responses), server and loader cores (1.00 = one core busy): medians over rounds; "
+        "ratio to off: of the req/s medians; per-round "
         "ratios: on / off of the same round."
     )
     print(f"Machine: {info}. Run took {elapsed:.0f} s.")
