@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import functools
 import json
 import os
 import re
@@ -81,7 +82,8 @@ instance_group [ {{ count: 2 kind: KIND_CPU }} ]
 
 # Failure reasons the chaos explains, per model: (status or code pattern, message pattern).
 EXPECTED = {
-    PY: re.compile(r"exited|killed|stopped answering|instance process", re.IGNORECASE),
+    # Not "could not load the model": a restarted process that fails to load is a failure of its own.
+    PY: re.compile(r"exited with code|killed by|stopped answering|is restarting|was killed", re.IGNORECASE),
     CHURN: re.compile(r"unload|not found|unknown model|not ready|unavailable|no version|is not loaded|loading",
                       re.IGNORECASE),
 }
@@ -122,7 +124,7 @@ def _datatype(array: np.ndarray) -> str:
 def short_reason(text: str) -> str:
     """An error message made countable: numbers (pids, exit codes) folded to N, cut short."""
     text = re.sub(r"\d+", "N", " ".join(str(text).split()))
-    return text if len(text) <= 90 else text[:89] + "…"
+    return text if len(text) <= 120 else text[:119] + "…"
 
 
 class Outcome(Exception):
@@ -301,6 +303,9 @@ def client_loop(protocol: str, model: str, make_client: Callable[[], Any], count
 
 # ---- chaos ----
 
+SEEN_WORKERS: set[int] = set()  # every instance process seen during the run: none may outlive the server
+
+
 def instance_children(server_pid: int) -> list[int]:
     """The server's child processes that are model instance processes (see inferd/instances/worker.py)."""
     found = []
@@ -314,7 +319,29 @@ def instance_children(server_pid: int) -> list[int]:
             continue
         if int(stat.rsplit(")", 1)[1].split()[1]) == server_pid and b"inferd.instances.worker" in cmdline:
             found.append(int(entry))
+    SEEN_WORKERS.update(found)
     return sorted(found)
+
+
+def zombie_children(server_pid: int) -> int:
+    """The server's children that ended and were never waited for."""
+    count = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                count += fields[0] == "Z" and int(fields[1]) == server_pid
+    return count
+
+
+def surviving_workers() -> list[int]:
+    """Instance processes seen during the run that are still running (call after the server stopped)."""
+    alive = []
+    for pid in sorted(SEEN_WORKERS):
+        with contextlib.suppress(OSError):
+            if b"inferd.instances.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                alive.append(pid)
+    return alive
 
 
 @dataclass
@@ -389,6 +416,7 @@ class Sample:
     threads: int
     shm: int
     instances: int
+    zombies: int
     sent: int
     answered: int
 
@@ -404,7 +432,7 @@ def sample(pid: int, t: float, counts: Counts) -> Sample:
         shm = sum(1 for name in os.listdir("/dev/shm") if name.startswith(f"{SHM_PREFIX}{pid}-"))
     totals = counts.totals()["total"]
     return Sample(t, _status(pid, "VmRSS") / 1024, tree / 1024, fds, _status(pid, "Threads"), shm,
-                  len(instance_children(pid)), totals["sent"], totals["answered"])
+                  len(instance_children(pid)), zombie_children(pid), totals["sent"], totals["answered"])
 
 
 # ---- the run ----
@@ -436,16 +464,23 @@ def run(args: argparse.Namespace) -> int:
         load = [arg for model in MODELS for arg in ("--load-model", model)]
         server = ServerProcess(repo, Path(tmp) / "server.log", "--model-control-mode", "explicit", *load)
         try:
-            return _soak(args, server, started_at)
+            finish = _soak(args, server, started_at)
         finally:
             code = server.stop()
-            print(f"server stopped with exit code {code}")
             if args.server_log:
                 print("---- server log (tail) ----")
                 print("\n".join(server.log().splitlines()[-40:]))
+        after = []
+        if code != 0:
+            after.append(f"the server exited with code {code} on SIGTERM")
+        if survivors := surviving_workers():
+            after.append(f"instance processes {survivors} outlived the server")
+        print(f"server stopped with exit code {code}; instance processes seen during the run: {len(SEEN_WORKERS)}, "
+              f"still running: {len(survivors)}")
+        return finish(after)
 
 
-def _soak(args: argparse.Namespace, server: ServerProcess, started_at: float) -> int:
+def _soak(args: argparse.Namespace, server: ServerProcess, started_at: float) -> Callable[[list[str]], int]:
     server.wait_live()
     base_url, grpc_url = server.base_url, server.grpc_url
     pid = server.process.pid
@@ -494,20 +529,21 @@ def _soak(args: argparse.Namespace, server: ServerProcess, started_at: float) ->
     if died is None:
         samples.append(sample(pid, time.monotonic() - t0, counts))
     elapsed = time.monotonic() - t0
-    return report(args, counts, chaos, samples, died, hung, elapsed, time.monotonic() - started_at)
+    return functools.partial(report, args, counts, chaos, samples, died, hung, elapsed, started_at)
 
 
 def report(args: argparse.Namespace, counts: Counts, chaos: ChaosLog, samples: list[Sample], died: int | None,
-           hung: list[str], elapsed: float, runtime: float) -> int:
+           hung: list[str], elapsed: float, started_at: float, after: list[str]) -> int:
+    """Print the tables and the verdict; `after`: problems found once the server stopped."""
     print()
     print(f"## Resources of the server (every {SAMPLE_EVERY_S:.0f} s)")
     print()
-    print("| t (s) | RSS server (MiB) | RSS tree (MiB) | FDs | threads | shm segments | instance procs | sent "
-          "| answered |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| t (s) | RSS server (MiB) | RSS tree (MiB) | FDs | threads | shm segments | instance procs | zombies "
+          "| sent | answered |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for s in samples:
         print(f"| {s.t:.0f} | {s.rss_mib:.1f} | {s.tree_rss_mib:.1f} | {s.fds} | {s.threads} | {s.shm} | "
-              f"{s.instances} | {s.sent} | {s.answered} |")
+              f"{s.instances} | {s.zombies} | {s.sent} | {s.answered} |")
     totals = counts.totals()
     print()
     print(f"## Requests ({elapsed:.0f} s)")
@@ -536,7 +572,7 @@ def report(args: argparse.Namespace, counts: Counts, chaos: ChaosLog, samples: l
     print(f"chaos: {chaos.kills} instance processes killed ({chaos.kills_missed} times none found), "
           f"{chaos.unloads} unloads, {chaos.loads} loads of {CHURN}")
 
-    problems = []
+    problems = list(after)
     total = totals["total"]
     if total["lost"]:
         problems.append(f"{total['lost']} requests lost")
@@ -563,9 +599,14 @@ def report(args: argparse.Namespace, counts: Counts, chaos: ChaosLog, samples: l
             problems.append(f"RSS grew {rss_ratio:.2f}x from t={base.t:.0f}s to the end (limit {args.rss_factor}x)")
         if fd_growth > args.fd_growth:
             problems.append(f"FDs grew by {fd_growth} from t={base.t:.0f}s to the end (limit +{args.fd_growth})")
+        if end.shm > base.shm + 2:
+            problems.append(f"shared memory segments grew from {base.shm} to {end.shm}")
+        if end.zombies > 1:
+            problems.append(f"{end.zombies} unreaped (zombie) children of the server at the end")
     print(f"RSS (tree) {base.tree_rss_mib if base else float('nan'):.1f} MiB at t=10s -> {end.tree_rss_mib:.1f} MiB "
           f"at the end ({rss_ratio or float('nan'):.2f}x, limit {args.rss_factor}x); FDs "
           f"{base.fds if base else -1} -> {end.fds} (limit +{args.fd_growth})")
+    runtime = time.monotonic() - started_at
     print(f"runtime {runtime:.1f} s")
     print("RESULT: " + ("PASS" if not problems else "FAIL: " + "; ".join(problems)))
     summary = {"totals": totals, "problems": problems, "duration_s": round(elapsed, 1), "runtime_s": round(runtime, 1),
