@@ -8,7 +8,7 @@ It builds a model repository in a temporary folder and starts `inferd serve` (ex
 loaded with --load-model, ports bound by the server) with three models:
 
 * `simple` (ONNX, OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1): the traffic that must never fail;
-* `py_double` (a Python model, y = 2x + 1, two instances, each in an instance process of its own): the chaos
+* `py_double` (a Python model, y = 2x + 1 in 20 ms, two instances, each in an instance process of its own): the chaos
   thread kills (SIGKILL) one of its instance processes now and then; the request in flight there fails with
   "model instance process exited ... killed by SIGKILL" and the instance starts a new process;
 * `churn` (the same ONNX graph as simple): the chaos thread unloads it and loads it again now and then; requests
@@ -62,12 +62,16 @@ SAMPLE_EVERY_S = 5.0
 REQUEST_TIMEOUT_S = 30.0
 SHM_PREFIX = "inferd-"
 
+# 20 ms per call: a kill finds a call in flight about as often as an idle process (both paths of the restart).
 PY_MODEL = """
+    import time
+
     import numpy as np
 
 
     class Model:
         def predict(self, inputs):
+            time.sleep(0.02)
             return {"y": inputs["x"] * np.float32(2) + np.float32(1)}
 """
 
