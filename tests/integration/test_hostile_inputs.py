@@ -137,10 +137,12 @@ def nested(depth: int) -> bytes:
 
 @dataclass(frozen=True)
 class Raw:
-    """Bytes written to a fresh socket as they are; `expect` the statuses of the answers in order."""
+    """Bytes written to a fresh socket as they are; `expect` the statuses of the answers in order. With
+    `half_close` the client then shuts its sending side (the request ends early: EOF mid-request)."""
 
     data: bytes
     expect: tuple[int, ...]
+    half_close: bool = False
 
 
 @dataclass(frozen=True)
@@ -248,6 +250,12 @@ RAW_CASES: list[Any] = [
                                       b"Content-Length: %d\r\n\r\n" % (MAX_INPUT + 1), (413,))),
     ("pipelined-three-then-bad-method", Raw(VALID_INFER * 3 + b"BREW / HTTP/1.1\r\nHost: x\r\n\r\n",
                                             (200, 200, 200, 400))),
+    # A client that stops sending mid-request gets the connection closed, promptly and without an answer.
+    ("eof-mid-headers", Raw(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-A:", (), half_close=True)),
+    ("eof-mid-body", Raw(b"POST " + INFER.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{",
+                         (), half_close=True)),
+    ("eof-mid-chunk", Raw(b"POST " + INFER.encode() + b" HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                          b"\r\n10\r\nabc", (), half_close=True)),
     ("tls-client-hello", Raw(b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + b"\x00" * 64, (400,))),
     ("http2-preface", Raw(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", (400,))),
 ]
@@ -443,21 +451,27 @@ def _read_answers(sock: socket.socket, count: int) -> list[int]:
     return statuses
 
 
-def send_raw(server: ServerProcess, data: bytes, count: int) -> list[int]:
+def send_raw(server: ServerProcess, data: bytes, count: int, half_close: bool = False) -> list[int]:
     with socket.create_connection((HOST, server.http_port), timeout=10.0) as sock:
         try:
             sock.sendall(data)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server may answer and close before it read everything
         try:
-            return _read_answers(sock, count)
+            statuses = _read_answers(sock, count)
+            if half_close:  # then the server closes (a socket timeout here fails the case: a wedged connection)
+                while sock.recv(65536):
+                    pass
+            return statuses
         except ConnectionResetError:
             return []
 
 
 @pytest.mark.parametrize("case", [pytest.param(c[1], id=c[0], marks=c[2] if len(c) > 2 else ()) for c in RAW_CASES])
 def test_raw_http(server: ServerProcess, http: httpx.Client, case: Raw) -> None:
-    assert send_raw(server, case.data, len(case.expect)) == list(case.expect)
+    assert send_raw(server, case.data, len(case.expect), case.half_close) == list(case.expect)
     assert_alive(server, http)
 
 
