@@ -697,6 +697,20 @@ def test_grpc_stream(server: ServerProcess, http: httpx.Client, stub: Any, reque
     assert_alive(server, http)
 
 
+def test_no_unexpected_tracebacks(server: ServerProcess, http: httpx.Client) -> None:
+    """After the cases (run last in file order), the server's log holds no traceback but the known one of the
+    undecodable-protobuf cases: bad input is refused by validation, not by an exception that escaped."""
+    assert_alive(server, http)
+    lines = server.log().splitlines()
+    escaped = []
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback (most recent call last):"):
+            last = next((x for x in lines[i + 1:] if x and not x[0].isspace()), "")
+            if not last.startswith("google.protobuf.message.DecodeError"):
+                escaped.append(last)
+    assert not escaped, escaped
+
+
 def test_case_count() -> None:
     """The suite keeps at least 80 cases, each with a unique id."""
     ids = [c[0] for c in RAW_CASES + HTTP_CASES] + [c[0] for c in GRPC_CASES + MALFORMED_PROTOBUF + STREAM_CASES]
