@@ -20,6 +20,7 @@ from .instances.bls import BlsHandler, BlsRequest, Tensors
 from .instances.environments import EnvironmentBuildError, EnvironmentCache, PythonEnvironment, find_requirements
 from .instances.process import ProcessInstance
 from .model import ServedModel
+from .model_limits import MEMORY_LIMIT, memory_limit_bytes, request_timeout_ms
 from .observability import ModelStatistics
 from .repository import ModelRepository, safe_join, select_versions, version_dirs
 from .scheduling import Arrivals, DirectScheduler, DynamicBatcher, InstancePool, Scheduler
@@ -358,6 +359,8 @@ class ModelManager:
             if group.kind == ModelInstanceGroup.KIND_AUTO:
                 group.kind = ModelInstanceGroup.KIND_CPU
         validate_config(config, name)
+        request_timeout_ms(config)  # a bad value is the load's error, before any instance starts
+        memory_limit_bytes(config)
         return config, backend, {v: available[v] for v in selected}, probe
 
     def _interpreter(self, name: str, files: Path) -> str | None:
@@ -408,8 +411,11 @@ class ModelManager:
                 with contextlib.suppress(Exception):
                     instance.unload()
             raise
+        if memory_limit_bytes(config) and not all(isinstance(i, ProcessInstance) for i in instances):
+            log.warning("model '%s' version %d: %s is ignored: only models that run in instance processes (Python "
+                        "models) get a memory limit", name, version, MEMORY_LIMIT)
         stats = ModelStatistics(name, str(version))
-        pool = InstancePool(instances, stats)
+        pool = InstancePool(instances, stats, request_timeout_ms(config))
         scheduler: Scheduler
         if config.HasField("dynamic_batching") and config.max_batch_size > 0:
             scheduler = DynamicBatcher(pool, f"{name}-{version}", config.max_batch_size, config.dynamic_batching,

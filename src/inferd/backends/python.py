@@ -141,7 +141,9 @@ class PythonBackend:
                 log.error("model '%s' raised (later failures are logged in one line):\n%s", self._name, text)
             else:
                 log.debug("model '%s' raised:\n%s", self._name, text)
-            raise RuntimeError(f"{type(exc).__name__}: {' '.join(str(exc).split())}") from None
+            # A MemoryError stays one: an instance process with a memory limit recycles itself on it.
+            error = MemoryError if isinstance(exc, MemoryError) else RuntimeError
+            raise error(f"{type(exc).__name__}: {' '.join(str(exc).split())}") from None
         return self._conform(outputs)
 
     def _conform(self, outputs: Any) -> dict[str, np.ndarray]:

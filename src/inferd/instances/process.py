@@ -17,6 +17,10 @@ waits on a pipe, so the schedulers treat it like any other thread-friendly insta
 * A backend exception fails that call only, with the backend's message (an `InferError` keeps its kind). If the
   process dies (a crash, `os._exit`, `kill -9`), the call in flight fails with "model instance process exited
   with code X" and the instance starts a new process (reloading the model) for the next call.
+* `abort(reason)` (a request past the model's `request_timeout_ms`) kills the process of the call in flight: the
+  call fails with the reason and the process restarts. With `instance_memory_limit_bytes` the child limits its own
+  data size (worker.py `limit_memory`); a MemoryError there fails the call with RESOURCE_EXHAUSTED naming the
+  limit, and the process is replaced (whatever the model holds may be half-built).
 * `unload()` stops the process and unlinks both arenas; instances left running at interpreter exit are stopped
   by an exit hook.
 * An instance given a `PythonEnvironment` (a model's own requirements, see environments.py) runs that
@@ -44,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, ModelConfig
+from ..model_limits import memory_limit_bytes, memory_limit_text
 from ..types import ErrorKind, InferError, describe_error
 from .arenas import SHM_PREFIX, Header, ServerArena, Tensors, layout, view, write
 from .bls import BlsHandler, BlsRequest
@@ -56,6 +61,10 @@ log = logging.getLogger("inferd.instances.process")
 
 class InstanceProcessError(RuntimeError):
     """A call on an instance process failed: the backend raised, or the process died."""
+
+
+class _OverMemoryLimit(Exception):
+    """The model raised MemoryError in a process with a memory limit (`instance_memory_limit_bytes`)."""
 
 
 class _ProcessExited(Exception):
@@ -291,6 +300,11 @@ class ProcessInstance:
         self._version = ""
         self._lock = threading.Lock()
         self._closed = False
+        self._memory_limit = 0  # the config's instance_memory_limit_bytes, which the process applies to itself
+        # `abort` of a timed-out call: which call (numbered by `_calls`) and why; the child executing it, if any.
+        self._calls = 0
+        self._aborted: tuple[int, str] | None = None
+        self._calling: _Child | None = None
         self._resources = _Resources()
         weakref.finalize(self, self._resources.release, stop_timeout).atexit = False  # _release_all_at_exit
         if config is not None and files is not None:
@@ -325,15 +339,48 @@ class ProcessInstance:
             self._wait_loaded_locked()
 
     def execute(self, inputs: Tensors) -> Tensors:
+        self._calls += 1  # one call at a time: the scheduler hands an instance to one batch at a time
+        call = self._calls
         with self._lock:
             child = self._usable_child()
+            self._calling = child  # before the check: an `abort` from now on kills it
             try:
+                if self._abort_reason(call) is not None:  # given up while it waited for the instance (a restart)
+                    raise InstanceProcessError(f"{self._abort_reason(call)}: it waited for its instance process")
                 return self._call(child, inputs)
             except _ProcessExited as exc:
                 self._discard(child, stop=False)
-                log.error("model '%s': %s during a call; restarting it", self._name, exc)
                 self._restart_in_background()
-                raise InstanceProcessError(f"{exc}; the instance is restarting") from None
+                reason = self._abort_reason(call)
+                if reason is not None:
+                    log.error("model '%s': %s; its instance process %s was killed, restarting it", self._name,
+                              reason, child.pid)
+                    raise InstanceProcessError(f"{reason}: the instance process was killed and is restarting") \
+                        from None
+                limit = f" (memory limit {memory_limit_text(self._memory_limit)})" if self._memory_limit else ""
+                log.error("model '%s': %s during a call%s; restarting it", self._name, exc, limit)
+                raise InstanceProcessError(f"{exc}{limit}; the instance is restarting") from None
+            except _OverMemoryLimit as exc:
+                self._discard(child, stop=False)
+                self._restart_in_background()
+                message = (f"model '{self._name}' went over its memory limit of "
+                           f"{memory_limit_text(self._memory_limit)}: {exc}; the instance process is restarting")
+                log.error("%s", message)
+                raise InferError(ErrorKind.RESOURCE_EXHAUSTED, message) from None
+            finally:
+                self._calling = None
+
+    def abort(self, reason: str) -> None:
+        """Give up the call in flight (its request timed out): it fails with `reason`; a process executing it is
+        killed (the instance restarts), one still loading for it is left to load. Does not wait; any thread."""
+        self._aborted = (self._calls, reason)
+        child = self._calling
+        if child is not None:
+            child.kill()
+
+    def _abort_reason(self, call: int) -> str | None:
+        aborted = self._aborted
+        return aborted[1] if aborted is not None and aborted[0] == call else None
 
     def unload(self) -> None:
         """Stop the process (it unloads the model) and free the shared memory."""
@@ -364,6 +411,7 @@ class ProcessInstance:
         self._device = device
         self._name = config.name or self._name
         self._version = Path(files).name
+        self._memory_limit = memory_limit_bytes(config)
 
     def _spawn(self) -> _Child:
         parent_end, child_end = multiprocessing.Pipe(duplex=True)
@@ -408,6 +456,8 @@ class ProcessInstance:
         log.debug("model '%s' failed to load in its instance process:\n%s", self._name, remote_traceback)
         if kind is not None:
             raise InferError(ErrorKind[kind], message)
+        if self._memory_limit and "MemoryError" in f"{type_name} {message}":
+            message = f"{message} (memory limit {memory_limit_text(self._memory_limit)})"
         if type_name == "ConfigError":
             raise ConfigError(message)
         raise ConfigError(f"{type_name}: {message}")
@@ -493,8 +543,10 @@ class ProcessInstance:
             raise grow_error
         if reply[0] == "done":
             return self._read(reply[1], reply[2])
-        _, kind, _type_name, message, remote_traceback = reply
+        _, kind, type_name, message, remote_traceback = reply
         log.debug("model '%s' raised in its instance process:\n%s", self._name, remote_traceback)
+        if type_name == "MemoryError" and self._memory_limit:
+            raise _OverMemoryLimit(message)
         if kind is not None:
             raise InferError(ErrorKind[kind], message)
         raise InstanceProcessError(message)

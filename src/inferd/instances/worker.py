@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ModelConfig
+from ..model_limits import memory_limit_bytes
 from ..types import InferError
 from .arenas import ChildArenas, Tensors, layout, view, write
 from .bls import Channel, set_channel
@@ -97,7 +98,26 @@ def _describe(exc: BaseException) -> tuple[str, str | None, str, str, str]:
     """A backend exception as plain data for the pipe: ("failed", InferError kind, type, message, traceback)."""
     kind = exc.kind.name if isinstance(exc, InferError) else None
     message = " ".join(str(exc).split()) or type(exc).__name__
-    return "failed", kind, type(exc).__name__, message, "".join(traceback.format_exception(exc))
+    type_name = "MemoryError" if isinstance(exc, MemoryError) else type(exc).__name__  # numpy's subclasses too
+    return "failed", kind, type_name, message, "".join(traceback.format_exception(exc))
+
+
+def limit_memory(config: ModelConfig) -> None:
+    """Apply the model's `instance_memory_limit_bytes` to this process, as its data limit (RLIMIT_DATA).
+
+    RLIMIT_DATA (Linux >= 4.7) counts the private writable memory a process maps (heap, anonymous mmaps: numpy's
+    arrays), not address space merely reserved (RLIMIT_AS would count thread stacks, malloc arenas and what BLAS
+    and torch reserve, failing models far below their real use) nor the shared-memory arenas of the tensors. An
+    allocation past it fails at once (MemoryError) rather than the kernel's OOM killer ending the process later.
+    """
+    limit = memory_limit_bytes(config)
+    if limit:
+        import resource
+
+        _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
 
 def _outputs(value: object) -> Tensors:
@@ -136,8 +156,10 @@ def serve(conn: Connection, target: str, config_bytes: bytes, files: str, device
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the bootstrap did already; for a caller that did not
     try:
         enter_environment(site_dirs)
+        config = ModelConfig.FromString(config_bytes)
+        limit_memory(config)  # before the model's own imports and load: they count too
         backend: Any = pkgutil.resolve_name(target)()  # "module:Class", the registry's target
-        backend.load(ModelConfig.FromString(config_bytes), Path(files), device)
+        backend.load(config, Path(files), device)
     except BaseException as exc:  # whatever stops the load is the reason the instance is unavailable
         conn.send(_describe(exc))
         return

@@ -1,24 +1,31 @@
 """What every scheduler shares: a queued job, the pool of model instances, and running one batch on an instance.
 
 A batch is concatenated once per input and every caller gets views of its own rows of the outputs.
+
+A model's `request_timeout_ms` (`InstancePool.run_with_deadline`): its requests never run inline; each has a timer
+from its arrival that fails it with DEADLINE_EXCEEDED, takes it out of the queue, and aborts the instance process
+executing it (an instance thread cannot be stopped: it finishes unobserved).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import queue
 import re
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
 
 from ..backends import Backend
+from ..model_limits import timeout_message
 from ..observability import ModelStatistics, Trace
-from ..types import InferError, Tensors
+from ..types import ErrorKind, InferError, Tensors
 
 log = logging.getLogger("inferd.scheduling")
 
@@ -57,8 +64,8 @@ class Arrivals:
 class Job:
     """One request waiting for (or in) an execution."""
 
-    __slots__ = ("deadline_ns", "delayed", "enqueued_ns", "feeds", "future", "loop", "priority", "rows", "signature",
-                 "trace")
+    __slots__ = ("deadline_ns", "delayed", "enqueued_ns", "expired", "feeds", "future", "instance", "loop",
+                 "priority", "rows", "signature", "trace")
 
     def __init__(self, feeds: Tensors, rows: int, priority: int = 0, timeout_ns: int = 0) -> None:
         self.feeds = feeds
@@ -71,11 +78,14 @@ class Job:
         self.future: asyncio.Future[Tensors] | concurrent.futures.Future[Tensors] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.trace: Trace | None = None  # set by the server for a traced request
+        self.expired = False  # failed at the model's request timeout (see InstancePool.expire)
+        self.instance: Backend | None = None  # the instance executing it, while it does (request timeouts only)
 
     def abandoned(self) -> bool:
-        """The caller went away (its future was cancelled): the job leaves the queue without running."""
+        """The caller went away (its future was cancelled), or the model's request timeout failed it: the job
+        leaves the queue without running."""
         future = self.future
-        return future is not None and future.cancelled()
+        return self.expired or (future is not None and future.cancelled())
 
 
 def settle(jobs: Sequence[Job], results: Sequence[Tensors | BaseException]) -> None:
@@ -84,10 +94,13 @@ def settle(jobs: Sequence[Job], results: Sequence[Tensors | BaseException]) -> N
         future = job.future
         if future is None or future.done():
             continue
-        if isinstance(result, BaseException):
-            future.set_exception(result)
-        else:
-            future.set_result(result)
+        try:
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        except (concurrent.futures.InvalidStateError, asyncio.InvalidStateError):
+            pass  # failed meanwhile by the model's request timeout (from the waiting thread)
 
 
 def settle_from_thread(jobs: Sequence[Job], results: Sequence[Tensors | BaseException]) -> None:
@@ -110,7 +123,7 @@ def settle_from_thread(jobs: Sequence[Job], results: Sequence[Tensors | BaseExce
 class InstancePool:
     """The instances of one model version and the one way a batch runs on them."""
 
-    def __init__(self, instances: list[Backend], stats: ModelStatistics | None) -> None:
+    def __init__(self, instances: list[Backend], stats: ModelStatistics | None, request_timeout_ms: int = 0) -> None:
         if not instances:
             raise ValueError("a model needs at least one instance")
         self.instances = instances
@@ -121,6 +134,10 @@ class InstancePool:
         self.releases_gil = all(i.releases_gil for i in instances)
         # Unknown cost: the first execution runs off the loop and its measurement decides.
         self.exec_ns = float(_SLOW_NS)
+        # The model's `request_timeout_ms` (0: none); its requests never run inline (see `run_with_deadline`).
+        self.timeout_ms = request_timeout_ms
+        self.timeout_ns = request_timeout_ms * 1_000_000
+        self._claims = threading.Lock()  # who executes which job, for `expire`
 
     def _label(self) -> str:
         stats = self.stats
@@ -129,10 +146,13 @@ class InstancePool:
     @property
     def cheap(self) -> bool:
         """Batches are fast enough to run inline on the event loop."""
-        return self.releases_gil and self.exec_ns < INLINE_BUDGET_NS
+        return self.releases_gil and not self.timeout_ns and self.exec_ns < INLINE_BUDGET_NS
 
     def execute(self, instance: Backend, jobs: Sequence[Job]) -> list[Tensors | BaseException]:
         """Run `jobs` as one batch on `instance` (then give the instance back); one result per job."""
+        if self.timeout_ns and not self._claim(instance, jobs):
+            self.idle.put(instance)  # every job of the batch timed out already: nobody waits for it
+            return [self._timeout_error()] * len(jobs)
         start = time.perf_counter_ns()
         try:
             if len(jobs) == 1:
@@ -144,6 +164,8 @@ class InstancePool:
                 outputs = instance.execute(feeds)
             finally:
                 done = time.perf_counter_ns()
+                if self.timeout_ns:
+                    self._unclaim(jobs)
                 self.idle.put(instance)
                 sample = done - ready
                 self.exec_ns = sample if sample >= _SLOW_NS else min(sample, self.exec_ns * _DRIFT)
@@ -167,6 +189,76 @@ class InstancePool:
                 _trace_batch(jobs, results, start, ready, done, end)
                 break
         return results
+
+    # ---- the model's request timeout ----
+
+    def _timeout_error(self) -> InferError:
+        name = self.stats.name if self.stats is not None else "model"
+        return InferError(ErrorKind.DEADLINE_EXCEEDED, timeout_message(name, self.timeout_ms))
+
+    def _claim(self, instance: Backend, jobs: Sequence[Job]) -> bool:
+        """Note the instance that executes `jobs`; False when all of them timed out already."""
+        with self._claims:
+            if all(job.expired for job in jobs):
+                return False
+            for job in jobs:
+                job.instance = instance
+            return True
+
+    def _unclaim(self, jobs: Sequence[Job]) -> None:
+        with self._claims:
+            for job in jobs:
+                job.instance = None
+
+    def expire(self, job: Job) -> None:
+        """The job's request timeout is up: fail its caller now; an instance process executing it is killed (and
+        restarts), while an instance thread cannot be stopped and stays busy until the model returns."""
+        error = self._timeout_error()
+        with self._claims:
+            future = job.future
+            if job.expired or (future is not None and future.done()):
+                return
+            job.expired = True
+            instance = job.instance
+            abort = getattr(instance, "abort", None) if instance is not None else None
+            if abort is not None:
+                abort(error.message)  # under the lock: the instance is still executing this job
+        if instance is not None and abort is None:
+            log.warning("%s: %s; its instance runs in a thread, which cannot be stopped: it stays busy until the "
+                        "model returns", self._label(), error.message)
+        if isinstance(future, asyncio.Future):
+            if not future.done():  # expire runs on the future's own loop
+                future.set_exception(error)
+        elif future is not None:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                future.set_exception(error)
+
+    def _remaining_s(self, job: Job) -> float:
+        return max(0.0, (job.enqueued_ns + self.timeout_ns - time.perf_counter_ns()) / 1e9)
+
+    async def run_with_deadline(self, job: Job, submit: Callable[[Job], None]) -> Tensors:
+        """Hand `job` to `submit` (which settles its future) and wait for it, up to the model's request timeout
+        counted from the job's arrival."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Tensors] = loop.create_future()
+        job.future, job.loop = future, loop
+        handle = loop.call_later(self._remaining_s(job), self.expire, job)
+        try:
+            submit(job)
+            return await future
+        finally:
+            handle.cancel()
+
+    def run_sync_with_deadline(self, job: Job, submit: Callable[[Job], None]) -> Tensors:
+        """`run_with_deadline` for a caller's thread."""
+        future: concurrent.futures.Future[Tensors] = concurrent.futures.Future()
+        job.future = future
+        submit(job)
+        try:
+            return future.result(self._remaining_s(job))
+        except TimeoutError:
+            self.expire(job)
+            return future.result()  # the timeout's error (or the answer, had it come meanwhile)
 
 
 def _trace_batch(jobs: Sequence[Job], results: Sequence[Tensors | BaseException], start: int, ready: int,

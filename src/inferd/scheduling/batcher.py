@@ -123,6 +123,8 @@ class DynamicBatcher:
     async def run(self, job: Job) -> Tensors:
         if self._stopping:
             raise unloading_error(self.name)
+        if self.pool.timeout_ns:
+            return await self.pool.run_with_deadline(job, self._enqueue_one)
         loop = asyncio.get_running_loop()
         if self._inline_allowed and self.pool.cheap:
             pending = self._inline.get(loop)
@@ -149,7 +151,12 @@ class DynamicBatcher:
             self._enqueue([job])
         return await future
 
+    def _enqueue_one(self, job: Job) -> None:
+        self._enqueue([job])
+
     def run_sync(self, job: Job) -> Tensors:
+        if self.pool.timeout_ns:
+            return self.pool.run_sync_with_deadline(job, self._enqueue_one)
         job.future = concurrent.futures.Future()
         self._enqueue([job])
         return unwrap(job.future.result())

@@ -12,7 +12,7 @@ import asyncio
 import queue
 from concurrent.futures import ThreadPoolExecutor
 
-from .base import InstancePool, Job, Tensors, unloading_error, unwrap
+from .base import InstancePool, Job, Tensors, settle_from_thread, unloading_error, unwrap
 
 
 class DirectScheduler:
@@ -29,15 +29,28 @@ class DirectScheduler:
     def _run_blocking(self, job: Job) -> Tensors:
         return unwrap(self.pool.execute(self.pool.idle.get(), [job])[0])
 
+    def _submit(self, job: Job) -> None:
+        """With a request timeout: the job runs on an instance thread, which settles its future."""
+        self._executor.submit(self._run_job, job)
+
+    def _run_job(self, job: Job) -> None:
+        if job.abandoned():
+            return
+        settle_from_thread([job], self.pool.execute(self.pool.idle.get(), [job]))
+
     def run_sync(self, job: Job) -> Tensors:
         if self._closed:
             raise unloading_error(self.name)
+        if self.pool.timeout_ns:
+            return self.pool.run_sync_with_deadline(job, self._submit)
         return self._run_blocking(job)
 
     async def run(self, job: Job) -> Tensors:
         if self._closed:
             raise unloading_error(self.name)
         pool = self.pool
+        if pool.timeout_ns:
+            return await pool.run_with_deadline(job, self._submit)
         if pool.cheap:
             try:
                 instance = pool.idle.get_nowait()
