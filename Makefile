@@ -27,7 +27,7 @@ serve: examples
 	$(BIN)/inferd serve --model-repository $(REPO) $(SERVE_ARGS)
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples fuzz
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
