@@ -258,12 +258,26 @@ class _Connection(asyncio.Protocol):
             self._refuse(431, f"request headers exceed {self.limits.max_header_bytes} bytes or "
                               f"{self.limits.max_headers} fields")
             raise _Stop
-        self.headers[name.lower()] = value
+        name = name.lower()
+        if name == b"host" and name in self.headers:
+            self._refuse(400, "more than one Host header")  # RFC 9112 §3.2
+            raise _Stop
+        self.headers[name] = value
 
     def on_headers_complete(self) -> None:
         self.phase = _BODY
         self.since = self.server.now
         headers = self.headers
+        version = self.parser.get_http_version()
+        if version != "1.1" and version != "1.0":  # RFC 9112 §2.3 / RFC 9110 §15.6.6
+            if version[:1] in ("2", "3"):
+                self._refuse(505, f"HTTP/{version} is not supported here (HTTP/1.1 and HTTP/1.0 are)")
+            else:
+                self._refuse(400, "the request line has no HTTP version")
+            raise _Stop
+        if version == "1.1" and b"host" not in headers:
+            self._refuse(400, "an HTTP/1.1 request needs a Host header")  # RFC 9112 §3.2
+            raise _Stop
         expect = headers.get(b"expect")
         continues = expect is not None and expect.lower() == b"100-continue"
         declared = headers.get(b"content-length")
@@ -292,6 +306,10 @@ class _Connection(asyncio.Protocol):
         self.phase = _IDLE
         self.pending_continue = False
         url = self.url
+        if url[:1] != b"/" and url[:4].lower() == b"http":  # absolute form (RFC 9112 §3.2.2): its path only
+            _, found, rest = url.partition(b"://")
+            slash = rest.find(b"/")
+            url = (rest[slash:] if slash >= 0 else b"/") if found else url
         query = url.find(b"?")
         path = (url if query < 0 else url[:query]).decode("latin-1")
         if query >= 0:
