@@ -21,7 +21,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from inferd.frontends.grpc import codec as grpc_codec
 from inferd.frontends.http import v2
-from inferd.frontends.tensors import decode_nested
+from inferd.frontends.tensors import JsonConstant, decode_nested
 from inferd.limits import RequestLimits
 from inferd.types import V2_TO_NUMPY, InferenceResponse, InferError
 
@@ -119,7 +119,16 @@ def test_grpc_typed_contents_round_trip(array: np.ndarray) -> None:
 def test_v1_values_round_trip(array: np.ndarray) -> None:
     datatype = {np.dtype(v): k for k, v in V2_TO_NUMPY.items()}[array.dtype]
     assume(array.ndim > 0 and 0 not in array.shape[:-1])  # a nesting of lists has no shape of its own to be empty
-    _same(decode_nested("x", datatype, array.tolist(), "inputs"), array)
+    _same(decode_nested("x", datatype, _as_parsed_json(array.tolist()), "inputs"), array)
+
+
+def _as_parsed_json(value: Any) -> Any:
+    """Values as the JSON parser hands them over: NaN and infinities can only be JSON's tokens (JsonConstant)."""
+    if isinstance(value, list):
+        return [_as_parsed_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return JsonConstant(value)
+    return value
 
 
 # ---- hostile input ----

@@ -20,8 +20,8 @@ import numpy as np
 from ..rawdata import decode_raw, element_count, encode_raw, split_bytes
 from ..types import V2_TO_NUMPY, InferError
 
-__all__ = ["MAX_DIMS", "check_shape", "decode_list", "decode_nested", "decode_raw", "element_count", "encode_raw",
-           "split_bytes"]
+__all__ = ["MAX_DIMS", "JsonConstant", "check_shape", "decode_list", "decode_nested", "decode_raw", "element_count",
+           "encode_raw", "split_bytes"]
 
 MAX_DIMS = 64  # numpy's limit on an array's dimensions
 # The largest product of a shape's non-zero dimensions: numpy refuses a shape whose elements, at 8 bytes each,
@@ -32,7 +32,14 @@ _INT64 = np.dtype(np.int64)
 # client's error; numpy's RuntimeWarning for it would only repeat that in the log. Filtered once here rather than
 # with np.errstate on every request (a context manager costs microseconds on the hot path).
 warnings.filterwarnings("ignore", message="overflow encountered in cast", category=RuntimeWarning)
-_FLOAT64 = np.dtype(np.float64)
+
+
+class JsonConstant(float):
+    """NaN, Infinity or -Infinity written as JSON's tokens (the parser's `parse_constant`): allowed in float
+    tensors, unlike a number literal too large for its type, which reads as an infinity too."""
+
+
+_NUMBER_TYPES = frozenset((float, int, JsonConstant))
 _UINT64 = np.dtype(np.uint64)
 # numpy 2 refuses a Python integer out of the target's range (OverflowError); numpy 1 wraps it with a warning.
 _STRICT_INT_CAST = int(np.__version__.split(".")[0]) >= 2
@@ -139,20 +146,18 @@ def _bytes(name: str, leaves: list[Any], types: set[type], what: str) -> np.ndar
 
 def _floats(name: str, datatype: str, dtype: np.dtype[Any], leaves: list[Any], types: set[type],
             what: str) -> np.ndarray:
-    if not types <= {float, int}:
+    if not types <= _NUMBER_TYPES:
         raise _refused(name, datatype, leaves, what, (float, int), "numbers")
     try:
-        if dtype == _FLOAT64:  # Python's floats are FP64: nothing can overflow but an integer (OverflowError)
-            return np.array(leaves, dtype=dtype)
         array = np.array(leaves, dtype=dtype)  # an overflow becomes inf (its warning is filtered, see above)
     except OverflowError:  # an integer beyond any float
         raise _out_of_range(name, datatype, leaves, what) from None
     if not np.isfinite(array).all():
-        # NaN and Infinity given as such stay; a finite number that became infinite did not fit.
-        finite = np.isfinite(np.array(leaves, dtype=np.float64))
-        overflowed = np.flatnonzero(finite & ~np.isfinite(array))
-        if overflowed.size:
-            raise _out_of_range(name, datatype, leaves, what, int(overflowed[0]))
+        # NaN and Infinity given as JSON's tokens stay; a number that became infinite did not fit: in the
+        # datatype, or already in FP64 when parsed (a literal such as 1e400 reads as inf).
+        for index in np.flatnonzero(~np.isfinite(array)):
+            if type(leaves[index]) is not JsonConstant:
+                raise _out_of_range(name, datatype, leaves, what, int(index))
     return array
 
 

@@ -18,7 +18,7 @@ import orjson
 from ...limits import DEFAULT_LIMITS, RequestLimits
 from ...memory import SHM_REGION, shared_memory_parameters, shared_memory_ref
 from ...types import InferenceRequest, InferenceResponse, InferError, RequestedOutput, SharedMemoryRef, datatype_of
-from ..tensors import check_shape, decode_list, decode_raw, encode_raw
+from ..tensors import JsonConstant, check_shape, decode_list, decode_raw, encode_raw
 
 
 @dataclass(slots=True)
@@ -46,7 +46,7 @@ def _load_json(data: bytes | memoryview) -> Any:
         # lone surrogates, which orjson rightly refuses (checked below), and answers nesting past orjson's 1,024
         # levels with RecursionError: both are the client's error.
         try:
-            value = json.loads(bytes(data))
+            value = json.loads(bytes(data), parse_constant=JsonConstant)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise InferError.invalid(f"failed to parse the request JSON: {first}") from None
         _check_text(value, first)
