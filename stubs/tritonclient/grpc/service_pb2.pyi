@@ -5,9 +5,12 @@ Generated from the module's own descriptors; regenerate when tritonclient's prot
 from collections.abc import MutableMapping
 from typing import Any
 
+from google.protobuf.descriptor import FileDescriptor
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer, RepeatedScalarFieldContainer
 from google.protobuf.message import Message
 from tritonclient.grpc.model_config_pb2 import ModelConfig
+
+DESCRIPTOR: FileDescriptor
 
 class ServerLiveRequest(Message):
     def __init__(self, **fields: Any) -> None: ...

@@ -14,12 +14,12 @@ from collections.abc import Mapping
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
-from tritonclient.grpc import service_pb2_grpc
 
 from ...server import Server
 from ..tls import TlsSettings
 from .health import HealthServicer
 from .interceptors import RPC_API, AuthInterceptor, RestrictedApiInterceptor
+from .registration import add_inference_servicer
 from .servicer import InferenceServicer
 
 log = logging.getLogger("inferd.grpc")
@@ -162,8 +162,7 @@ class GrpcFrontend:
         ])
         # Fresh servicers for each run, so a restarted frontend carries no state (health's shutdown flag) over.
         health = HealthServicer(self.server)
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.server, stream_window=self.stream_window), server)
+        add_inference_servicer(InferenceServicer(self.server, stream_window=self.stream_window), server)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         address = self.address
         try:
