@@ -11,6 +11,7 @@ element-by-element walk only runs to name the value that was refused.
 
 from __future__ import annotations
 
+import math
 import warnings
 from itertools import chain
 from typing import Any
@@ -69,16 +70,16 @@ def _dtype(name: str, datatype: str) -> np.dtype[Any]:
     return dtype
 
 
-def decode_list(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
-    """Array from list data (JSON `data`, gRPC typed contents): flat or nested (the element count must match the
-    shape, as Triton checks it), values strictly of the datatype."""
+def decode_list(name: str, datatype: str, shape: tuple[int, ...], data: Any, *, from_json: bool = True) -> np.ndarray:
+    """Array from list data (JSON `data`, gRPC typed contents: `from_json` False): flat or nested (the element count
+    must match the shape, as Triton checks it), values strictly of the datatype."""
     count = element_count(shape)
     if datatype != "BYTES":
         _dtype(name, datatype)
     leaves, types, _ = _leaves(name, data, "data")
     if len(leaves) != count:
         raise InferError.invalid(f"input '{name}': shape {list(shape)} needs {count} elements, got {len(leaves)}")
-    return _convert(name, datatype, leaves, types, "data").reshape(shape)
+    return _convert(name, datatype, leaves, types, "data", from_json).reshape(shape)
 
 
 def decode_nested(name: str, datatype: str, value: Any, what: str) -> np.ndarray:
@@ -114,7 +115,8 @@ def _leaves(name: str, data: Any, what: str) -> tuple[list[Any], set[type], tupl
         data = list(chain.from_iterable(data))
 
 
-def _convert(name: str, datatype: str, leaves: list[Any], types: set[type], what: str) -> np.ndarray:
+def _convert(name: str, datatype: str, leaves: list[Any], types: set[type], what: str,
+             from_json: bool = True) -> np.ndarray:
     """A 1-D array of `leaves`, refusing any value that is not exactly of the datatype."""
     if datatype == "BYTES":
         return _bytes(name, leaves, types, what)
@@ -124,7 +126,7 @@ def _convert(name: str, datatype: str, leaves: list[Any], types: set[type], what
             raise _refused(name, datatype, leaves, what, (bool,), "true or false")
         return np.array(leaves, dtype=dtype)
     if dtype.kind == "f":
-        return _floats(name, datatype, dtype, leaves, types, what)
+        return _floats(name, datatype, dtype, leaves, types, what, from_json)
     return _integers(name, datatype, dtype, leaves, types, what)
 
 
@@ -145,7 +147,7 @@ def _bytes(name: str, leaves: list[Any], types: set[type], what: str) -> np.ndar
 
 
 def _floats(name: str, datatype: str, dtype: np.dtype[Any], leaves: list[Any], types: set[type],
-            what: str) -> np.ndarray:
+            what: str, from_json: bool) -> np.ndarray:
     if not types <= _NUMBER_TYPES:
         raise _refused(name, datatype, leaves, what, (float, int), "numbers")
     try:
@@ -153,10 +155,11 @@ def _floats(name: str, datatype: str, dtype: np.dtype[Any], leaves: list[Any], t
     except OverflowError:  # an integer beyond any float
         raise _out_of_range(name, datatype, leaves, what) from None
     if not np.isfinite(array).all():
-        # NaN and Infinity given as JSON's tokens stay; a number that became infinite did not fit: in the
-        # datatype, or already in FP64 when parsed (a literal such as 1e400 reads as inf).
+        # NaN and Infinity given as such stay (JSON's tokens; binary floats); a number that became infinite did
+        # not fit: in the datatype, or already in FP64 when parsed from JSON (a literal such as 1e400 reads as inf).
         for index in np.flatnonzero(~np.isfinite(array)):
-            if type(leaves[index]) is not JsonConstant:
+            leaf = leaves[index]
+            if type(leaf) is not JsonConstant and (from_json or math.isfinite(leaf)):
                 raise _out_of_range(name, datatype, leaves, what, int(index))
     return array
 

@@ -154,7 +154,7 @@ def _decode_contents(model: str, name: str, datatype: str, shape: tuple[int, ...
     if given != [field]:
         raise InferError.invalid(f"input '{name}' for model '{model}': {datatype} data goes in contents.{field}, "
                                  f"got contents.{', contents.'.join(given)}")
-    return decode_list(name, datatype, shape, list(contents[0][1]))
+    return decode_list(name, datatype, shape, list(contents[0][1]), from_json=False)
 
 
 def encode_infer_response(response: InferenceResponse) -> pb.ModelInferResponse:
