@@ -122,12 +122,6 @@ class AuthConfig:
     # revoked keys. Bounded by KEY_CACHE_SIZE.
     known: dict[str, tuple[Principal, ApiKey]] = field(default_factory=dict, repr=False, compare=False)
 
-    def tenant(self, name: str) -> Principal | None:
-        for tenant in self.tenants:
-            if tenant.name == name:
-                return tenant
-        return None
-
 
 def read_auth_file(path: str | Path) -> dict[str, Any]:
     """The file's raw content: YAML (a .yaml / .yml file, or anything not JSON) or JSON."""

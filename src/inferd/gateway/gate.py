@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ..types import ErrorKind, InferError
@@ -142,11 +142,6 @@ class Gateway:
     # ---- what they may see ----
 
     @staticmethod
-    def require_admin(principal: Principal, what: str) -> None:
-        if not principal.admin:
-            raise admin_only(what)
-
-    @staticmethod
     def check_model(principal: Principal, name: str, version: str = "") -> None:
         """NOT_FOUND, in the words of a missing model, when `principal` is not granted `name` (or `version`)."""
         if principal.admin:
@@ -157,13 +152,6 @@ class Gateway:
             versions = principal.versions_of(name)
             if versions is not None and version not in versions:
                 raise unknown_version(name, version)
-
-    @staticmethod
-    def visible(principal: Principal | None, names: Iterable[str]) -> set[str]:
-        names = set(names)
-        if principal is None or principal.admin:
-            return names
-        return {n for n in names if principal.sees(n)}
 
     def seed_quotas(self) -> None:
         """Daily quotas count the requests already made today, as the audit trail has them (a restart does not
