@@ -7,9 +7,8 @@ import dataclasses
 import threading
 from calendar import timegm
 
-import sqlalchemy as sa
-
-from inferd.gateway.audit import AuditLog, AuditRecord, audit_table, create_engine
+from audit_rows import stored
+from inferd.gateway.audit import AuditLog, AuditRecord
 from postgres import postgres_url  # noqa: F401 - the fixture
 
 T0 = float(timegm((2026, 12, 7, 13, 0, 0)))  # 2026-12-07T13:00Z
@@ -25,19 +24,6 @@ def record(i: int, **changes: object) -> AuditRecord:
         client=f"10.0.0.{i % 250}:{40000 + i}",
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
-
-
-def stored(url: str) -> list[AuditRecord]:
-    """The rows as they are in the database, read with SQLAlchemy (not through AuditLog)."""
-    engine = create_engine(url)
-    table = audit_table(sa.MetaData())
-    names = [f.name for f in dataclasses.fields(AuditRecord)]
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(sa.select(*(table.c[name] for name in names)).order_by(table.c.id)).all()
-    finally:
-        engine.dispose()
-    return [AuditRecord(*row) for row in rows]
 
 
 def test_every_field_round_trips_and_usage_totals_match(postgres_url: str) -> None:  # noqa: F811

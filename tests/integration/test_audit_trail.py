@@ -22,13 +22,13 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-import sqlalchemy as sa
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from inferd.gateway.audit import AuditRecord, audit_table, create_engine
+from audit_rows import stored
+from inferd.gateway.audit import AuditRecord
 from models import (
     SIMPLE,
     SIMPLE_CONFIG,
@@ -95,19 +95,6 @@ def server(repository: Path, backend: Backend, tmp_path: Path) -> Iterator[Serve
         yield process
     finally:
         process.stop()
-
-
-def stored(url: str) -> list[AuditRecord]:
-    """The table's rows in the order written, read with SQLAlchemy (not through the server or AuditLog)."""
-    engine = create_engine(url)
-    table = audit_table(sa.MetaData())
-    names = [f.name for f in dataclasses.fields(AuditRecord)]
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(sa.select(*(table.c[n] for n in names)).order_by(table.c.id)).all()
-    finally:
-        engine.dispose()
-    return [AuditRecord(*row) for row in rows]
 
 
 def bearer(key: str | None) -> dict[str, str]:

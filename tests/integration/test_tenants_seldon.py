@@ -9,8 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import sqlalchemy as sa
 
+from audit_rows import stored
+from inferd.gateway.audit import AuditRecord
 from serving import Microservice
 
 SCALER = '''
@@ -93,11 +94,5 @@ def _flush(service: Microservice) -> None:
     assert usage.status_code == 200, usage.text
 
 
-def _records(state: Path) -> list[sa.Row]:
-    engine = sa.create_engine(f"sqlite:///{state / 'audit.db'}")
-    try:
-        with engine.connect() as connection:
-            return list(connection.execute(sa.text(
-                "SELECT tenant, protocol, status, endpoint, client FROM inferd_audit ORDER BY time, rowid")))
-    finally:
-        engine.dispose()
+def _records(state: Path) -> list[AuditRecord]:
+    return stored(f"sqlite:///{state / 'audit.db'}")

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from inferd.gateway.audit import TABLE_NAME, AuditLog, AuditRecord, audit_table, create_engine
+from audit_rows import stored
+from inferd.gateway.audit import TABLE_NAME, AuditLog, AuditRecord, create_engine
 
 DAY = 86400.0
 T0 = float(timegm((2026, 12, 7, 13, 0, 0)))  # 2026-12-07T13:00Z
@@ -27,19 +28,6 @@ def record(i: int = 0, **changes: object) -> AuditRecord:
         request_id=f"req-{i}", client="127.0.0.1:50000",
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
-
-
-def stored(url: str) -> list[AuditRecord]:
-    """The rows as they are in the database, read with SQLAlchemy (not through AuditLog)."""
-    engine = create_engine(url)
-    table = audit_table(sa.MetaData())
-    names = [f.name for f in dataclasses.fields(AuditRecord)]
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(sa.select(*(table.c[name] for name in names)).order_by(table.c.id)).all()
-    finally:
-        engine.dispose()
-    return [AuditRecord(*row) for row in rows]
 
 
 @pytest.fixture
