@@ -16,6 +16,7 @@ from typing import Any, cast
 from .backends import BACKENDS, Backend, create_backend, resolve_backend
 from .classification import read_labels
 from .config import ConfigError, ModelConfig, ModelInstanceGroup, read_config, validate_config
+from .graph import InnerCalls
 from .instances.bls import BlsHandler, BlsRequest, Tensors
 from .instances.environments import EnvironmentBuildError, EnvironmentCache, PythonEnvironment, find_requirements
 from .instances.process import ProcessInstance
@@ -80,6 +81,8 @@ class ModelManager:
         self._load_locks: dict[str, threading.Lock] = {}
         # Runs the BLS requests of Python models (a model calling another); the Server installs its core's.
         self.bls: BlsHandler | None = None
+        # How graphs (ensembles) call their composing models: the server's pipeline; the Server installs itself.
+        self.inner: InnerCalls | None = None
         # Override folders of replaced loads, removed once their versions are retired (or at close).
         self._retiring_overrides: set[Path] = set()
 

@@ -112,6 +112,7 @@ class Server:
         self.manager = ModelManager(ModelRepository(paths), autocomplete=autocomplete, environments=environments,
                                     arrivals=self.arrivals)
         self.manager.bls = self._run_bls  # Python models' calls of other models go through this core
+        self.manager.inner = self  # and so do graphs' (ensembles') calls of their composing models
         self.model_control_mode = model_control_mode
         # Whether a load request's `file:` overrides may hold code (a Python model, a pickle, ...): off by default,
         # as such a load runs what the client sent with the server's rights.

@@ -53,6 +53,8 @@ def default_window(model: ServedModel) -> int:
     """W = 2 x instances x max(1, max_batch_size), at least 2: a full batch running and one gathering per
     instance."""
     instances = len(model.scheduler.pool.instances)
+    if not instances:  # a graph: its nodes' own windows share their instances
+        return 1 << 30
     return max(2, 2 * instances * max(1, model.max_batch_size))
 
 
