@@ -74,19 +74,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--model-repository", "--model-store", action="append", dest="model_repository",
-                       required=True, metavar="PATH", help="model repository folder (repeatable)")
-    serve.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none")
+                       required=True, metavar="PATH",
+                       help="model repository: a folder, or s3:// gs:// az:// https:// file:// pvc:// (repeatable; "
+                       "required, no default)")
+    serve.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none",
+                       help="none: serve what the repository holds at start-up; poll: apply changes found every "
+                       "--repository-poll-secs; explicit: load and unload through the repository API (default none)")
     serve.add_argument("--load-model", action="append", default=[], metavar="NAME",
-                       help="with --model-control-mode=explicit: load this model at start-up ('*' for all)")
-    serve.add_argument("--repository-poll-secs", type=float, default=15.0,
-                       help="with --model-control-mode=poll: seconds between repository scans")
+                       help="with --model-control-mode=explicit: load this model at start-up ('*' for all; "
+                       "repeatable; default: none)")
+    serve.add_argument("--repository-poll-secs", type=float, default=15.0, metavar="SECONDS",
+                       help="with --model-control-mode=poll: seconds between repository scans (default 15)")
     any_port = "; 0: a free port the system picks, logged as 'started ... at ADDRESS:PORT'"
     serve.add_argument("--http-port", type=int, default=8000, help=f"HTTP/REST port (default 8000{any_port})")
     serve.add_argument("--grpc-port", type=int, default=8001, help=f"gRPC port (default 8001{any_port})")
     serve.add_argument("--metrics-port", type=int, default=8002, help=f"/metrics port (default 8002{any_port})")
-    serve.add_argument("--http-address", default="0.0.0.0")
-    serve.add_argument("--grpc-address", default="0.0.0.0")
-    serve.add_argument("--metrics-address", default=None, help="listen address of /metrics (default: --http-address)")
+    serve.add_argument("--http-address", default="0.0.0.0", metavar="ADDRESS",
+                       help="listen address of HTTP/REST (default 0.0.0.0: every interface)")
+    serve.add_argument("--grpc-address", default="0.0.0.0", metavar="ADDRESS",
+                       help="listen address of gRPC (default 0.0.0.0: every interface)")
+    serve.add_argument("--metrics-address", default=None, metavar="ADDRESS",
+                       help="listen address of /metrics (default: --http-address)")
     _bool_flag(serve, "--allow-http", True, "serve the HTTP/REST protocol")
     _bool_flag(serve, "--allow-grpc", True, "serve the gRPC protocol")
     _bool_flag(serve, "--allow-metrics", True, "serve Prometheus metrics")
@@ -94,15 +102,16 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     _bool_flag(serve, "--exit-on-error", False, "exit when a model fails to load")
     _bool_flag(serve, "--strict-model-config", False, "require complete config.pbtxt files (no auto-complete)")
     serve.add_argument("--disable-auto-complete-config", action="store_true",
-                       help="do not complete configs from the model files")
-    serve.add_argument("--exit-timeout-secs", type=float, default=30.0,
-                       help="on shutdown, how long in-flight requests may take to finish")
+                       help="do not complete configs from the model files (default: complete them, as Triton)")
+    serve.add_argument("--exit-timeout-secs", type=float, default=30.0, metavar="SECONDS",
+                       help="on shutdown, how long in-flight requests may take to finish; then instance processes "
+                       "are terminated (default 30)")
     serve.add_argument("--drain-delay-secs", type=float, default=None, metavar="S",
                        help="on shutdown, keep accepting for S seconds while reporting not ready, so load balancers "
                        "move traffic away first (counts within --exit-timeout-secs; default $INFERD_DRAIN_DELAY_SECS, "
                        "else 0)")
-    serve.add_argument("--http-max-input-size", type=int, default=64 * 1024 * 1024,
-                       help="largest HTTP request body in bytes")
+    serve.add_argument("--http-max-input-size", type=int, default=64 * 1024 * 1024, metavar="BYTES",
+                       help="largest HTTP request body in bytes; larger ones get 413 (default 67108864: 64 MiB)")
     serve.add_argument("--http-header-timeout-secs", type=float, default=30.0, metavar="SECONDS",
                        help="a request's headers must arrive within this (from its first byte), else 408 and close "
                        "(default 30)")
@@ -114,9 +123,9 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        "closed, else the new one gets 503 (default 0: 10,000, or half the open-files limit if lower)")
     _add_tls_arguments(serve)
     add_auth_arguments(serve)
-    serve.add_argument("--grpc-max-message-size", type=int, default=2**31 - 1,
-                       help="largest gRPC message in bytes (default 2 GiB - 1, as Triton; gRPC's own 4 MB is "
-                       "too small for tensors)")
+    serve.add_argument("--grpc-max-message-size", type=int, default=2**31 - 1, metavar="BYTES",
+                       help="largest gRPC message in bytes (default 2147483647: 2 GiB - 1, as Triton; gRPC's own "
+                       "4 MB is too small for tensors)")
     serve.add_argument("--max-tensor-elements", type=int, default=DEFAULT_MAX_TENSOR_ELEMENTS, metavar="N",
                        help="most elements one input tensor may declare; larger requests get INVALID_ARGUMENT "
                        f"before their data is read (default {DEFAULT_MAX_TENSOR_ELEMENTS})")
@@ -133,25 +142,29 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                "with the server's rights")
     serve.add_argument("--http-restricted-api", action="append", default=[], metavar="API[,API...]:KEY=VALUE",
                        help="HTTP requests of these API groups need the header KEY with VALUE (else 403), as in "
-                       f"Triton; groups: {', '.join(API_GROUPS)} (repeatable, one group per flag at most)")
+                       f"Triton; groups: {', '.join(API_GROUPS)} (repeatable, one group per flag at most; "
+                       "default: every group open)")
     serve.add_argument("--grpc-restricted-protocol", action="append", default=[],
                        metavar="PROTOCOL[,PROTOCOL...]:KEY=VALUE",
                        help="gRPC calls of these groups need the metadata triton-grpc-protocol-KEY with VALUE (else "
-                       "UNAVAILABLE), as in Triton; the groups of --http-restricted-api")
+                       "UNAVAILABLE), as in Triton; the groups of --http-restricted-api (default: every group open)")
     serve.add_argument("--server-name", default="inferd",
-                       help="name in server metadata ('triton' for scripts that check it)")
-    serve.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL")
+                       help="name in server metadata ('triton' for scripts that check it; default inferd)")
+    serve.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL",
+                       help="above 0, debug lines too: one per request with its queue and compute times (default 0)")
     _bool_flag(serve, "--log-info", True, "log informational messages")
     _bool_flag(serve, "--log-warning", True, "log warnings")
     _bool_flag(serve, "--log-error", True, "log errors")
     serve.add_argument("--log-file", default="", metavar="PATH", help="write the log to this file (default: stderr)")
-    serve.add_argument("--log-format", choices=["default", "ISO8601"], default="default")
+    serve.add_argument("--log-format", choices=["default", "ISO8601"], default="default",
+                       help="timestamps of log lines: Triton's default form or ISO8601 (default: default)")
     serve.add_argument("--model-env-dir", default=None, metavar="PATH",
                        help="cache folder of the Python environments built from models' requirements.txt "
                        "(default: $INFERD_CACHE_DIR/envs, else ~/.cache/inferd/envs)")
     serve.add_argument("--trace-config", action="append", default=[], metavar="[MODE,]SETTING=VALUE",
                        help="Triton's trace settings: level=OFF|TIMESTAMPS|TENSORS, rate=N, count=N, "
-                       "file=PATH, log-frequency=N (optionally prefixed 'triton,', e.g. triton,file=trace.json)")
+                       "file=PATH, log-frequency=N (optionally prefixed 'triton,', e.g. triton,file=trace.json; "
+                       "repeatable; default: tracing off)")
     add_pipeline_stage_argument(serve)
     for flag in _IGNORED_TRITON_FLAGS:
         serve.add_argument(flag, action="append", default=None, help=argparse.SUPPRESS)
@@ -161,24 +174,30 @@ def _add_tls_arguments(serve: argparse.ArgumentParser) -> None:
     """HTTPS (uvicorn's flag names) and gRPC TLS (Triton's); /metrics stays plain HTTP, as in Triton."""
     serve.add_argument("--ssl-certfile", default=None, metavar="PATH",
                        help="serve HTTPS only on --http-port with this PEM certificate (chain); needs --ssl-keyfile "
-                       "(/metrics stays plain HTTP)")
-    serve.add_argument("--ssl-keyfile", default=None, metavar="PATH", help="the PEM private key of --ssl-certfile")
+                       "(/metrics stays plain HTTP; default: plain HTTP)")
+    serve.add_argument("--ssl-keyfile", default=None, metavar="PATH",
+                       help="the PEM private key of --ssl-certfile (default: none)")
     serve.add_argument("--ssl-ca-certs", default=None, metavar="PATH",
-                       help="PEM CA certificates: HTTPS clients must present a certificate signed by them")
+                       help="PEM CA certificates: HTTPS clients must present a certificate signed by them (default: "
+                       "none, no client certificate asked)")
     _bool_flag(serve, "--grpc-use-ssl", False, "serve gRPC over TLS with --grpc-server-cert and --grpc-server-key")
     _bool_flag(serve, "--grpc-use-ssl-mutual", False, "serve gRPC over TLS and require client certificates signed "
                "by --grpc-root-cert (implies --grpc-use-ssl)")
-    serve.add_argument("--grpc-server-cert", default=None, metavar="PATH", help="PEM certificate (chain) of gRPC TLS")
-    serve.add_argument("--grpc-server-key", default=None, metavar="PATH", help="PEM private key of gRPC TLS")
+    serve.add_argument("--grpc-server-cert", default=None, metavar="PATH",
+                       help="PEM certificate (chain) of gRPC TLS (default: none)")
+    serve.add_argument("--grpc-server-key", default=None, metavar="PATH",
+                       help="PEM private key of gRPC TLS (default: none)")
     serve.add_argument("--grpc-root-cert", default=None, metavar="PATH",
-                       help="PEM CA certificates that sign gRPC client certificates (--grpc-use-ssl-mutual)")
+                       help="PEM CA certificates that sign gRPC client certificates (--grpc-use-ssl-mutual; "
+                       "default: none)")
 
 
 def add_auth_arguments(serve: argparse.ArgumentParser) -> None:  # `inferd serve` and `inferd microservice`
     """Tenants, API keys and the audit trail (off without --auth-config: every caller is let in, as Triton)."""
     serve.add_argument("--auth-config", default=None, metavar="FILE",
                        help="turn authentication on: admin keys, open paths and tenants (keys, models, limits) in "
-                       "this YAML or JSON file, re-read when it changes and on SIGHUP (see `inferd tenants`)")
+                       "this YAML or JSON file, re-read when it changes and on SIGHUP (see `inferd tenants`; "
+                       "default: none, every caller is let in)")
     serve.add_argument("--audit-db", default=None, metavar="URL",
                        help="where the audit trail (one record per call) goes: sqlite:///PATH or postgresql://... "
                        "(default with --auth-config: sqlite:///<--state-dir>/audit.db)")
