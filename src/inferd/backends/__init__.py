@@ -38,8 +38,9 @@ class BackendSpec:
         self.target = target
         self.default_filename = default_filename
         self.platforms = platforms
-        # Further model files that also mean this backend when no config names one (PyTorch's model.pt2). An empty
-        # default_filename: no file means this backend (it must be named in the config).
+        # Further model files that also mean this backend when no config names one (PyTorch's model.pt2; a pattern
+        # such as "*.mar": any file it matches). An empty default_filename: no file means this backend (it must be
+        # named in the config).
         self.filenames = tuple(name for name in (default_filename, *other_filenames) if name)
 
     def load_class(self) -> Callable[[], Backend]:
@@ -58,8 +59,9 @@ BACKENDS: dict[str, BackendSpec] = {
     "pytorch": BackendSpec("inferd.backends.pytorch:PyTorchBackend", "model.pt", ("pytorch_libtorch",), ("model.pt2",)),
     "tensorflow": BackendSpec("inferd.backends.tensorflow:TensorFlowBackend", "model.savedmodel",
                               ("tensorflow_savedmodel",)),
-    # TorchServe model archives (MANIFEST.json + serialized model + handler), run by their handler.
-    "torchserve": BackendSpec("inferd.backends.torchserve:TorchServeBackend", "model.mar"),
+    # TorchServe model archives (MANIFEST.json + serialized model + handler), run by their handler: model.mar, or
+    # the one `<name>.mar` a version folder holds (the archiver's own file name, as a model store has it).
+    "torchserve": BackendSpec("inferd.backends.torchserve:TorchServeBackend", "model.mar", (), ("*.mar",)),
     "mlflow": BackendSpec("inferd.backends.mlflow:MlflowBackend", "MLmodel"),
     # Classic ML (FIL's tensor names input__0 / output__0); `parameters { key: "method" ... }` picks predict_proba.
     "sklearn": BackendSpec("inferd.backends.sklearn:SklearnBackend", "model.joblib", (), ("model.pkl",)),
@@ -115,7 +117,17 @@ def load_plugins() -> None:
 
 def resolve_backend(config: ModelConfig, model_dir: Path, version_dirs: list[Path]) -> str:
     """The backend name for a model: from `backend`, from `platform`, or from the files present."""
-    return backend_for(config, lambda filename: any((d / filename).exists() for d in version_dirs))
+    return backend_for(config, lambda filename: any(_present(d, filename) for d in version_dirs))
+
+
+def _present(folder: Path, filename: str) -> bool:
+    """Whether a version folder holds `filename`, or for a pattern (`*.mar`) a file that matches it (not hidden)."""
+    if "*" not in filename:
+        return (folder / filename).exists()
+    try:
+        return any(p.is_file() and not p.name.startswith(".") for p in folder.glob(filename))
+    except OSError:
+        return False
 
 
 def backend_for(config: ModelConfig, has_file: Callable[[str], bool]) -> str:

@@ -3,8 +3,9 @@
 A `.mar` is a zip holding `MAR-INF/MANIFEST.json` (`model.modelName`, `serializedFile`, `handler`, `modelFile`,
 `configFile`, `requirementsFile`), the serialized model (TorchScript `.pt`, or a state dict with its model file),
 the handler file (or the name of a built-in handler) and extra files such as `index_to_name.json`. It is served from
-`<model>/<version>/model.mar` (Triton's layout) or as a bare `<name>.mar` in the repository folder (TorchServe's
-model store: model `<name>`, version 1). The archive is extracted once into
+`<model>/<version>/model.mar` (Triton's layout; any one `<name>.mar` in the version folder, as the archiver names
+it, is the model too; two are refused unless `default_model_filename` picks one) or as a bare `<name>.mar` in the
+repository folder (TorchServe's model store: model `<name>`, version 1). The archive is extracted once into
 `$INFERD_CACHE_DIR/torchserve/<sha256>/` (default `~/.cache/inferd/torchserve/`), refusing members with
 absolute paths, `..` or links leading out; every instance of the model loads from there.
 
@@ -61,6 +62,7 @@ log = logging.getLogger("inferd.torchserve")
 __all__ = ["MAR_FILENAME", "TorchServeBackend", "cache_dir", "extract_mar", "read_manifest"]
 
 MAR_FILENAME = "model.mar"
+MAR_SUFFIX = ".mar"
 MANIFEST = "MAR-INF/MANIFEST.json"
 BODY, HEADERS, RESPONSE, RESPONSE_META = "body", "headers", "response", "response_meta"
 DEFAULT_MAX_BATCH_DELAY_MS = 100  # TorchServe's default maxBatchDelay
@@ -79,10 +81,19 @@ def cache_dir() -> Path:
 
 
 def mar_path(config: ModelConfig, files: Path) -> Path:
+    """The version folder's archive: `default_model_filename`, else model.mar, else its one `*.mar`."""
     path = files / (config.default_model_filename or MAR_FILENAME)
-    if not path.is_file():
-        raise ConfigError(f"model archive {path} not found")
-    return path
+    if path.is_file() or config.default_model_filename:
+        if not path.is_file():
+            raise ConfigError(f"model archive {path} not found")
+        return path
+    found = sorted(p for p in files.glob(f"*{MAR_SUFFIX}") if p.is_file() and not p.name.startswith("."))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ConfigError(f"model archive {path} not found (and no other .mar file in {files})")
+    raise ConfigError(f"{files} holds {len(found)} .mar files ({', '.join(p.name for p in found)}): a version "
+                      "folder serves one archive; keep one, or name it with default_model_filename")
 
 
 def read_manifest(archive: Path) -> dict[str, Any]:
