@@ -16,14 +16,15 @@ from typing import Any, cast
 from .backends import BACKENDS, Backend, create_backend, resolve_backend
 from .classification import read_labels
 from .config import ConfigError, ModelConfig, ModelInstanceGroup, read_config, validate_config
-from .graph import InnerCalls
+from .graph import GraphScheduler, InnerCalls
+from .graph.ensemble import ENSEMBLE_PLATFORM, composing_models, is_ensemble, plan_ensemble
 from .instances.bls import BlsHandler, BlsRequest, Tensors
 from .instances.environments import EnvironmentBuildError, EnvironmentCache, PythonEnvironment, find_requirements
 from .instances.process import ProcessInstance
 from .model import ServedModel
 from .model_limits import MEMORY_LIMIT, memory_limit_bytes, request_timeout_ms
 from .observability import ModelStatistics
-from .repository import ModelRepository, safe_join, select_versions, version_dirs
+from .repository import ModelRepository, loose_entries, safe_join, select_versions, version_dirs
 from .scheduling import Arrivals, DirectScheduler, DynamicBatcher, InstancePool, Scheduler
 from .types import ErrorKind, InferError, describe_error
 
@@ -85,6 +86,7 @@ class ModelManager:
         self.inner: InnerCalls | None = None
         # Override folders of replaced loads, removed once their versions are retired (or at close).
         self._retiring_overrides: set[Path] = set()
+        self._thread_state = threading.local()
 
     # ---- queries (hot path: plain dict reads) ----
 
@@ -96,14 +98,16 @@ class ModelManager:
         ready = entry.ready
         if not version:
             if not ready:
-                raise InferError.not_found(f"Request for unknown model: '{name}' has no available versions")
+                raise InferError.not_found(f"Request for unknown model: '{name}' has no available versions"
+                                           f"{_why_unavailable(entry)}")
             return ready[0]
         for served in ready:
             if served.version_str == version:
                 return served
         if not version.isdigit():
             raise InferError.invalid(f"model version must be a non-negative integer, got '{version}'")
-        raise InferError.not_found(f"Request for unknown model: '{name}' version {version} is not found")
+        raise InferError.not_found(f"Request for unknown model: '{name}' version {version} is not found"
+                                   f"{_why_unavailable(entry, int(version))}")
 
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
@@ -165,7 +169,12 @@ class ModelManager:
             self._record_failure(name, reason)
         wanted = [n for n in (names if names is not None else models) if n not in problems]
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(wanted) or 1))) as pool:
-            list(pool.map(self._load_quietly, wanted))
+            list(pool.map(self._load_at_start, wanted))
+
+    def _load_at_start(self, name: str) -> None:
+        """Load a model unless an ensemble that needs it has loaded it already."""
+        with contextlib.suppress(InferError):
+            self._ensure_loaded(name)
 
     def poll(self) -> None:
         """Apply what changed in the repository while serving: new, changed and removed models and versions."""
@@ -206,7 +215,111 @@ class ModelManager:
         """
         check_model_name(name)
         with self._load_locks.setdefault(name, threading.Lock()):
-            self._load_locked(name, config, files)
+            self._loading_here().add(name)
+            try:
+                self._load_locked(name, config, files)
+            finally:
+                self._loading_here().discard(name)
+        self._reload_dependents(name)
+
+    # ---- ensembles: models whose steps are other models ----
+
+    def _loading_here(self) -> set[str]:
+        """The models this thread is loading now (an ensemble loads its composing models inside its own load)."""
+        loading: set[str] | None = getattr(self._thread_state, "loading", None)
+        if loading is None:
+            loading = self._thread_state.loading = set()
+        return loading
+
+    def _ensure_loaded(self, name: str) -> None:
+        """Load a model unless it serves already (or another thread just loaded it: the load lock waits for it)."""
+        check_model_name(name)
+        with self._load_locks.setdefault(name, threading.Lock()):
+            entry = self._models.get(name)
+            if entry is not None and entry.ready:
+                return
+            self._loading_here().add(name)
+            try:
+                self._load_locked(name, None, None)
+            finally:
+                self._loading_here().discard(name)
+        self._reload_dependents(name)
+
+    def _dependents(self, name: str) -> list[str]:
+        """The ensembles known to this manager that have a step on `name`."""
+        with self._lock:
+            entries = list(self._models.values())
+        return [e.name for e in entries
+                if e.name != name and e.config is not None and is_ensemble(e.config)
+                and name in composing_models(e.config)]
+
+    def _reload_dependents(self, name: str) -> None:
+        """A composing model that loaded brings back the ensembles its absence made unavailable (as Triton
+        reloads the models that depend on a loaded one)."""
+        loading = self._loading_here()
+        for dependent in self._dependents(name):
+            entry = self._models.get(dependent)
+            if dependent in loading or entry is None or entry.ready or not entry.versions:
+                continue
+            log.info("model '%s' is loaded: reloading ensemble '%s', which needs it", name, dependent)
+            self._load_quietly(dependent)
+
+    def _composing_gone(self, name: str) -> None:
+        """An unloaded model makes the ensembles with a step on it UNAVAILABLE (they stay listed, with why)."""
+        for dependent in self._dependents(name):
+            reason = f"composing model '{name}' is not loaded"
+            with self._lock:
+                entry = self._models.get(dependent)
+                if entry is None or not entry.ready:
+                    continue
+                old = entry.versions
+                entry.versions = {v: VersionStatus(ModelState.UNAVAILABLE, reason) for v in old}
+                entry.refresh()
+            log.warning("ensemble '%s' is UNAVAILABLE: %s", dependent, reason)
+            _retire_all(old, self.unload_timeout)
+
+    def _prepare_ensemble(self, name: str, model_dir: Path,
+                          config: ModelConfig) -> tuple[ModelConfig, str, dict[int, Path], None]:
+        """An ensemble's config as Triton checks it (its steps against the loaded composing models come when its
+        versions load); its composing models are loaded first, in every control mode, as Triton does."""
+        if not config.name:
+            config.name = name
+        if not config.platform:
+            config.platform = ENSEMBLE_PLATFORM
+        config.ClearField("instance_group")
+        validate_config(config, name)
+        self._check_ensemble_cycle(name, config, [name])
+        available = version_dirs(model_dir) or {1: model_dir}  # Triton wants an (empty) version folder; we do not
+        selected = select_versions(config, list(available))
+        for composing in composing_models(config):
+            try:
+                self._ensure_loaded(composing)
+            except InferError as exc:  # the plan check says which step needs it, with this reason
+                log.error("ensemble '%s': composing model '%s' did not load: %s", name, composing, exc.message)
+        return config, ENSEMBLE_PLATFORM, {v: available[v] for v in selected}, None
+
+    def _check_ensemble_cycle(self, name: str, config: ModelConfig, path: list[str]) -> None:
+        """Ensembles that contain each other (read from the repository, before anything loads)."""
+        for composing in composing_models(config):
+            if composing in path:
+                chain = " -> ".join([*path[path.index(composing):], composing])
+                raise ConfigError(f"ensemble cycle: {chain}")
+            folder = self.repository.find(composing)
+            try:
+                inner = read_config(folder) if folder is not None else None
+            except ConfigError:
+                inner = None
+            if inner is not None and is_ensemble(inner):
+                self._check_ensemble_cycle(name, inner, [*path, composing])
+
+    def _load_ensemble(self, name: str, version: int, config: ModelConfig) -> ServedModel:
+        plan = plan_ensemble(name, config, self.get)
+        stats = ModelStatistics(name, str(version))
+        scheduler = GraphScheduler(name, plan.runner(lambda: self.inner), stats)
+        served = ServedModel(name, version, config, ENSEMBLE_PLATFORM, scheduler, stats)
+        served.partial_outputs = True  # a skipped step's outputs are left out of the answer
+        log.info("loaded ensemble '%s' version %d (%d steps)", name, version, len(plan.steps))
+        return served
 
     def _load_locked(self, name: str, config: ModelConfig | None, files: Mapping[str, bytes] | None) -> None:
         if not files:
@@ -331,6 +444,8 @@ class ModelManager:
     def _prepare(self, name: str, model_dir: Path,
                  override: ModelConfig | None) -> tuple[ModelConfig, str, dict[int, Path], tuple[Path, Backend] | None]:
         config = override if override is not None else read_config(model_dir)
+        if config is not None and is_ensemble(config):
+            return self._prepare_ensemble(name, model_dir, config)
         if config is None:
             if not self.autocomplete:
                 raise ConfigError(f"{model_dir}/config.pbtxt not found and auto-complete is disabled")
@@ -338,6 +453,8 @@ class ModelManager:
         if not config.name:
             config.name = name
         available = version_dirs(model_dir)
+        if not available:
+            _check_version_folder(name, model_dir, config)
         backend = resolve_backend(config, model_dir, list(available.values()))
         selected = select_versions(config, list(available))
         probe: tuple[Path, Backend] | None = None
@@ -378,6 +495,8 @@ class ModelManager:
 
     def _load_version(self, name: str, version: int, path: Path, config: ModelConfig,
                       backend_name: str, first: Backend | None = None) -> ServedModel:
+        if backend_name == ENSEMBLE_PLATFORM:
+            return self._load_ensemble(name, version, config)
         instances: list[Backend] = []
         # A backend whose model format carries its own requirements file names it (TorchServe archives, when asked
         # to install them); otherwise the requirements.txt beside the model's files.
@@ -458,6 +577,7 @@ class ModelManager:
                 stale, entry.override = entry.override, None
         _remove_override(stale)
         log.info("unloaded model '%s'", name)
+        self._composing_gone(name)
 
     def close(self, timeout: float | None = None) -> None:
         """Retire every model. With `timeout`, the waits for requests in flight share one deadline `timeout` s away
@@ -489,6 +609,51 @@ def _remove_override(folder: Path | None) -> None:
     base = folder.parent
     if base.name.startswith(OVERRIDE_PREFIX):  # never anything but a folder `_write_override` made
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _why_unavailable(entry: ModelEntry, version: int | None = None) -> str:
+    """Why a model (or one version of it) takes no requests, as a suffix of the NOT_FOUND text: its state and
+    reason. Built only on that error path."""
+    if entry.reason:
+        return f": it is UNAVAILABLE: {entry.reason}"
+    versions = entry.versions if version is None else {v: s for v, s in entry.versions.items() if v == version}
+    states = [f"version {v} is {s.state.value}{': ' + s.reason if s.reason else ''}"
+              for v, s in sorted(versions.items()) if s.state != ModelState.READY]
+    if states:
+        return ": " + "; ".join(states)
+    return ": it has no version folder the version policy selects" if version is None and not entry.versions else ""
+
+
+def _check_version_folder(name: str, model_dir: Path, config: ModelConfig) -> None:
+    """A model folder with files but no numbered version folder: the model file was put beside config.pbtxt.
+    Say so, with the layout that serves (ConfigError: the model is UNAVAILABLE with this reason)."""
+    loose = loose_entries(model_dir)
+    if not loose:
+        return
+    target = _model_file_for(loose, config)
+    raise ConfigError(f"model '{name}': no version folder found: put the model file in a numbered folder, "
+                      f"{name}/1/{target} (found: {', '.join(loose[:8])}{', ...' if len(loose) > 8 else ''})")
+
+
+def _model_file_for(loose: list[str], config: ModelConfig) -> str:
+    """The name the model file should have in the version folder: the one found when a backend knows it by that
+    name, else the default name of the backend its suffix belongs to (`resnet.onnx` -> `model.onnx`)."""
+    import fnmatch
+
+    if config.default_model_filename:
+        return config.default_model_filename
+    for found in loose:
+        for spec in BACKENDS.values():
+            if any(fnmatch.fnmatchcase(found, pattern) for pattern in spec.filenames):
+                return found
+    if "saved_model.pb" in loose:  # a SavedModel's own files, without the folder Triton names it by
+        return f"{BACKENDS['tensorflow'].default_filename}/saved_model.pb"
+    for found in loose:
+        suffix = Path(found).suffix
+        for spec in BACKENDS.values():
+            if suffix and Path(spec.default_filename).suffix == suffix:
+                return spec.default_filename
+    return loose[0]
 
 
 def check_model_name(name: str) -> None:

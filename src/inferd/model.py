@@ -70,6 +70,7 @@ class ServedModel:
         self.inputs = _specs(config.input)
         self.outputs = _specs(config.output)
         self._required = [s.name for s in self.inputs.values() if not s.optional]
+        self.partial_outputs = False  # outputs may be absent from an answer (ensembles with skipped steps)
         self.labels: dict[str, list[str]] = {}  # per output, from its label_filename (set when the model loads)
         # Its backend takes whole protocol messages (Seldon's wrapper classes), not only tensors.
         self.takes_messages = any(getattr(i, "takes_messages", False) for i in scheduler.pool.instances)
@@ -90,15 +91,13 @@ class ServedModel:
         specs = self.inputs
         missing = [n for n in self._required if n not in given]
         if missing:
-            raise InferError.invalid(
-                f"expected {len(self._required)} inputs but got {len(given)} inputs for model '{self.name}': "
-                f"missing required input(s) {missing}")
+            raise self._missing_inputs(given, missing)
         batch = 0
         feeds: Tensors = {}
         for name, array in given.items():
             spec = specs.get(name)
             if spec is None:
-                raise InferError.invalid(f"unexpected inference input '{name}' for model '{self.name}'")
+                raise self._unexpected_input(name, [])
             declared = request.datatypes.get(name) or datatype_of(array)
             if declared != spec.datatype:
                 raise InferError.invalid(f"inference input '{name}' data-type is '{declared}', but model "
@@ -128,6 +127,22 @@ class ServedModel:
                                              f"{_fmt(spec.reshape)} for model '{self.name}'") from None
             feeds[name] = array
         return feeds, max(batch, 1)
+
+    def _missing_inputs(self, given: Tensors, missing: list[str]) -> InferError:
+        """The error for a request that lacks a required input (built only on this error path). A name the model
+        does not have is named first, in Triton's words: most often it is the missing input, misspelt."""
+        unexpected = next((n for n in given if n not in self.inputs), None)
+        if unexpected is not None:
+            return self._unexpected_input(unexpected, missing)
+        return InferError.invalid(
+            f"expected {len(self._required)} inputs but got {len(given)} inputs for model '{self.name}': "
+            f"missing required input(s) {missing}")
+
+    def _unexpected_input(self, name: str, missing: list[str]) -> InferError:
+        """Triton's words for an input name the model does not have, with the names it does have."""
+        lacking = f"; missing {', '.join(missing)}" if missing else ""
+        return InferError.invalid(f"unexpected inference input '{name}' for model '{self.name}' "
+                                  f"(its inputs are {', '.join(self.inputs)}{lacking})")
 
     def check_outputs(self, request: InferenceRequest) -> list[str]:
         """Names of the outputs to return, in the order the client asked for them (all when it asked for none)."""
@@ -165,6 +180,8 @@ class ServedModel:
             try:
                 value = results[name]
             except KeyError:
+                if self.partial_outputs:  # an ensemble whose steps that produce it were skipped
+                    continue
                 raise InferError.internal(f"model '{self.name}' did not produce output '{name}'") from None
             spec = self.outputs[name]
             if spec.reshape is not None:

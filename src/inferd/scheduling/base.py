@@ -312,10 +312,18 @@ def _split(outputs: Tensors, jobs: Sequence[Job]) -> list[Tensors | BaseExceptio
     return results
 
 
+class Instances(Protocol):
+    """What the rest of the server reads of a scheduler's pool: its instances (none for a graph)."""
+
+    @property
+    def instances(self) -> Sequence[Backend]: ...
+
+
 class Scheduler(Protocol):
     """How requests reach a model's instances."""
 
-    pool: InstancePool
+    @property
+    def pool(self) -> Instances: ...
 
     def make_job(self, feeds: Tensors, rows: int, priority: int, timeout_us: int) -> Job: ...
 
