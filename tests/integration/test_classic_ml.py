@@ -1,7 +1,8 @@
 """Classic ML backends (scikit-learn, XGBoost, LightGBM): small real models trained here on scikit-learn's bundled
 iris / digits data, served by a real `inferd serve`, answering over V2 HTTP, V2 gRPC and V1 REST exactly what the
 framework answers in-process (labels equal; FP32 probabilities and values within 1e-6 of the framework's own float
-results cast to float32). Auto-completed configs are checked field by field."""
+results cast to float32; scikit-learn takes and gives FP64, its estimators' own type, and answers exactly what the
+estimator does). Auto-completed configs are checked field by field."""
 
 from __future__ import annotations
 
@@ -35,11 +36,15 @@ TOLERANCE = 1e-6  # served FP32 vs the framework's output cast to float32: the s
 @dataclass
 class Case:
     name: str
-    x: np.ndarray  # float32 rows
+    x: np.ndarray  # rows, float32 (float64 for scikit-learn)
     expected: np.ndarray  # what the framework computes in-process, shape [rows, k]
     datatype: str  # output__0's V2 datatype
     n_features: int
     config: dict[str, Any]  # auto-completed fields expected in the served config
+
+    @property
+    def input_datatype(self) -> str:
+        return "FP64" if self.x.dtype == np.float64 else "FP32"
 
 
 PROBA = 'parameters { key: "method" value { string_value: "predict_proba" } }\n'
@@ -78,13 +83,14 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Case]]:
     # scikit-learn: a classifier with no config at all (labels), the same as model.pkl with only `method` set
     # (probabilities), and a regressor on digits.
     forest = RandomForestClassifier(n_estimators=8, max_depth=4, random_state=0).fit(iris_x, iris_y)
+    # scikit-learn computes in float64: FP64 in, its own FP64 values out (numpy's and KServe clients' type).
     _write(repo, "sk_iris", "model.joblib", lambda p: joblib.dump(forest, p))
-    case("sk_iris", iris, forest.predict(iris), "INT64", "TYPE_INT64")
+    case("sk_iris", iris_x, forest.predict(iris_x), "INT64", "TYPE_INT64")
     _write(repo, "sk_iris_proba", "model.pkl", lambda p: joblib.dump(forest, p), PROBA)
-    case("sk_iris_proba", iris, forest.predict_proba(iris).astype(np.float32), "FP32", "TYPE_FP32")
+    case("sk_iris_proba", iris_x, forest.predict_proba(iris_x), "FP64", "TYPE_FP64")
     ridge = Ridge(alpha=1.0).fit(digits_x, digits_y)
     _write(repo, "sk_digits", "model.joblib", lambda p: joblib.dump(ridge, p))
-    case("sk_digits", digits, ridge.predict(digits).astype(np.float32), "FP32", "TYPE_FP32")
+    case("sk_digits", digits_x[:50], ridge.predict(digits_x[:50]), "FP64", "TYPE_FP64")
 
     # XGBoost: multi-class labels (model.json), probabilities (model.ubj), binary probabilities as two columns.
     booster = xgb.XGBClassifier(n_estimators=10, max_depth=3).fit(iris_x, iris_y)
@@ -147,6 +153,8 @@ def _check(case: Case, got: np.ndarray, datatype: str) -> None:
     assert got.shape == case.expected.shape, (case.name, got.shape)
     if case.datatype == "INT64":
         np.testing.assert_array_equal(got, case.expected.astype(np.int64), err_msg=case.name)
+    elif case.datatype == "FP64":
+        np.testing.assert_array_equal(got, case.expected, err_msg=case.name)
     else:
         np.testing.assert_allclose(got, case.expected.astype(np.float32), rtol=TOLERANCE, atol=TOLERANCE,
                                    err_msg=case.name)
@@ -162,7 +170,7 @@ def test_autocompleted_config(server: ServerProcess, cases: list[Case], name: st
     assert config["max_batch_size"] == 8192
     assert "dynamic_batching" in config
     assert [(t["name"], t["data_type"], [int(d) for d in t["dims"]]) for t in config["input"]] == [
-        ("input__0", "TYPE_FP32", [case.n_features])]
+        ("input__0", f"TYPE_{case.input_datatype}", [case.n_features])]
     assert [(t["name"], t["data_type"], [int(d) for d in t["dims"]]) for t in config["output"]] == [
         ("output__0", case.config["data_type"], case.config["dims"])]
     assert config["instance_group"][0]["kind"] == "KIND_CPU"
@@ -174,7 +182,7 @@ def test_http_matches_framework(server: ServerProcess, cases: list[Case], name: 
     case = _case(cases, name)
     client = httpclient.InferenceServerClient(server.http_url)
     try:
-        result = client.infer(name, [make_input(httpclient, "input__0", case.x, "FP32", binary)],
+        result = client.infer(name, [make_input(httpclient, "input__0", case.x, case.input_datatype, binary)],
                               outputs=[httpclient.InferRequestedOutput("output__0", binary_data=binary)])
         _check(case, result.as_numpy("output__0"), result.get_output("output__0")["datatype"])
     finally:
@@ -186,7 +194,7 @@ def test_grpc_matches_framework(server: ServerProcess, cases: list[Case], name: 
     case = _case(cases, name)
     client = grpcclient.InferenceServerClient(server.grpc_url)
     try:
-        result = client.infer(name, [make_input(grpcclient, "input__0", case.x, "FP32")])
+        result = client.infer(name, [make_input(grpcclient, "input__0", case.x, case.input_datatype)])
         _check(case, result.as_numpy("output__0"), result.get_output("output__0").datatype)
     finally:
         client.close()
@@ -199,7 +207,8 @@ def test_v1_rest_matches_framework(server: ServerProcess, cases: list[Case], nam
                           json={"instances": case.x.tolist()}, timeout=30)
     assert response.status_code == 200, response.text
     got = np.asarray(response.json()["predictions"]).reshape(case.expected.shape)
-    _check(case, got.astype(np.int64 if case.datatype == "INT64" else np.float32), case.datatype)
+    types = {"INT64": np.int64, "FP64": np.float64}
+    _check(case, got.astype(types.get(case.datatype, np.float32)), case.datatype)
 
 
 def test_one_row_and_concurrent_rows_are_batched_alike(server: ServerProcess, cases: list[Case]) -> None:

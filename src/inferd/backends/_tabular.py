@@ -1,9 +1,15 @@
-"""What the classic ML backends (scikit-learn, XGBoost, LightGBM) share: one FP32 feature matrix in, one tensor out.
+"""What the classic ML backends (scikit-learn, XGBoost, LightGBM) share: one feature matrix in, one tensor out.
 
-Their I/O is named as Triton's FIL backend names it for tree models: `input__0` ([n_features] per row) and
-`output__0` ([1] for `predict`, [n_classes] for `predict_proba`). The config parameter `method`
+Their I/O is named as Triton's FIL backend names it for tree models: `input__0` ([n_features] per row; FP32 as FIL
+declares it, FP64 for scikit-learn, whose estimators compute in float64) and `output__0` ([1] for `predict`,
+[n_classes] for `predict_proba`). The config parameter `method`
 (`parameters { key: "method" value { string_value: "predict_proba" } }`) picks what the output holds; FIL's own
-`predict_proba: "true"` is read the same way.
+`predict_proba: "true"` is read the same way. A config's own data types are kept (FIL-style FP32 configs).
+
+`predict` gives one value per row: the model's own output is 1-D. Auto-complete says so with Triton's
+`reshape { shape: [] }` on a batched `output__0` of dims [1], so V2 still answers [rows, 1] while the front doors
+that answer in the model's own shape (V1, as KServe's sklearn / xgboost / lightgbm servers) give a flat list of
+predictions, `{"predictions": [0, 2, 1]}`.
 """
 
 from __future__ import annotations
@@ -42,8 +48,10 @@ def find_file(config: ModelConfig, files: Path, candidates: tuple[str, ...]) -> 
     raise ConfigError(f"model file {' or '.join(str(files / n) for n in names)} not found")
 
 
-def autocomplete_io(config: ModelConfig, n_features: int, output_type: str, output_dims: list[int]) -> ModelConfig:
-    """Fill `input__0` / `output__0`, `max_batch_size` and `dynamic_batching` where the config leaves them out."""
+def autocomplete_io(config: ModelConfig, n_features: int, output_type: str, output_dims: list[int],
+                    input_type: str = "TYPE_FP32") -> ModelConfig:
+    """Fill `input__0` / `output__0`, `max_batch_size` and `dynamic_batching` where the config leaves them out, and
+    mark a batched one-value-per-row output as the model's 1-D output (`reshape { shape: [] }`)."""
     completing_io = not config.input and not config.output
     if completing_io and config.max_batch_size == 0:
         config.max_batch_size = DEFAULT_MAX_BATCH_SIZE
@@ -54,7 +62,7 @@ def autocomplete_io(config: ModelConfig, n_features: int, output_type: str, outp
         config.output.add().name = OUTPUT
     for tensor in config.input:
         if tensor.data_type == 0:
-            tensor.data_type = DataType.Value("TYPE_FP32")
+            tensor.data_type = DataType.Value(input_type)
         if not tensor.dims and not tensor.HasField("reshape"):
             tensor.dims.append(n_features if n_features > 0 else -1)
     for tensor in config.output:
@@ -62,6 +70,8 @@ def autocomplete_io(config: ModelConfig, n_features: int, output_type: str, outp
             tensor.data_type = DataType.Value(output_type)
         if not tensor.dims and not tensor.HasField("reshape"):
             tensor.dims.extend(output_dims)
+        if config.max_batch_size > 0 and list(tensor.dims) == [1] and not tensor.HasField("reshape"):
+            tensor.reshape.SetInParent()  # one value per row: the model's own output is 1-D
     return config
 
 
@@ -108,7 +118,7 @@ def output_type_of(values: np.ndarray) -> str:
     if values.dtype.kind in "iub":
         return "TYPE_INT64"
     if values.dtype.kind == "f":
-        return "TYPE_FP32"
+        return "TYPE_FP64" if values.dtype == np.float64 else "TYPE_FP32"
     return "TYPE_STRING"
 
 

@@ -5,10 +5,12 @@ with the server's rights. Serve only pickles you made or trust as you would trus
 refuses a pickle whose real path (symlinks followed) lies outside its version folder, so a link in a repository
 cannot make the server unpickle a file from elsewhere on the host.
 
-Input `input__0` FP32 [n_features] (from the estimator's `n_features_in_`), output `output__0`: for
-`method: predict` a classifier's labels (INT64 for integer classes, BYTES for string classes) or a regressor's
-values (FP32, [n_targets]); for `method: predict_proba`, FP32 [n_classes]. The output's type and width are found by
-running the chosen method on one row of zeros at auto-complete.
+Input `input__0` FP64 [n_features] (from the estimator's `n_features_in_`; float64 is what scikit-learn computes in
+and what numpy and KServe / MLServer clients send), output `output__0`: for `method: predict` a classifier's labels
+(INT64 for integer classes, BYTES for string classes) or a regressor's values (FP64, [n_targets]); for
+`method: predict_proba`, FP64 [n_classes]. The output's type and width are found by running the chosen method on
+one row of zeros at auto-complete. A config that declares its tensors (FIL's style, FP32) keeps its types: the
+estimator is given what the config declares.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ._tabular import TabularModel, autocomplete_io, find_file, method, output_t
 log = logging.getLogger("inferd.sklearn")
 
 FILENAMES = ("model.joblib", "model.pkl")
+INPUT_TYPE = "TYPE_FP64"  # what scikit-learn estimators compute in (check_array's default) and numpy's default
 
 
 def load_estimator(config: ModelConfig, files: Path) -> Any:
@@ -67,11 +70,11 @@ class SklearnBackend:
         estimator = self._probe = load_estimator(config, files)
         fn = self._method(estimator, config)
         n = _n_features(estimator)
-        output_type, dims = "TYPE_FP32", [1]
+        output_type, dims = "TYPE_FP64", [1]
         if n > 0:
             try:
-                probe = np.asarray(fn(np.zeros((1, n), dtype=np.float32)))
-                output_type = "TYPE_FP32" if method(config) == "predict_proba" else output_type_of(probe)
+                probe = np.asarray(fn(np.zeros((1, n), dtype=np.float64)))
+                output_type = output_type_of(probe)
                 dims = [int(np.prod(probe.shape[1:]))] if probe.ndim > 1 else [1]
             except Exception as exc:  # a pipeline may not take zeros; fall back on what the estimator says
                 log.warning("could not probe %s on a row of zeros (%s); completing the output from its attributes",
@@ -81,7 +84,7 @@ class SklearnBackend:
                     dims = [len(classes)]
                 elif classes is not None:
                     output_type = output_type_of(np.asarray(classes))
-        return autocomplete_io(config, n, output_type, dims)
+        return autocomplete_io(config, n, output_type, dims, input_type=INPUT_TYPE)
 
     def load(self, config: ModelConfig, files: Path, device: str) -> None:
         if device != "cpu":
