@@ -21,6 +21,17 @@ def version_dirs(model_dir: Path) -> dict[int, Path]:
     return found
 
 
+def loose_entries(model_dir: Path) -> list[str]:
+    """What a model folder holds besides its config and its numbered version folders (sorted names; hidden ones
+    left out): a model file put there directly, when no version folder holds it."""
+    try:
+        entries = list(model_dir.iterdir())
+    except OSError:
+        return []
+    return sorted(e.name for e in entries if e.name != "config.pbtxt" and not e.name.startswith(".")
+                  and not (e.is_dir() and e.name.isdigit()))
+
+
 def select_versions(config: ModelConfig, available: list[int]) -> list[int]:
     """The versions the config's `version_policy` asks to serve (Triton's default: the latest one)."""
     policy = config.version_policy
