@@ -17,15 +17,13 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from tritonclient.utils import InferenceServerException
 
 from clients import infer_tensors
-from models import make_model
+from ensemble_models import WEIGHTS, ensemble, tensor, write_scorer
 from serving import ServerProcess, start_server
 
 PROTOCOLS = ["http", "grpc"]
-WEIGHTS = np.array([[1.0, -1.0, 0.5], [0.5, 2.0, -1.0], [-1.0, 0.0, 1.5], [0.25, 0.5, 0.75]], dtype=np.float32)
 
 PRE_PY = """
     import numpy as np
@@ -90,34 +88,6 @@ def python_model(repo: Path, name: str, source: str, inputs: str, outputs: str) 
     (folder / "1" / "model.py").write_text(textwrap.dedent(source))
     (folder / "config.pbtxt").write_text(
         f'name: "{name}"\nbackend: "python"\nmax_batch_size: 8\n{inputs}\n{outputs}\n')
-
-
-def tensor(kind: str, name: str, dtype: str, dims: list[int]) -> str:
-    return f'{kind} [ {{ name: "{name}" data_type: {dtype} dims: [ {", ".join(map(str, dims))} ] }} ]'
-
-
-def scorer_model() -> bytes:
-    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 4])
-    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 3])
-    w = numpy_helper.from_array(WEIGHTS, "W")
-    return make_model([helper.make_node("MatMul", ["X", "W"], ["Y"])], [x], [y], [w], name="scorer")
-
-
-def write_scorer(repo: Path, name: str = "scorer") -> None:
-    folder = repo / name
-    (folder / "1").mkdir(parents=True)
-    (folder / "1" / "model.onnx").write_bytes(scorer_model())
-    (folder / "config.pbtxt").write_text(
-        f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
-        f'{tensor("input", "X", "TYPE_FP32", [4])}\n{tensor("output", "Y", "TYPE_FP32", [3])}\n')
-
-
-def ensemble(repo: Path, name: str, body: str, *, empty_version: bool = True) -> None:
-    folder = repo / name
-    folder.mkdir(parents=True)
-    if empty_version:
-        (folder / "1").mkdir()
-    (folder / "config.pbtxt").write_text(f'name: "{name}"\nplatform: "ensemble"\n{textwrap.dedent(body)}')
 
 
 PIPELINE = f"""
