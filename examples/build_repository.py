@@ -8,7 +8,7 @@ Usage::
 
     python examples/build_repository.py [OUT_DIR] [--force]
 
-Models whose files already exist are skipped unless ``--force`` is given.
+Models whose files already exist (with this script's config) are skipped unless ``--force`` is given.
 """
 
 from __future__ import annotations
@@ -136,10 +136,15 @@ def build_simple() -> onnx.ModelProto:
 
 
 def build_simple_string() -> onnx.ModelProto:
+    """Triton's `simple_string`: INPUT0 and INPUT1 hold integers written as strings; OUTPUT0 is their sum and
+    OUTPUT1 their difference, as strings (what NVIDIA's simple_*_string_infer_client.py examples check)."""
     g = GraphBuilder(SEED)
-    g.op("Identity", ["INPUT0"], "OUTPUT0")
-    io = [tensor(n, STRING, ["batch", 16]) for n in ("INPUT0", "OUTPUT0")]
-    return g.model(io[:1], io[1:], "simple_string")
+    g.op("Cast", ["INPUT0"], "a", to=INT32)
+    g.op("Cast", ["INPUT1"], "b", to=INT32)
+    g.op("Cast", [g.op("Add", ["a", "b"], "sum")], "OUTPUT0", to=STRING)
+    g.op("Cast", [g.op("Sub", ["a", "b"], "difference")], "OUTPUT1", to=STRING)
+    io = [tensor(n, STRING, ["batch", 16]) for n in ("INPUT0", "INPUT1", "OUTPUT0", "OUTPUT1")]
+    return g.model(io[:2], io[2:], "simple_string")
 
 
 def build_mlp() -> onnx.ModelProto:
@@ -250,7 +255,12 @@ SPECS = [
     Spec(
         "simple_string",
         build_simple_string,
-        config("simple_string", 8, [io("INPUT0", "STRING", "16")], [io("OUTPUT0", "STRING", "16")]),
+        config(
+            "simple_string",
+            8,
+            [io("INPUT0", "STRING", "16"), io("INPUT1", "STRING", "16")],
+            [io("OUTPUT0", "STRING", "16"), io("OUTPUT1", "STRING", "16")],
+        ),
     ),
     Spec("mlp", build_mlp, config("mlp", 256, [io("INPUT0", "FP32", "64")], [io("OUTPUT0", "FP32", "10")])),
     Spec(
@@ -293,13 +303,21 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _holds(path: Path, text: str) -> bool:
+    try:
+        return path.read_text() == text
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def build_one(spec: Spec, out_dir: Path, force: bool) -> str:
     model_dir = out_dir / spec.name
     model_path = model_dir / "1" / "model.onnx"
     files = {"config.pbtxt": spec.config}
     if spec.labels:
         files[spec.labels] = LABELS
-    if not force and model_path.exists() and all((model_dir / f).exists() for f in files):
+    # Up to date when every file is there and the config is this script's (a changed model changes its config).
+    if not force and model_path.exists() and all(_holds(model_dir / f, text) for f, text in files.items()):
         return f"{spec.name}: up to date ({model_path})"
     write_atomic(model_path, spec.build().SerializeToString())
     for fname, text in files.items():

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._version import __version__
+from .backends.settings import BackendSettings
 from .frontends.http.routes import API_GROUPS
 from .limits import DEFAULT_MAX_INPUTS, DEFAULT_MAX_TENSOR_ELEMENTS
 from .memory import DEFAULT_MAX_SHM_REGIONS
@@ -28,7 +29,7 @@ log = logging.getLogger("inferd")
 # Triton flags that tune parts inferd does not have (CUDA pools, its thread pools): accepted and ignored,
 # so a Triton command line still starts the server.
 _IGNORED_TRITON_FLAGS = (
-    "--backend-config", "--backend-directory", "--repoagent-directory", "--cache-config", "--cache-directory",
+    "--backend-directory", "--repoagent-directory", "--cache-config", "--cache-directory",
     "--http-thread-count", "--grpc-infer-allocation-pool-size", "--pinned-memory-pool-byte-size",
     "--cuda-memory-pool-byte-size", "--min-supported-compute-capability", "--id",
     "--rate-limit", "--rate-limit-resource", "--buffer-manager-thread-count", "--model-load-thread-count",
@@ -101,6 +102,10 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     _bool_flag(serve, "--strict-readiness", True, "ready only when every model is ready")
     _bool_flag(serve, "--exit-on-error", False, "exit when a model fails to load")
     _bool_flag(serve, "--strict-model-config", False, "require complete config.pbtxt files (no auto-complete)")
+    serve.add_argument("--backend-config", action="append", default=[], metavar="[BACKEND,]SETTING=VALUE",
+                       help="Triton's backend settings (repeatable); inferd uses default-max-batch-size=N: the "
+                       "max_batch_size auto-complete gives config-less models that can batch (default 4; 0: none), "
+                       "for every backend or one (onnxruntime,default-max-batch-size=N); others are ignored")
     serve.add_argument("--disable-auto-complete-config", action="store_true",
                        help="do not complete configs from the model files (default: complete them, as Triton)")
     serve.add_argument("--exit-timeout-secs", type=float, default=30.0, metavar="SECONDS",
@@ -294,8 +299,13 @@ def serve_command(args: argparse.Namespace) -> int:
         args.http_restricted = parse_restrictions(args.http_restricted_api, "api")
         args.grpc_restricted = parse_restrictions(args.grpc_restricted_protocol, "protocol")
         _tls_settings(args)
+        args.backend_settings = BackendSettings.parse(args.backend_config)
     except ValueError as exc:
         log.error("%s", exc)
+        return 1
+    for setting in args.backend_settings.unused():
+        log.warning("--backend-config %s is accepted for Triton compatibility and ignored", setting)
+    if not _ports_free(args):
         return 1
     started = time.perf_counter()
     try:
@@ -320,6 +330,7 @@ def serve_command(args: argparse.Namespace) -> int:
             model_env_dir=args.model_env_dir or None,
             allow_code_upload=args.allow_code_upload,
             gateway=gateway,
+            backend_settings=args.backend_settings,
         )
     except (OSError, ValueError, ImportError) as exc:  # a missing or unreachable repository
         log.error("%s", exc)
@@ -342,6 +353,22 @@ def serve_command(args: argparse.Namespace) -> int:
     finally:
         server.close()
     return 0
+
+
+def _ports_free(args: argparse.Namespace) -> bool:
+    """The doors' ports bind (checked before any model loads, which can take minutes); else one line, False."""
+    from .frontends.runner import Endpoint, ListenError, check_ports
+
+    try:
+        check_ports({
+            "http": Endpoint(args.http_address, args.http_port) if args.allow_http else None,
+            "grpc": Endpoint(args.grpc_address, args.grpc_port) if args.allow_grpc else None,
+            "metrics": Endpoint(args.metrics_address or args.http_address, args.metrics_port)
+            if args.allow_metrics else None})
+    except ListenError as exc:
+        log.error("%s", exc)
+        return False
+    return True
 
 
 def _tls_settings(args: argparse.Namespace) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from .backends import BACKENDS, Backend, create_backend, resolve_backend
+from .backends.settings import BackendSettings
 from .classification import read_labels
 from .config import ConfigError, ModelConfig, ModelInstanceGroup, read_config, validate_config
 from .graph import GraphScheduler, InnerCalls
@@ -69,8 +70,11 @@ class ModelEntry:
 
 class ModelManager:
     def __init__(self, repository: ModelRepository, *, autocomplete: bool = True, unload_timeout: float = 30.0,
-                 environments: EnvironmentCache | None = None, arrivals: Arrivals | None = None) -> None:
+                 environments: EnvironmentCache | None = None, arrivals: Arrivals | None = None,
+                 backend_settings: BackendSettings | None = None) -> None:
         self.repository = repository
+        # Triton's --backend-config (default-max-batch-size for auto-complete).
+        self.backend_settings = backend_settings if backend_settings is not None else BackendSettings()
         # The front doors' arrival reports, handed to every dynamic batcher (see scheduling.Arrivals).
         self.arrivals = arrivals if arrivals is not None else Arrivals()
         # Per-model Python environments (a requirements.txt next to a model that runs in instance processes).
@@ -462,6 +466,8 @@ class ModelManager:
             prober = create_backend(backend)
             if hasattr(prober, "interpreter_for"):  # it runs model code to auto-complete, as instances would
                 cast(Any, prober).interpreter_for = lambda files: self._interpreter(name, files)
+            if hasattr(prober, "default_max_batch_size"):  # it batches config-less models by default
+                cast(Any, prober).default_max_batch_size = self.backend_settings.default_max_batch_size(backend)
             prober.autocomplete(config, available[selected[-1]])
             probe = (available[selected[-1]], prober)
         if not config.backend:
@@ -631,7 +637,7 @@ def _check_version_folder(name: str, model_dir: Path, config: ModelConfig) -> No
     if not loose:
         return
     target = _model_file_for(loose, config)
-    raise ConfigError(f"model '{name}': no version folder found: put the model file in a numbered folder, "
+    raise ConfigError(f"no version folder found: put the model file in a numbered folder, "
                       f"{name}/1/{target} (found: {', '.join(loose[:8])}{', ...' if len(loose) > 8 else ''})")
 
 

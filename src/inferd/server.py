@@ -13,6 +13,7 @@ import numpy as np
 
 from ._version import __version__
 from .backends import backend_for
+from .backends.settings import BackendSettings
 from .config import CONFIG_FILENAME, ConfigError, ModelConfig, config_from_json, config_to_json, parse_config
 from .gateway.fairness import FairShareStage
 from .gateway.gate import Gateway
@@ -95,6 +96,7 @@ class Server:
         model_env_dir: str | Path | None = None,
         allow_code_upload: bool = False,
         gateway: Gateway | None = None,
+        backend_settings: BackendSettings | None = None,
         stages: Iterable[Stage] = (),
         start: bool = True,
     ) -> None:
@@ -110,7 +112,7 @@ class Server:
         # What the front doors have read but not yet started, per event loop: the batchers' hint (see Arrivals).
         self.arrivals = Arrivals()
         self.manager = ModelManager(ModelRepository(paths), autocomplete=autocomplete, environments=environments,
-                                    arrivals=self.arrivals)
+                                    arrivals=self.arrivals, backend_settings=backend_settings)
         self.manager.bls = self._run_bls  # Python models' calls of other models go through this core
         self.manager.inner = self  # and so do graphs' (ensembles') calls of their composing models
         self.model_control_mode = model_control_mode

@@ -11,12 +11,11 @@ import onnxruntime as ort
 
 from ..config import ConfigError, DataType, ModelConfig, int_parameter
 from ..types import InferError
+from .settings import DEFAULT_MAX_BATCH_SIZE, batch_by_default
 
 log = logging.getLogger("inferd.onnxruntime")
 
 DEFAULT_FILENAME = "model.onnx"
-# Triton's default when auto-complete finds a model that supports batching.
-DEFAULT_MAX_BATCH_SIZE = 4
 
 # ONNX tensor element types (as ORT names them) -> ModelConfig DataType names.
 _ORT_TO_CONFIG = {
@@ -97,6 +96,8 @@ class OnnxRuntimeBackend:
     """One ONNX Runtime session. ORT releases the GIL while it runs, so instances run on threads."""
 
     releases_gil = True
+    # auto-complete's max_batch_size for a model that can batch (the server sets --backend-config's)
+    default_max_batch_size = DEFAULT_MAX_BATCH_SIZE
 
     def __init__(self) -> None:
         self._session: ort.InferenceSession | None = None
@@ -121,9 +122,7 @@ class OnnxRuntimeBackend:
         if config.max_batch_size == 0 and completing_io:
             batchable = all(len(t.shape) > 0 and not isinstance(t.shape[0], int) for t in model_inputs + model_outputs)
             if batchable:
-                config.max_batch_size = DEFAULT_MAX_BATCH_SIZE
-                if not config.HasField("dynamic_batching") and not config.HasField("sequence_batching"):
-                    config.dynamic_batching.SetInParent()
+                batch_by_default(config, self.default_max_batch_size)
         skip = 1 if config.max_batch_size > 0 else 0
         for declared, found in ((config.input, model_inputs), (config.output, model_outputs)):
             known = {t.name: t for t in declared}

@@ -35,13 +35,12 @@ import torch
 
 from ..config import ConfigError, DataType, ModelConfig, int_parameter, string_parameter
 from ..types import CONFIG_TO_V2, V2_TO_NUMPY, InferError
+from .settings import DEFAULT_MAX_BATCH_SIZE, batch_by_default
 
 log = logging.getLogger("inferd.pytorch")
 
 TORCHSCRIPT_FILENAME = "model.pt"
 EXPORT_FILENAME = "model.pt2"
-# Triton's default when auto-complete finds a model that supports batching.
-DEFAULT_MAX_BATCH_SIZE = 4
 
 # Inputs come from numpy arrays the server does not let the model write to; torch shares their memory anyway.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
@@ -190,6 +189,8 @@ class PyTorchBackend:
     """One loaded TorchScript module or exported program. libtorch releases the GIL in its ops: threads."""
 
     releases_gil = True
+    # auto-complete's max_batch_size for a model that can batch (the server sets --backend-config's)
+    default_max_batch_size = DEFAULT_MAX_BATCH_SIZE
 
     def __init__(self) -> None:
         self._probe: _Program | None = None
@@ -213,9 +214,7 @@ class PyTorchBackend:
         completing_io = not config.input and not config.output
         if config.max_batch_size == 0 and completing_io:
             if specs and all(shape and shape[0] is None for _, shape in specs):
-                config.max_batch_size = DEFAULT_MAX_BATCH_SIZE
-                if not config.HasField("dynamic_batching") and not config.HasField("sequence_batching"):
-                    config.dynamic_batching.SetInParent()
+                batch_by_default(config, self.default_max_batch_size)
         skip = 1 if config.max_batch_size > 0 else 0
         for kind, declared, found, prefix in (("input", config.input, program.input_specs, "INPUT"),
                                               ("output", config.output, program.output_specs, "OUTPUT")):

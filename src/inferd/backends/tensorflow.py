@@ -32,6 +32,7 @@ import numpy as np
 
 from ..config import ConfigError, DataType, ModelConfig, int_parameter, signature_name
 from ..types import InferError
+from .settings import DEFAULT_MAX_BATCH_SIZE, batch_by_default
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported; a user's value stays
 
@@ -40,8 +41,6 @@ import tensorflow as tf  # only after the logging level above
 log = logging.getLogger("inferd.tensorflow")
 
 DEFAULT_FILENAME = "model.savedmodel"
-# Triton's default when auto-complete finds a model that supports batching.
-DEFAULT_MAX_BATCH_SIZE = 4
 _CPU = "/CPU:0"
 _MAX_MESSAGE = 400  # TensorFlow's error texts can hold whole tracebacks; a client gets their head
 
@@ -169,6 +168,8 @@ class TensorFlowBackend:
     """One loaded SavedModel signature. TensorFlow runs its ops without the GIL: instance threads."""
 
     releases_gil = True
+    # auto-complete's max_batch_size for a model that can batch (the server sets --backend-config's)
+    default_max_batch_size = DEFAULT_MAX_BATCH_SIZE
 
     def __init__(self) -> None:
         self._probe: _SavedModel | None = None
@@ -185,9 +186,7 @@ class TensorFlowBackend:
         if config.max_batch_size == 0 and completing_io:
             shapes = [_shape(s) for s in [*model.inputs.values(), *model.outputs.values()]]
             if shapes and all(shape and shape[0] is None for shape in shapes):
-                config.max_batch_size = DEFAULT_MAX_BATCH_SIZE
-                if not config.HasField("dynamic_batching") and not config.HasField("sequence_batching"):
-                    config.dynamic_batching.SetInParent()
+                batch_by_default(config, self.default_max_batch_size)
         skip = 1 if config.max_batch_size > 0 else 0
         for kind, declared, found in (("input", config.input, model.inputs), ("output", config.output, model.outputs)):
             if not declared:

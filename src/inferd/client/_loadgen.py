@@ -178,15 +178,16 @@ class LoadClient:
 
 
 def _client_module(protocol: str) -> Any:
-    """The tritonclient asyncio module; HTTP needs the `tritonclient[http]` extra (aiohttp, geventhttpclient)."""
+    """The tritonclient asyncio module; HTTP needs aiohttp and geventhttpclient, which inferd's `bench` extra
+    brings (with the tritonclient version the server is tested with)."""
     try:
         if protocol == "http":
             import tritonclient.http.aio as module
         else:
             import tritonclient.grpc.aio as module
     except (ImportError, RuntimeError) as exc:  # tritonclient.http raises RuntimeError for a missing dependency
-        raise ImportError(f"-i {protocol} needs tritonclient[{protocol}]: pip install 'tritonclient[{protocol}]' "
-                           f"({exc})") from None
+        raise ImportError(f"-i {protocol} needs inferd's bench extra: pip install 'inferd[bench]' "
+                          f"(from a clone: pip install -e '.[bench]') ({exc})") from None
     return module
 
 

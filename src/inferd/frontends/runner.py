@@ -15,19 +15,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import functools
 import ipaddress
 import logging
 import os
 import signal
+import socket
 import threading
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..server import Server
 from .http.app import HttpFrontend
-from .http.server import HttpLimits
+from .http.server import HttpLimits, HttpServer
 from .tls import TlsSettings
 
 if TYPE_CHECKING:
@@ -50,9 +53,75 @@ class Endpoint:
     port: int
 
 
+class ListenError(OSError):
+    """A front door cannot listen where it is told to: one line naming the address, the port and the flag that
+    changes it (what `inferd serve` prints before it exits with 1, instead of a traceback)."""
+
+    @classmethod
+    def of(cls, door: str, endpoint: Endpoint, exc: OSError) -> ListenError:
+        port_flag, address_flag = _DOOR_FLAGS[door]
+        where = f"cannot listen on {endpoint.address}:{endpoint.port} ({_DOOR_NAMES[door]})"
+        if exc.errno == errno.EADDRINUSE or "in use" in str(exc):
+            return cls(f"{where}: the port is already in use; stop what holds it, or pick another port with "
+                       f"{port_flag}")
+        reason = exc.strerror or " ".join(str(exc).split())
+        return cls(f"{where}: {reason}; check {address_flag} and {port_flag}")
+
+
+# The flags that set each door's port and address (`inferd serve` and `inferd microservice` name them alike).
+_DOOR_FLAGS = {"http": ("--http-port", "--http-address"), "grpc": ("--grpc-port", "--grpc-address"),
+               "metrics": ("--metrics-port", "--metrics-address")}
+_DOOR_NAMES = {"http": "HTTP", "grpc": "gRPC", "metrics": "metrics"}
+
+
+def check_ports(doors: Mapping[str, Endpoint | None]) -> None:
+    """Bind every door's port once (and let it go) before any door starts, so that a port in use stops the
+    server before it serves anything, or loads a model when called early; raises ListenError. Port 0 (the system
+    picks one) always binds. Two doors given one port is the same mistake, said as such."""
+    taken: dict[int, str] = {}
+    for door, endpoint in doors.items():
+        if endpoint is None or endpoint.port == 0:
+            continue
+        if endpoint.port in taken:
+            other = _DOOR_FLAGS[taken[endpoint.port]][0]
+            raise ListenError(f"cannot listen on port {endpoint.port} for {_DOOR_NAMES[door]}: {other} names it "
+                              f"too; pick another port with {_DOOR_FLAGS[door][0]}")
+        taken[endpoint.port] = door
+        _bind(door, endpoint, functools.partial(_probe, endpoint))
+
+
+def _probe(endpoint: Endpoint) -> None:
+    """Bind the address's port as the doors do (SO_REUSEADDR: a port left in TIME_WAIT is free), then close."""
+    try:
+        infos = socket.getaddrinfo(endpoint.address or None, endpoint.port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise OSError(errno.EADDRNOTAVAIL, f"unknown address ({exc.strerror})") from None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+
+
+_T = TypeVar("_T")
+
+
+def _bind(door: str, endpoint: Endpoint, start: Callable[[], _T]) -> _T:
+    """`start()`, its OSError turned into the door's ListenError."""
+    try:
+        return start()
+    except ListenError:
+        raise
+    except OSError as exc:
+        raise ListenError.of(door, endpoint, exc) from None
+
+
 def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
     """Run `main` on uvloop where it is installed, else on asyncio's own loop; then the exit watchdog of
-    `serve_until_signal` (if it started one) stands down."""
+    `serve_until_signal` (if it started one) stands down.
+
+    A door that cannot listen (ListenError) is logged as its one line and ends the process with exit code 1
+    (SystemExit, so the callers' `finally` clauses still retire the models)."""
     try:
         try:
             import uvloop
@@ -60,6 +129,9 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
             asyncio.run(main)
         else:
             uvloop.run(main)
+    except ListenError as exc:
+        log.error("%s", exc)
+        raise SystemExit(1) from None
     finally:
         _shutdown_done.set()  # the loop and its threads are done: the exit watchdog stands down
 
@@ -85,8 +157,6 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
     `grpc_restricted`: API group -> (metadata key, value) that gRPC calls of the group must carry (Triton's
     `--grpc-restricted-protocol`; the HTTP frontend carries its own). `http_tls` / `grpc_tls`: serve that door over
     TLS only (None: plain); the metrics endpoint stays plain HTTP, as in Triton."""
-    from .http.server import HttpServer
-
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -95,24 +165,36 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
     if gateway is not None:  # SIGHUP re-reads the auth file, as daemons do with their configuration
         loop.add_signal_handler(signal.SIGHUP, gateway.reload)
 
-    grpc_frontend = None
-    if grpc is not None:
-        grpc_frontend = _start_grpc(server, grpc, grpc_max_message_bytes, grpc_restricted, grpc_tls)
-    metrics_server = None
-    if metrics is not None:
-        from ..observability.metrics import start_metrics_server
+    check_ports({"http": http[1] if http else None, "grpc": grpc, "metrics": metrics})
+    grpc_frontend: GrpcFrontend | None = None
+    metrics_server: Any = None
+    http_server: HttpServer | None = None
+    try:
+        if grpc is not None:
+            grpc_frontend = _start_grpc(server, grpc, grpc_max_message_bytes, grpc_restricted, grpc_tls)
+        if metrics is not None:
+            from ..observability.metrics import start_metrics_server
 
-        metrics_server = start_metrics_server(server.model_statistics, metrics.address, metrics.port,
-                                              metrics_collectors)
-        # The bound port (not the asked one): with port 0 the system picks it, and this line is how callers learn it.
-        log.info("started Metrics Service at %s:%d", metrics.address, metrics_server.server_address[1])
-    http_server = None
-    if http is not None:
-        frontend, endpoint = http
-        http_server = HttpServer(frontend, endpoint.address, endpoint.port, limits=http_limits, tls=http_tls)
-        await http_server.start()
-        _log_tls(http_name, http_tls)
-        log.info("started %s at %s:%d", http_name, endpoint.address, http_server.port)
+            metrics_server = _bind("metrics", metrics, lambda: start_metrics_server(
+                server.model_statistics, metrics.address, metrics.port, metrics_collectors))
+            # The bound port (not the asked one): with port 0 the system picks it; this line is how callers learn it.
+            log.info("started Metrics Service at %s:%d", metrics.address, metrics_server.server_address[1])
+        if http is not None:
+            frontend, endpoint = http
+            http_server = HttpServer(frontend, endpoint.address, endpoint.port, limits=http_limits, tls=http_tls)
+            try:
+                await http_server.start()
+            except OSError as exc:
+                raise ListenError.of("http", endpoint, exc) from None
+            _log_tls(http_name, http_tls)
+            log.info("started %s at %s:%d", http_name, endpoint.address, http_server.port)
+    except ListenError:  # another process took a port since check_ports: what did start stops again
+        if grpc_frontend is not None:
+            grpc_frontend.stop(0)
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
+        raise
     # With the bound ports: with port 0 the system picks them.
     _warn_if_repository_open(
         server, (http[0], Endpoint(http[1].address, http_server.port)) if http and http_server else None,
@@ -153,7 +235,7 @@ def _start_grpc(server: Server, grpc: Endpoint, max_message_bytes: int | None,
     if max_message_bytes is not None:
         options["max_message_bytes"] = max_message_bytes
     frontend = GrpcFrontend(server, grpc.address, grpc.port, restricted=restricted, tls=tls, **options)
-    frontend.start()
+    _bind("grpc", grpc, frontend.start)
     _log_tls("GRPCInferenceService", tls)
     log.info("started GRPCInferenceService at %s:%d", grpc.address, frontend.port)
     return frontend

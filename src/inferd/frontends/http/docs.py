@@ -31,4 +31,12 @@ async def openapi_json(app: HttpFrontend, request: HttpRequest, params: Params) 
 
 
 async def docs_page(app: HttpFrontend, request: HttpRequest, params: Params) -> Reply:
+    path = request.path.split("?", 1)[0]
+    if path.endswith("/"):
+        # The page fetches `openapi.json` relative to itself (so it works behind a proxy's path prefix): from
+        # `/docs/` that would be `/docs/openapi.json`. Send the browser to `/docs` instead, by a relative
+        # location (`../docs` from `/docs/`), which keeps any prefix too.
+        trimmed = path.rstrip("/")
+        location = "../" * (len(path) - len(trimmed)) + trimmed.rsplit("/", 1)[-1]
+        return 301, b"", [(b"location", location.encode("latin-1", "replace"))]
     return 200, _read("docs.html"), [(b"content-type", b"text/html; charset=utf-8")]
