@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 REPO ?= examples/model_repository
 SERVE_ARGS ?=
 
-.PHONY: serve test lint typecheck unit bench examples clean
+.PHONY: serve test lint typecheck unit bench examples docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,12 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 
-test: lint typecheck
+# The documentation site (mkdocs.yml, docs/) into site/; strict: a broken link or a page missing from nav fails
+# (not --quiet: it hides the warnings that strict mode counts).
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+test: lint typecheck docs
 	$(BIN)/pytest tests
 
 unit: $(VENV)/.installed
@@ -42,4 +47,4 @@ bench: examples $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_core.py
 
 clean:
-	rm -rf $(VENV) $(REPO) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(REPO) site .pytest_cache .mypy_cache .ruff_cache
