@@ -60,7 +60,7 @@ class SeldonFailure(InferError):
         self.body = body
 
 
-def failure(exc: BaseException) -> SeldonFailure:
+def failure(exc: BaseException, hint: str = "") -> SeldonFailure:
     """Seldon's error answer for an exception: its own errors, a SeldonMicroserviceException the class raised
     (anything with `to_dict()` and an int `status_code`), or any other error as MICROSERVICE_INTERNAL_ERROR."""
     if isinstance(exc, SeldonFailure):
@@ -76,7 +76,7 @@ def failure(exc: BaseException) -> SeldonFailure:
         except Exception:  # a broken to_dict: fall through to the generic form
             pass
     log.error("the Seldon class raised: %s: %s", type(exc).__name__, exc, exc_info=exc)
-    error = SeldonError(f"{describe_error(exc)}", 500, "MICROSERVICE_INTERNAL_ERROR")
+    error = SeldonError(f"{describe_error(exc)}{hint}", 500, "MICROSERVICE_INTERNAL_ERROR")
     return SeldonFailure(500, error.to_dict())
 
 
@@ -373,13 +373,25 @@ def answer(component: SeldonComponent, operation: str, message: Any) -> tuple[in
     try:
         response = call(component, message)
     except Exception as exc:
-        raise failure(exc) from None
+        raise failure(exc, _type_hint(exc, operation, message)) from None
     status = 200
     if isinstance(response, dict):  # a *_raw method may answer with a status of its own
         code = (response.get("status") or {}).get("code") if isinstance(response.get("status"), dict) else None
         if isinstance(code, int) and 100 <= code <= 599:
             status = code
     return status, response
+
+
+def _type_hint(exc: BaseException, operation: str, message: Any) -> str:
+    """For a class that fails on the type of what it was given (a TypeError or AttributeError on a strData,
+    binData or jsonData request): what X was, so the user looks at the class rather than at the server."""
+    if not isinstance(exc, (TypeError, AttributeError)) or not isinstance(message, dict):
+        return ""
+    key = next((k for k in ("strData", "binData", "jsonData") if k in message), None)
+    if key is None:
+        return ""
+    kind = {"strData": "a str", "binData": "bytes", "jsonData": "the JSON value"}[key]
+    return f" ({operation} got X as {kind}: the request's {key})"
 
 
 def health_status(component: SeldonComponent) -> Any:
