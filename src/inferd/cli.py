@@ -22,6 +22,8 @@ from .pipeline.plugins import add_pipeline_stage_argument, add_pipeline_stages
 from .server import Server
 
 if TYPE_CHECKING:
+    from .frontends.http.app import HttpFrontend
+    from .frontends.runner import Endpoint
     from .gateway.gate import Gateway
 
 log = logging.getLogger("inferd")
@@ -96,6 +98,13 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        help="listen address of gRPC (default 0.0.0.0: every interface)")
     serve.add_argument("--metrics-address", default=None, metavar="ADDRESS",
                        help="listen address of /metrics (default: --http-address)")
+    serve.add_argument("--torchserve-management-port", type=int, default=None, metavar="PORT",
+                       help="serve TorchServe's management API (POST/PUT/DELETE/GET /models: register, scale, "
+                       "unregister, describe) on this port; TorchServe's own is 8081; registering needs "
+                       f"--model-control-mode=explicit (default: off{any_port})")
+    serve.add_argument("--torchserve-management-address", default="127.0.0.1", metavar="ADDRESS",
+                       help="listen address of TorchServe's management API (default 127.0.0.1: this host only, as "
+                       "TorchServe)")
     _bool_flag(serve, "--allow-http", True, "serve the HTTP/REST protocol")
     _bool_flag(serve, "--allow-grpc", True, "serve the gRPC protocol")
     _bool_flag(serve, "--allow-metrics", True, "serve Prometheus metrics")
@@ -364,11 +373,35 @@ def _ports_free(args: argparse.Namespace) -> bool:
             "http": Endpoint(args.http_address, args.http_port) if args.allow_http else None,
             "grpc": Endpoint(args.grpc_address, args.grpc_port) if args.allow_grpc else None,
             "metrics": Endpoint(args.metrics_address or args.http_address, args.metrics_port)
-            if args.allow_metrics else None})
+            if args.allow_metrics else None,
+            "torchserve-management": _management_endpoint(args)})
     except ListenError as exc:
         log.error("%s", exc)
         return False
     return True
+
+
+def _management_endpoint(args: argparse.Namespace) -> Endpoint | None:
+    from .frontends.runner import Endpoint
+
+    port = args.torchserve_management_port
+    return None if port is None else Endpoint(args.torchserve_management_address, port)
+
+
+def _management_door(server: Server, args: argparse.Namespace) -> tuple[HttpFrontend, Endpoint] | None:
+    """TorchServe's management API, when --torchserve-management-port asks for it (restricted as the repository
+    API is: --http-restricted-api model-repository:..., admin keys)."""
+    from .frontends.http.torchserve_management import TorchServeManagement
+
+    endpoint = _management_endpoint(args)
+    if endpoint is None:
+        return None
+    if server.model_control_mode != "explicit":
+        log.warning("TorchServe's management API lists and describes models; registering, scaling and "
+                    "unregistering them needs --model-control-mode=explicit")
+    frontend = TorchServeManagement(server, args.model_repository, restricted=args.http_restricted,
+                                    max_input_size=args.http_max_input_size)
+    return frontend, endpoint
 
 
 def _tls_settings(args: argparse.Namespace) -> None:
@@ -397,7 +430,7 @@ async def _serve(server: Server, args: argparse.Namespace, started: float) -> No
         exit_timeout=args.exit_timeout_secs, drain_delay=args.drain_delay_secs,
         grpc_max_message_bytes=args.grpc_max_message_size, http_tls=args.http_tls, grpc_tls=args.grpc_tls,
         metrics_collectors=[server.gateway.metrics] if server.gateway is not None else (),
-        ready_message=f"inferd {__version__} ready", started=started)
+        management=_management_door(server, args), ready_message=f"inferd {__version__} ready", started=started)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

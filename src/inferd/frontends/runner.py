@@ -70,8 +70,10 @@ class ListenError(OSError):
 
 # The flags that set each door's port and address (`inferd serve` and `inferd microservice` name them alike).
 _DOOR_FLAGS = {"http": ("--http-port", "--http-address"), "grpc": ("--grpc-port", "--grpc-address"),
-               "metrics": ("--metrics-port", "--metrics-address")}
-_DOOR_NAMES = {"http": "HTTP", "grpc": "gRPC", "metrics": "metrics"}
+               "metrics": ("--metrics-port", "--metrics-address"),
+               "torchserve-management": ("--torchserve-management-port", "--torchserve-management-address")}
+_DOOR_NAMES = {"http": "HTTP", "grpc": "gRPC", "metrics": "metrics",
+               "torchserve-management": "TorchServe management"}
 
 
 def check_ports(doors: Mapping[str, Endpoint | None]) -> None:
@@ -145,7 +147,8 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
                              ready_message: str = "ready", started: float | None = None,
                              metrics_collectors: Sequence[Any] = (), drain_delay: float | None = None,
                              close_server: bool = True, http_tls: TlsSettings | None = None,
-                             grpc_tls: TlsSettings | None = None) -> None:
+                             grpc_tls: TlsSettings | None = None,
+                             management: tuple[HttpFrontend, Endpoint] | None = None) -> None:
     """Start the front doors that are given, log `ready_message`, and serve until SIGINT or SIGTERM; then shut down
     within `exit_timeout` seconds (see the module docstring).
 
@@ -156,7 +159,8 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
     `metrics_collectors`: Prometheus collectors served on the metrics endpoint next to the model metrics;
     `grpc_restricted`: API group -> (metadata key, value) that gRPC calls of the group must carry (Triton's
     `--grpc-restricted-protocol`; the HTTP frontend carries its own). `http_tls` / `grpc_tls`: serve that door over
-    TLS only (None: plain); the metrics endpoint stays plain HTTP, as in Triton."""
+    TLS only (None: plain); the metrics endpoint stays plain HTTP, as in Triton. `management`: TorchServe's
+    management API, a second HTTP door (with the HTTP limits and TLS) on its own port."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -165,10 +169,12 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
     if gateway is not None:  # SIGHUP re-reads the auth file, as daemons do with their configuration
         loop.add_signal_handler(signal.SIGHUP, gateway.reload)
 
-    check_ports({"http": http[1] if http else None, "grpc": grpc, "metrics": metrics})
+    check_ports({"http": http[1] if http else None, "grpc": grpc, "metrics": metrics,
+                 "torchserve-management": management[1] if management else None})
     grpc_frontend: GrpcFrontend | None = None
     metrics_server: Any = None
     http_server: HttpServer | None = None
+    management_server: HttpServer | None = None
     try:
         if grpc is not None:
             grpc_frontend = _start_grpc(server, grpc, grpc_max_message_bytes, grpc_restricted, grpc_tls)
@@ -188,7 +194,11 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
                 raise ListenError.of("http", endpoint, exc) from None
             _log_tls(http_name, http_tls)
             log.info("started %s at %s:%d", http_name, endpoint.address, http_server.port)
+        if management is not None:
+            management_server = await _start_management(server, management, http_limits, http_tls)
     except ListenError:  # another process took a port since check_ports: what did start stops again
+        if http_server is not None:
+            await http_server.stop(0)
         if grpc_frontend is not None:
             grpc_frontend.stop(0)
         if metrics_server is not None:
@@ -216,6 +226,8 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
     stops = []
     if http_server is not None:
         stops.append(http_server.stop(left))
+    if management_server is not None:
+        stops.append(management_server.stop(left))
     if grpc_frontend is not None:
         stops.append(asyncio.to_thread(grpc_frontend.stop, left))
     await asyncio.gather(*stops)
@@ -239,6 +251,27 @@ def _start_grpc(server: Server, grpc: Endpoint, max_message_bytes: int | None,
     _log_tls("GRPCInferenceService", tls)
     log.info("started GRPCInferenceService at %s:%d", grpc.address, frontend.port)
     return frontend
+
+
+async def _start_management(server: Server, door: tuple[HttpFrontend, Endpoint], limits: HttpLimits | None,
+                            tls: TlsSettings | None) -> HttpServer:
+    """TorchServe's management door, started and logged with its bound port; a warning when it is open to the
+    network with nothing asked of callers (it loads models, and archives are code)."""
+    frontend, endpoint = door
+    management = HttpServer(frontend, endpoint.address, endpoint.port, limits=limits, tls=tls)
+    try:
+        await management.start()
+    except OSError as exc:
+        raise ListenError.of("torchserve-management", endpoint, exc) from None
+    _log_tls("TorchServe Management Service", tls)
+    log.info("started TorchServe Management Service at %s:%d", endpoint.address, management.port)
+    if (server.model_control_mode == "explicit" and server.gateway is None and not is_loopback(endpoint.address)
+            and "model-repository" not in frontend.restricted):
+        log.warning("TorchServe's management API (model register / unregister) is open to the network on %s:%d "
+                    "with no restriction: restrict it with --http-restricted-api=model-repository:KEY=VALUE or "
+                    "--auth-config, or listen on 127.0.0.1 (--torchserve-management-address)", endpoint.address,
+                    management.port)
+    return management
 
 
 def _log_tls(name: str, tls: TlsSettings | None) -> None:
