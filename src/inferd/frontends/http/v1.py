@@ -14,6 +14,7 @@ when any of its elements is not valid UTF-8; otherwise as strings.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from typing import TYPE_CHECKING, Any
@@ -22,8 +23,9 @@ import numpy as np
 
 from ...config import DEFAULT_SIGNATURE, signature_name
 from ...model import ServedModel, TensorSpec
+from ...pipeline.call import RequestContext
 from ...server import Server
-from ...types import ErrorKind, InferenceRequest, InferError
+from ...types import ErrorKind, InferenceRequest, InferenceResponse, InferError
 from ..tensors import MAX_DIMS, decode_nested
 from .messages import HttpRequest, Params, Reply, json_reply
 from .v2 import load_json_object
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_SIGNATURE", "classify_or_regress", "model_metadata", "model_status", "predict"]
 
 _PREDICT_METHOD = "tensorflow/serving/predict"
+# A :predict with more instances than max_batch_size runs in slices; this many slices are in flight at once.
+_BATCHES_AT_ONCE = 4
 
 # V2 datatype names -> TensorFlow's DataType enum names (for the metadata's signature).
 _TF_DTYPES = {
@@ -157,12 +161,37 @@ async def _predict(server: Server, name: str, version: str, request: HttpRequest
         server.limits.check_elements(input_name, array.shape)
     datatypes = {n: served.inputs[n].datatype for n in inputs}
     context = request.context("v1")
-    response = await server.infer_request(InferenceRequest(name, inputs, datatypes, version), context)
-    outputs = {n: _output_value(n, _to_model_shape(served.outputs.get(n), a, batching))
-               for n, a in response.outputs.items()}
+    rows_given = _batch_rows(inputs) if batching else 0
+    if rows_given > served.max_batch_size:  # TF-Serving takes any number of instances: run them in batches
+        results = await _infer_in_batches(server, InferenceRequest(name, inputs, datatypes, version), context,
+                                          served.max_batch_size, rows_given)
+    else:
+        results = (await server.infer_request(InferenceRequest(name, inputs, datatypes, version), context)).outputs
+    outputs = {n: _output_value(n, _to_model_shape(served.outputs.get(n), a, batching)) for n, a in results.items()}
     if rows:
         return {"predictions": _split_rows(outputs, len(doc["instances"]))}
     return {"outputs": next(iter(outputs.values())) if len(outputs) == 1 else outputs}
+
+
+def _batch_rows(inputs: dict[str, np.ndarray]) -> int:
+    """The rows every input has along its first dimension (0 when they disagree: the core says so)."""
+    rows = {a.shape[0] if a.ndim else -1 for a in inputs.values()}
+    return rows.pop() if len(rows) == 1 else 0
+
+
+async def _infer_in_batches(server: Server, request: InferenceRequest, context: RequestContext, size: int,
+                            rows: int) -> dict[str, np.ndarray]:
+    """A request with more rows than the model's max_batch_size, as TF-Serving answers it: slices of `size` rows
+    run as pipeline requests of their own (a few at a time), their outputs joined in order. Views, no copies, on
+    the way in; one concatenation per output on the way out."""
+    answers: list[InferenceResponse] = []
+    starts = list(range(0, rows, size))
+    for first in range(0, len(starts), _BATCHES_AT_ONCE):
+        answers += await asyncio.gather(*(server.infer_request(
+            InferenceRequest(request.model_name, {n: a[start:start + size] for n, a in request.inputs.items()},
+                             request.datatypes, request.model_version), context)
+            for start in starts[first:first + _BATCHES_AT_ONCE]))
+    return {n: np.concatenate([answer.outputs[n] for answer in answers]) for n in answers[0].outputs}
 
 
 def _to_config_shape(spec: TensorSpec, array: np.ndarray, batching: bool) -> np.ndarray:
