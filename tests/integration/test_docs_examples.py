@@ -1,0 +1,141 @@
+"""A command shown in the documentation is a command a test runs.
+
+Every fenced code block of README.md and docs/**/*.md preceded by the line `<!-- runnable -->` is run here against a
+real `inferd serve` of the example repository (built by examples/build_repository.py, the one `make serve` serves):
+
+- `bash` blocks run with `bash -euo pipefail`, the venv's bin/ first on PATH (so `inferd` and `python` are the
+  project's), and `curl` made to fail on an HTTP error status (`--fail-with-body`); the output must hold no
+  `{"error": ...}` answer;
+- `python` blocks run with the venv's Python;
+- `<!-- runnable: error -->` marks a bash block that shows an error on purpose: it runs with plain curl and its
+  output must be an `{"error": ...}` answer;
+- `localhost:8000` / `:8001` / `:8002` become the test server's HTTP, gRPC and metrics ports, and
+  `examples/model_repository` the repository this test built.
+
+Each block must exit 0 (within BLOCK_TIMEOUT_S). docs/contributing.md says the same to the people who write the docs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+from serving import INFERD, ServerProcess, start_server
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+MARKER = re.compile(r"^<!-- runnable(?::\s*(?P<mode>[\w-]+))? -->\s*$")
+FENCE = re.compile(r"^```(?P<lang>\w*)\s*$")
+MODES = {None, "error"}
+LANGUAGES = {"bash", "python"}
+BLOCK_TIMEOUT_S = 180
+
+
+class Block(NamedTuple):
+    document: str  # relative to the repository root
+    line: int  # of the opening fence, 1-based
+    lang: str
+    mode: str | None
+    code: str
+
+
+def runnable_blocks(path: Path) -> list[Block]:
+    """The marked blocks of one Markdown file (a marker inside a code block is text, not a marker); a marker that is
+    not followed by a fenced block raises."""
+    lines = path.read_text().splitlines()
+    blocks = []
+    name = str(path.relative_to(ROOT))
+    in_code = False
+    for i, line in enumerate(lines):
+        if line.startswith("```"):
+            in_code = not in_code
+        marker = None if in_code else MARKER.match(line)
+        if marker is None:
+            continue
+        j = i + 1
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        fence = FENCE.match(lines[j]) if j < len(lines) else None
+        if fence is None:
+            raise ValueError(f"{name}:{i + 1}: '<!-- runnable -->' must be followed by a fenced code block")
+        end = next((k for k in range(j + 1, len(lines)) if lines[k].startswith("```")), None)
+        if end is None:
+            raise ValueError(f"{name}:{j + 1}: the fenced block is not closed")
+        blocks.append(Block(name, j + 1, fence["lang"], marker["mode"], "\n".join(lines[j + 1:end]) + "\n"))
+    return blocks
+
+
+BLOCKS = [block for path in DOCUMENTS for block in runnable_blocks(path)]
+
+
+@pytest.fixture(scope="module")
+def example_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`make serve`'s repository, written by examples/build_repository.py itself."""
+    spec = importlib.util.spec_from_file_location("build_repository", ROOT / "examples" / "build_repository.py")
+    assert spec is not None and spec.loader is not None
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    root = tmp_path_factory.mktemp("docs-examples") / "model_repository"
+    assert builder.main([str(root)]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def example_server(example_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = start_server(example_repository, tmp_path_factory.mktemp("docs-logs") / "inferd.log")
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def _localize(code: str, server: ServerProcess, repository: Path) -> str:
+    for default, port in ((8000, server.http_port), (8001, server.grpc_port), (8002, server.metrics_port)):
+        code = code.replace(f"localhost:{default}", f"127.0.0.1:{port}")
+    return code.replace("examples/model_repository", str(repository))
+
+
+def _run(block: Block, code: str, folder: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": f"{INFERD.parent}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+    if block.lang == "python":
+        (folder / "example.py").write_text(code)
+        command = [sys.executable, "example.py"]
+    else:
+        strict_curl = "" if block.mode == "error" else 'curl() { command curl --fail-with-body "$@"; }\n'
+        command = ["bash", "-c", "set -euo pipefail\n" + strict_curl + code]
+    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S,
+                          check=False)
+
+
+def test_the_docs_mark_their_examples() -> None:
+    """The quick tour, each protocol page and the SDK have examples a test runs; every marked block is one this test
+    knows how to run."""
+    assert shutil.which("curl"), "the documentation's examples use curl"
+    documents = {block.document for block in BLOCKS}
+    for name in ("README.md", "docs/quickstart.md", "docs/protocols/v2.md", "docs/protocols/v1.md", "docs/sdk.md",
+                 "docs/metrics.md"):
+        assert name in documents, f"{name} has no runnable example"
+    assert all(block.lang in LANGUAGES and block.mode in MODES for block in BLOCKS), [
+        (b.document, b.line, b.lang, b.mode) for b in BLOCKS if b.lang not in LANGUAGES or b.mode not in MODES]
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[f"{b.document}:{b.line}" for b in BLOCKS])
+def test_runnable_example(block: Block, example_server: ServerProcess, example_repository: Path,
+                          tmp_path: Path) -> None:
+    done = _run(block, _localize(block.code, example_server, example_repository), tmp_path)
+    where = f"{block.document}:{block.line}\n--- stdout\n{done.stdout[-4000:]}\n--- stderr\n{done.stderr[-4000:]}"
+    assert done.returncode == 0, where
+    if block.mode == "error":
+        assert '{"error":' in done.stdout, where
+    else:
+        assert '{"error":' not in done.stdout, where
+    assert example_server.process.poll() is None, "the server exited while running " + where
