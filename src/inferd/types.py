@@ -240,6 +240,10 @@ class InferenceRequest:
     operation: str = ""
 
 
+# The response header (HTTP) / trailing metadata key (gRPC) that names the traffic variant that served a request.
+VARIANT_HEADER = "x-inferd-variant"
+
+
 @dataclass(slots=True)
 class InferenceResponse:
     model_name: str
@@ -251,3 +255,5 @@ class InferenceResponse:
     shared_outputs: dict[str, SharedMemoryRef] = field(default_factory=dict)
     # The answer to a message request (see InferenceRequest.message).
     message: Any = None
+    # The traffic variant that served it ("" when its model has no split): the X-Inferd-Variant header.
+    variant: str = ""

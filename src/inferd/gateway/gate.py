@@ -28,7 +28,7 @@ __all__ = ["ADMIN_GROUPS", "TRUSTED_PROTOCOLS", "Gateway", "admin_only", "unknow
 log = logging.getLogger("inferd.auth")
 
 # In-process callers (the SDK, a model's BLS call) are the server's own code: no key to present.
-TRUSTED_PROTOCOLS = frozenset(("sdk", "bls", "graph"))  # graph: a graph calling its nodes
+TRUSTED_PROTOCOLS = frozenset(("sdk", "bls", "graph", "shadow"))  # a graph calling its nodes; a shadow's copy
 UNAUTHENTICATED = "unauthenticated"
 # Triton's API groups (the names of --http-restricted-api) whose endpoints need an admin key. The repository
 # index and statistics are not among them: they answer tenants with their own models only.
