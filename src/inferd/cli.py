@@ -86,6 +86,10 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--load-model", action="append", default=[], metavar="NAME",
                        help="with --model-control-mode=explicit: load this model at start-up ('*' for all; "
                        "repeatable; default: none)")
+    serve.add_argument("--deployment", action="append", default=[], metavar="FILE",
+                       help="a SeldonDeployment or KServe InferenceGraph file (YAML or JSON) whose graphs are served "
+                       "as models, after the models load (repeatable; a repository's deployments/ folder is read "
+                       "as well)")
     serve.add_argument("--repository-poll-secs", type=float, default=15.0, metavar="SECONDS",
                        help="with --model-control-mode=poll: seconds between repository scans (default 15)")
     any_port = "; 0: a free port the system picks, logged as 'started ... at ADDRESS:PORT'"
@@ -339,6 +343,7 @@ def serve_command(args: argparse.Namespace) -> int:
             model_env_dir=args.model_env_dir or None,
             allow_code_upload=args.allow_code_upload,
             gateway=gateway,
+            deployments=args.deployment,
             backend_settings=args.backend_settings,
         )
     except (OSError, ValueError, ImportError) as exc:  # a missing or unreachable repository

@@ -62,6 +62,8 @@ class ModelEntry:
     # Folder of the files given with the load request that serves now (see `_write_override`); removed when another
     # load replaces what serves from it (once the old versions are retired), on unload and on close.
     override: Path | None = None
+    # Served from outside the repository (a deployment's graph, or a model of its nodes): polling leaves it alone.
+    external: bool = False
 
     def refresh(self) -> None:
         self.ready = sorted((v.served for v in self.versions.values() if v.served is not None),
@@ -197,7 +199,7 @@ class ModelManager:
                          name)
                 self._load_quietly(name)
         for name, entry in known.items():
-            if name not in models and entry.override is None and entry.versions:
+            if name not in models and entry.override is None and entry.versions and not entry.external:
                 log.info("repository poll: model '%s' was removed from the repository", name)
                 self.unload(name)
 
@@ -560,6 +562,49 @@ class ModelManager:
         if handler is None:
             raise InferError(ErrorKind.UNSUPPORTED, "BLS requests are not served by this model manager")
         return handler(caller, request)
+
+    # ---- graphs and their models from deployment files (graph/deployments.py) ----
+
+    def load_folder(self, name: str, folder: Path, config: ModelConfig | None = None) -> None:
+        """Load a model from a folder outside the repository (a node of a deployment's graph); raises as `load`.
+        Polling leaves it alone; unloading it is as for any model."""
+        check_model_name(name)
+        with self._load_locks.setdefault(name, threading.Lock()):
+            with self._lock:
+                entry = self._models.get(name)
+                if entry is not None and entry.versions and not entry.external:
+                    raise InferError.invalid(f"failed to load '{name}': a model of the repository has that name")
+                self._models.setdefault(name, ModelEntry(name)).external = True
+            self._load_from(name, folder, config, None)
+
+    def serve_graph(self, served: ServedModel) -> None:
+        """Serve a graph (a Seldon graph, a KServe InferenceGraph) as a READY model of its name, replacing what
+        served under that name from a deployment before; a repository model of that name is never replaced."""
+        name = served.name
+        check_model_name(name)
+        with self._lock:
+            entry = self._models.get(name)
+            if entry is not None and entry.versions and not entry.external:
+                raise InferError.invalid(f"graph '{name}' has the name of a model of the repository")
+            entry = self._models.setdefault(name, ModelEntry(name))
+            entry.external = True
+            old = entry.versions
+            entry.versions = {served.version: VersionStatus(ModelState.READY, served=served)}
+            entry.reason, entry.config = "", served.config
+            entry.refresh()
+        if old:
+            threading.Thread(target=_retire_all, args=(old, self.unload_timeout), daemon=True,
+                             name=f"inferd-retire-{name}").start()
+
+    def graph_failed(self, name: str, reason: str) -> None:
+        """A deployment's graph that could not be built: listed UNAVAILABLE with the reason."""
+        with self._lock:
+            entry = self._models.setdefault(name, ModelEntry(name))
+            if entry.versions and not entry.external:
+                return  # a repository model of that name serves on
+            entry.external = True
+            entry.reason = reason
+        log.error("graph '%s' is UNAVAILABLE: %s", name, reason)
 
     def unload(self, name: str) -> None:
         """Stop taking requests for the model, wait for those in flight (up to `unload_timeout`), free it."""

@@ -21,6 +21,7 @@ from .gateway.stages import AuthenticateStage
 from .instances.bls import BlsRequest
 from .instances.environments import EnvironmentCache
 from .limits import DEFAULT_MAX_INPUTS, DEFAULT_MAX_TENSOR_ELEMENTS, RequestLimits
+from .graph.deployments import Deployments, deployment_files
 from .manager import ModelManager
 from .memory import (
     DEFAULT_MAX_SHM_REGIONS,
@@ -98,6 +99,7 @@ class Server:
         gateway: Gateway | None = None,
         backend_settings: BackendSettings | None = None,
         stages: Iterable[Stage] = (),
+        deployments: Iterable[str | Path] = (),
         start: bool = True,
     ) -> None:
         paths = [model_repository] if isinstance(model_repository, (str, Path)) else list(model_repository)
@@ -142,6 +144,10 @@ class Server:
         self._closed = False
         self._stop_polling = threading.Event()
         self._poller: threading.Thread | None = None
+        # SeldonDeployment / InferenceGraph files (`--deployment`), served as graphs once the models loaded, with
+        # those of the repositories' deployments/ folders.
+        self.deployment_files = [Path(p) for p in deployments]
+        self.graphs: Deployments | None = None
         if start:
             self.start()
 
@@ -160,10 +166,20 @@ class Server:
                 self.manager.load_all(names)
         else:
             self.manager.load_all()
+        self._serve_deployments()
         if self.model_control_mode == "poll":
             self._poller = threading.Thread(target=self._poll, name="inferd-repository-poll", daemon=True)
             self._poller.start()
         self._live = True
+
+    def _serve_deployments(self) -> None:
+        """The graphs of the deployment files (graph/deployments.py): after the models, whose names they use."""
+        files = deployment_files(self.manager.repository.paths, self.deployment_files)
+        if not files:
+            return
+        if self.graphs is None:
+            self.graphs = Deployments(self.manager)
+        self.graphs.load_files(files)
 
     def _poll(self) -> None:
         while not self._stop_polling.wait(self.repository_poll_secs):
@@ -206,6 +222,8 @@ class Server:
             poll_wait = self.repository_poll_secs + 5
             self._poller.join(timeout=poll_wait if deadline is None else max(0.0, deadline - time.monotonic()))
         self.manager.close(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if self.graphs is not None:
+            self.graphs.close()  # after the models: the Seldon classes its nodes served are released
         self.tracer.close()
         self.shared_memory.close()  # after the models: no request uses a region any more
         if self.gateway is not None:

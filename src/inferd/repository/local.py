@@ -45,6 +45,11 @@ def select_versions(config: ModelConfig, available: list[int]) -> list[int]:
     return ordered[-count:] if ordered else []
 
 
+# A repository's folder of deployment files (SeldonDeployments, KServe InferenceGraphs: graph/deployments.py), not
+# a model.
+DEPLOYMENTS_FOLDER = "deployments"
+
+
 class ModelRepository:
     """One or more repository folders; a model name must be unique across them.
 
@@ -78,7 +83,7 @@ class ModelRepository:
                 name = entry.name
                 if is_bare_mar(entry):  # TorchServe's model store: <name>.mar is model <name>, version 1
                     name = entry.name[: -len(MAR_SUFFIX)]
-                elif not entry.is_dir() or entry.name.startswith("."):
+                elif not entry.is_dir() or entry.name.startswith(".") or entry.name == DEPLOYMENTS_FOLDER:
                     continue
                 if name in models:
                     problems[name] = (f"model '{name}' appears in more than one repository or as both a folder "
@@ -90,7 +95,7 @@ class ModelRepository:
 
     def find(self, name: str) -> Path | None:
         """The folder of one model (None if no repository holds it)."""
-        if not name or "/" in name or "\\" in name or name in (".", ".."):
+        if not name or "/" in name or "\\" in name or name in (".", "..", DEPLOYMENTS_FOLDER):
             return None
         for root in self.paths:
             candidate = root / name

@@ -1,0 +1,217 @@
+"""Deployment files: SeldonDeployments and KServe InferenceGraphs, served as models once the models have loaded.
+
+Read from each local model repository's `deployments/` folder (its `*.yaml`, `*.yml` and `*.json` files, in name
+order) and from `inferd serve --deployment FILE` (repeatable). A file holds one resource or several (YAML
+documents separated by `---`, or a `kind: List` with `items`); resources of other kinds are skipped with a log
+line. A resource that cannot be served leaves its graph UNAVAILABLE in the repository index, with the reason.
+
+Names:
+- a SeldonDeployment with one predictor is served as the model `{metadata.name}`;
+- with several, each predictor is served as `{metadata.name}-{predictor name}`, and `{metadata.name}` serves the
+  predictor with the largest `traffic` (the first of them on a tie; shadows never). `Deployments.predictors`
+  lists them with their traffic and shadow flags, for a traffic split between them;
+- an InferenceGraph is served as `{metadata.name}`;
+- models loaded for a Seldon graph's nodes (Python classes, prepackaged servers) as `{graph}.{node}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import DataType, ModelConfig
+from ..repository.local import DEPLOYMENTS_FOLDER
+from ..types import InferError
+from .graph_model import GraphModel, graph_model
+from .inference_graph import build_inference_graph
+from .seldon_graph import GRAPH_PLATFORM, SeldonGraph, ServedNode, Unit
+from .seldon_nodes import Manager, NodeModels, build_units
+
+__all__ = ["DEPLOYMENT_SUFFIXES", "Deployments", "SeldonPredictor", "deployment_files", "read_resources"]
+
+log = logging.getLogger("inferd.graph")
+
+DEPLOYMENT_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@dataclass(slots=True)
+class SeldonPredictor:
+    """One predictor of a SeldonDeployment, as served."""
+
+    deployment: str
+    predictor: str
+    served_as: str
+    traffic: int
+    shadow: bool
+    graph: SeldonGraph
+
+
+def deployment_files(repositories: Iterable[Path], given: Iterable[str | Path] = ()) -> list[Path]:
+    """The files to read: each repository's deployments/ folder (name order), then the files given."""
+    found: list[Path] = []
+    for root in repositories:
+        folder = Path(root) / DEPLOYMENTS_FOLDER
+        if folder.is_dir():
+            found.extend(sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in DEPLOYMENT_SUFFIXES
+                                and not p.name.startswith(".")))
+    found.extend(Path(p) for p in given)
+    return found
+
+
+def read_resources(path: Path) -> list[Any]:
+    """The resources a file holds (ValueError when it cannot be read)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read deployment file {path.name}: {exc}") from None
+    try:
+        docs = [json.loads(text)] if path.suffix == ".json" else list(yaml.safe_load_all(text))
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ValueError(f"deployment file {path.name} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                         f"{' '.join(str(exc).split())}") from None
+    resources: list[Any] = []
+    for doc in docs:
+        if isinstance(doc, dict) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
+            resources.extend(doc["items"])
+        elif doc is not None:
+            resources.append(doc)
+    return resources
+
+
+def _name_of(resource: Any) -> str:
+    metadata = resource.get("metadata") if isinstance(resource, dict) else None
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return name if isinstance(name, str) else ""
+
+
+class Deployments:
+    """The graphs served from deployment files, and what their nodes hold (released by `close`)."""
+
+    def __init__(self, manager: Manager) -> None:
+        self.manager = manager
+        self.predictors: dict[str, list[SeldonPredictor]] = {}
+        self.graphs: list[str] = []
+        self._held: list[NodeModels] = []
+
+    def load_files(self, paths: Iterable[Path]) -> None:
+        for path in paths:
+            try:
+                resources = read_resources(path)
+            except ValueError as exc:
+                log.error("%s", exc)
+                continue
+            for resource in resources:
+                self.load_resource(resource, path.resolve().parent, path.name)
+
+    def load_resource(self, resource: Any, base: Path, source: str = "") -> None:
+        kind = resource.get("kind") if isinstance(resource, dict) else None
+        name = _name_of(resource)
+        if kind not in ("SeldonDeployment", "InferenceGraph"):
+            log.info("%s: skipping a resource of kind %r (serving SeldonDeployment and InferenceGraph)", source, kind)
+            return
+        if not name:
+            log.error("%s: a %s without metadata.name is skipped", source, kind)
+            return
+        if kind == "InferenceGraph":
+            try:
+                self._serve(build_inference_graph(resource, self.manager))
+            except (ValueError, InferError) as exc:
+                self.manager.graph_failed(name, _reason(exc))  # type: ignore[attr-defined]
+            return
+        self._seldon(name, resource, base)
+
+    def _serve(self, served: GraphModel) -> None:
+        self.manager.serve_graph(served)  # type: ignore[attr-defined]
+        self.graphs.append(served.name)
+        log.info("serving %s '%s'", "Seldon graph" if served.platform == GRAPH_PLATFORM else "InferenceGraph",
+                 served.name)
+
+    def _seldon(self, name: str, resource: dict[str, Any], base: Path) -> None:
+        spec = resource.get("spec")
+        predictors = spec.get("predictors") if isinstance(spec, dict) else None
+        if not isinstance(predictors, list) or not predictors or not all(isinstance(p, dict) for p in predictors):
+            self.manager.graph_failed(name, "spec.predictors must be a non-empty list")  # type: ignore[attr-defined]
+            return
+        names = [str(p.get("name") or f"predictor-{i}") for i, p in enumerate(predictors)]
+        if len(set(names)) != len(names):
+            self.manager.graph_failed(name, "predictor names must differ")  # type: ignore[attr-defined]
+            return
+        served: list[SeldonPredictor] = []
+        for predictor, predictor_name in zip(predictors, names, strict=True):
+            served_as = name if len(predictors) == 1 else f"{name}-{predictor_name}"
+            graph = self._predictor(served_as, predictor, base)
+            if graph is not None:
+                served.append(SeldonPredictor(name, predictor_name, served_as, _traffic(predictor),
+                                              bool(predictor.get("shadow")), graph))
+        self.predictors[name] = served
+        if len(predictors) > 1:
+            main = sorted((p for p in served if not p.shadow), key=lambda p: -p.traffic)
+            if main:
+                self._serve(_seldon_model(name, main[0].graph, self.manager))
+            else:
+                self.manager.graph_failed(name, "no predictor could be served")  # type: ignore[attr-defined]
+
+    def _predictor(self, served_as: str, predictor: dict[str, Any], base: Path) -> SeldonGraph | None:
+        held = NodeModels()
+        try:
+            root = build_units(self.manager, served_as, predictor, base, held)
+            graph = SeldonGraph(served_as, root)
+            self._serve(_seldon_model(served_as, graph, self.manager))
+        except (ValueError, InferError) as exc:
+            held.release(self.manager)
+            self.manager.graph_failed(served_as, _reason(exc))  # type: ignore[attr-defined]
+            return None
+        self._held.append(held)
+        return graph
+
+    def close(self) -> None:
+        """Release what the nodes hold (their models are retired with the server's)."""
+        for held in self._held:
+            for cleanup in held.cleanups:
+                try:
+                    cleanup()
+                except Exception:  # one failing cleanup must not keep the others from running
+                    log.exception("releasing a graph node failed")
+            held.cleanups.clear()
+        self._held.clear()
+
+
+def _traffic(predictor: dict[str, Any]) -> int:
+    try:
+        return int(predictor.get("traffic") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _reason(exc: Exception) -> str:
+    return exc.message if isinstance(exc, InferError) else str(exc)
+
+
+def _seldon_model(name: str, graph: SeldonGraph, manager: Manager) -> GraphModel:
+    """A Seldon graph as a served model: its V2 inputs are those of the model its root calls, where that is one
+    (else one FP64 `input` [-1, -1]); one `output` (FP64 [-1, -1] for numbers, BYTES for text)."""
+    config = ModelConfig()
+    root: Unit = graph.root
+    entry = None
+    if isinstance(root.node, ServedNode) and "TRANSFORM_INPUT" in root.methods:
+        try:
+            entry = manager.get(root.node.model_name)
+        except InferError:
+            entry = None
+    if entry is not None and entry.config.input:
+        config.input.extend(entry.config.input)
+        config.max_batch_size = entry.config.max_batch_size
+    else:
+        tensor = config.input.add()
+        tensor.name, tensor.data_type = "input", DataType.TYPE_FP64
+        tensor.dims.extend([-1, -1])
+    out = config.output.add()
+    out.name, out.data_type = "output", DataType.TYPE_FP64
+    out.dims.extend([-1, -1])
+    return graph_model(name, config, GRAPH_PLATFORM, graph.run, takes_messages=True)
