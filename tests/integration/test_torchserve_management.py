@@ -26,7 +26,7 @@ from serving import HOST, ServerProcess, start_server
 pytest.importorskip("torch")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-ALPHA, BETA, GAMMA = "alpha", "beta", "gamma"
+ALPHA, BETA, GAMMA, MULTI = "alpha", "beta", "gamma", "multi"
 ADMIN_KEY = "admin-key-0123456789abcdef"
 TENANT_KEY = "acme-key-0123456789abcdef"
 _STARTED = re.compile(r"started TorchServe Management Service at \S+:(\d+)")
@@ -39,6 +39,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     models = root / "model_store"
     for name in (ALPHA, BETA, GAMMA):
         build_upper_mar(root / "work", name, models)
+    # Triton's layout in the same store: a model folder with two versions (archives 1.0 and 2.0) served together.
+    for number in (1, 2):
+        build_upper_mar(root / "work", MULTI, models / MULTI / str(number), version=f"{number}.0")
+    (models / MULTI / "config.pbtxt").write_text("version_policy: { all { } }\n")
     return {"root": root, "models": models, "cache": root / "cache"}
 
 
@@ -197,6 +201,25 @@ def test_urls_the_server_cannot_follow(management: Management, store: dict[str, 
     assert management.call("DELETE", f"/models/{ALPHA}").status_code == 200
 
 
+def test_model_folder_with_versions(management: Management) -> None:
+    """A model folder of the store (Triton's layout, two versions): registered by its name, one version
+    unregistered while the other serves on, then the model."""
+    registered = management.call("POST", f"/models?url={MULTI}&initial_workers=2&synchronous=true")
+    assert registered.json() == {"status": f'Model "{MULTI}" Version: 2.0 registered with 2 initial workers'}
+    described = management.call("GET", f"/models/{MULTI}/all").json()
+    assert [(d["modelVersion"], d["minWorkers"], d["modelUrl"]) for d in described] == [("1.0", 2, MULTI),
+                                                                                        ("2.0", 2, MULTI)]
+    assert [d["modelVersion"] for d in management.describe(MULTI)] == ["2.0"]  # the default: the newest
+    gone = management.call("DELETE", f"/models/{MULTI}/1.0")
+    assert (gone.status_code, gone.json()) == (200, {"status": f'Model "{MULTI}" unregistered'})
+    assert [d["modelVersion"] for d in management.call("GET", f"/models/{MULTI}/all").json()] == ["2.0"]
+    assert _error(management.call("GET", f"/models/{MULTI}/1.0"))[:2] == (404, "ModelVersionNotFoundException")
+    assert management.predict(f"{MULTI}/2.0", "two").json()["upper"] == "TWO"
+    assert management.predict(f"{MULTI}/1.0", "one").status_code == 404
+    assert management.call("DELETE", f"/models/{MULTI}").status_code == 200
+    assert management.call("GET", f"/models/{MULTI}").status_code == 404
+
+
 def test_tenant_keys_are_refused(store: dict[str, Path]) -> None:
     def digest(key: str) -> str:
         return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
@@ -225,7 +248,7 @@ def test_register_needs_explicit_mode(store: dict[str, Path]) -> None:
                            "--torchserve-management-port", "0", env={"INFERD_CACHE_DIR": str(store["cache"])})
     try:
         management = Management(process)
-        assert len(management.call("GET", "/models").json()["models"]) == 3  # mode none: all loaded at start
+        assert len(management.call("GET", "/models").json()["models"]) == 4  # mode none: all loaded at start
         status, kind, message = _error(management.call("DELETE", f"/models/{ALPHA}"))
         assert (status, kind) == (400, "BadRequestException") and "--model-control-mode=explicit" in message
         assert management.predict(ALPHA, "still").json()["upper"] == "STILL"

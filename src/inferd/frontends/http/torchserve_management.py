@@ -180,7 +180,9 @@ class TorchServeManagement(HttpFrontend):
         return name
 
     def store_config(self, name: str) -> ModelConfig:
-        """The config.pbtxt of a model folder in a local store folder (empty for a bare .mar, or none there)."""
+        """The config a model of a local store folder loads with: its folder's config.pbtxt (empty when it has
+        none, or for a bare .mar). A model only a remote repository holds: INVALID (its config cannot be read here
+        to be changed)."""
         for root in self.model_store:
             folder = root / name
             if folder.is_dir():
@@ -189,7 +191,10 @@ class TorchServeManagement(HttpFrontend):
                 except ConfigError as exc:
                     raise InferError.invalid(str(exc)) from None
                 return found if found is not None else ModelConfig()
-        return ModelConfig()
+            if (root / f"{name}{MAR_SUFFIX}").is_file():
+                return ModelConfig()
+        raise InferError.invalid(f"initial_workers, batch_size and max_batch_delay apply to models of a local model "
+                                 f"store; register '{name}' without them, then scale it (PUT /models/{name})")
 
     def archive_version(self, name: str, version: int) -> str:
         """The version the model's archive states (MANIFEST modelVersion), else inferd's version number."""
@@ -306,8 +311,7 @@ def _register_config(app: TorchServeManagement, name: str, query: _Query) -> Mod
         return None  # initial_workers 0 (TorchServe's default): the model's own instance count
     config = app.store_config(name)
     if workers > 0:
-        del config.instance_group[:]
-        config.instance_group.add().count = workers
+        config = _with_instances(config, workers)
     if batch_size > 1:
         config.max_batch_size = batch_size
         config.dynamic_batching.max_queue_delay_microseconds = 1000 * (delay_ms if delay_ms >= 0
