@@ -177,7 +177,7 @@ def test_stage_sees_seldon_requests(stage_folder: Path, tmp_path: Path) -> None:
         process.stop()
 
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "pipeline-stages.md"  # moved from the README
 
 
 def test_readme_stage_example(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The README's tenants tour, run as written (bash, `inferd` on PATH), on a free port instead of 8000."""
+"""The tenants tour of docs/tenants.md, run as written (bash, `inferd` on PATH), on a free port instead of 8000."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from models import add_simple
 from serving import INFERD, free_ports
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "tenants.md"  # the tour moved from the README
 
 
 def _tour() -> str:
