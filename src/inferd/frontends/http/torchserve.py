@@ -15,7 +15,8 @@ that raised 503 InternalServerException "Prediction failed" (the exception and i
 log), a handler's `PredictionException(message, code)` that code (the closest one inferd has) and message, other
 methods 405 MethodNotAllowedException. Other paths get the server's plain 404 `{"error": "Not Found"}` (TorchServe
 says ResourceNotFoundException). Only the `Content-Type` header reaches the handler (`context.get_request_header`);
-the management API (`/models`, its own port in TorchServe) is not served.
+TorchServe's management API (`/models`) is a door of its own, on its own port as in TorchServe
+(`torchserve_management.py`, `--torchserve-management-port`).
 """
 
 from __future__ import annotations
