@@ -160,8 +160,7 @@ class TrafficStage:
         self._manager = manager
         self._infer = infer  # the Server: infer_request / infer_request_sync for shadows' copies
         self.metrics = metrics if metrics is not None else TrafficMetrics()
-        # Per model name: (the config the rule was read from, the rule or None).
-        self._from_configs: dict[str, tuple[ModelConfig, TrafficRule | None]] = {}
+        self._entries = manager._models  # the rules of models' configs are on their entries (read at load)
         self._defined: dict[str, TrafficRule] = {}
         self._in_flight: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -180,19 +179,10 @@ class TrafficStage:
         name = request.model_name
         rule = self._defined.get(name)
         if rule is None:
-            entry = self._manager.entry(name)
-            if entry is None or entry.config is None:
+            entry = self._entries.get(name)
+            if entry is None:
                 return
-            config = entry.config
-            cached = self._from_configs.get(name)
-            if cached is None or cached[0] is not config:
-                try:
-                    cached = (config, rule_of(config))
-                except ConfigError as exc:  # checked at load; a config changed since answers without a split
-                    log.warning("model '%s': %s", name, exc)
-                    cached = (config, None)
-                self._from_configs[name] = cached
-            rule = cached[1]
+            rule = entry.traffic
             if rule is None:
                 return
         if call.context.protocol == SHADOW_PROTOCOL:
