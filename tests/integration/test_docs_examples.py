@@ -139,3 +139,34 @@ def test_runnable_example(block: Block, example_server: ServerProcess, example_r
     else:
         assert '{"error":' not in done.stdout, where
     assert example_server.process.poll() is None, "the server exited while running " + where
+
+
+def _build_site(folder: Path) -> subprocess.CompletedProcess[str]:
+    mkdocs = INFERD.parent / "mkdocs"
+    return subprocess.run([str(mkdocs), "build", "--strict", "--site-dir", str(folder / "site")], cwd=folder,
+                          capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S, check=False,
+                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+
+
+def test_site_builds_strictly_and_fails_on_broken_pages(tmp_path: Path) -> None:
+    """`make docs` (mkdocs build --strict): the site builds, its CLI page is generated from the argument parsers,
+    and a page missing from the navigation or a link to a missing page fails the build."""
+    shutil.copy2(ROOT / "mkdocs.yml", tmp_path / "mkdocs.yml")
+    shutil.copytree(ROOT / "docs", tmp_path / "docs", ignore=shutil.ignore_patterns("__pycache__"))
+    built = _build_site(tmp_path)
+    assert built.returncode == 0, built.stderr
+    cli = " ".join((tmp_path / "site" / "cli" / "index.html").read_text().split())
+    for text in ("inferd serve", "--http-port", "default 8000", "default 8001", "default 8002", "inferd tenants add",
+                 "inferd microservice", "inferd bench"):
+        assert text in cli, text
+
+    orphan = tmp_path / "docs" / "orphan.md"
+    orphan.write_text("# A page nobody links\n")
+    refused = _build_site(tmp_path)
+    assert refused.returncode != 0 and "orphan.md" in refused.stderr, refused.stderr
+    orphan.unlink()
+
+    index = tmp_path / "docs" / "index.md"
+    index.write_text(index.read_text() + "\n[gone](no-such-page.md)\n")
+    refused = _build_site(tmp_path)
+    assert refused.returncode != 0 and "no-such-page.md" in refused.stderr, refused.stderr
