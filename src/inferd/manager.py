@@ -19,6 +19,7 @@ from .classification import read_labels
 from .config import ConfigError, ModelConfig, ModelInstanceGroup, read_config, validate_config
 from .graph import GraphScheduler, InnerCalls
 from .graph.ensemble import ENSEMBLE_PLATFORM, composing_models, is_ensemble, plan_ensemble
+from .graph.traffic import TrafficRule, rule_of
 from .instances.bls import BlsHandler, BlsRequest, Tensors
 from .instances.environments import EnvironmentBuildError, EnvironmentCache, PythonEnvironment, find_requirements
 from .instances.process import ProcessInstance
@@ -62,6 +63,8 @@ class ModelEntry:
     # Folder of the files given with the load request that serves now (see `_write_override`); removed when another
     # load replaces what serves from it (once the old versions are retired), on unload and on close.
     override: Path | None = None
+    # Its canary split / shadows (the `traffic` stage reads it on every request for the name).
+    traffic: TrafficRule | None = None
     # Served from outside the repository (a deployment's graph, or a model of its nodes): polling leaves it alone.
     external: bool = False
 
@@ -294,6 +297,7 @@ class ModelManager:
             config.platform = ENSEMBLE_PLATFORM
         config.ClearField("instance_group")
         validate_config(config, name)
+        rule_of(config)
         self._check_ensemble_cycle(name, config, [name])
         available = version_dirs(model_dir) or {1: model_dir}  # Triton wants an (empty) version folder; we do not
         selected = select_versions(config, list(available))
@@ -401,6 +405,7 @@ class ModelManager:
             else:
                 old, retired = entry.versions, {}
                 entry.versions, entry.reason, entry.config = loaded, "", config
+                entry.traffic = rule_of(config)  # checked when prepared: a malformed one never gets here
                 # A folder is kept only while versions serve from it; a load that failed leaves none behind.
                 previous, entry.override = entry.override, override if serving else None
                 entry.refresh()
@@ -487,6 +492,7 @@ class ModelManager:
             if group.kind == ModelInstanceGroup.KIND_AUTO:
                 group.kind = ModelInstanceGroup.KIND_CPU
         validate_config(config, name)
+        rule_of(config)  # a malformed canary / shadow setting is the load's error
         request_timeout_ms(config)  # a bad value is the load's error, before any instance starts
         memory_limit_bytes(config)
         return config, backend, {v: available[v] for v in selected}, probe

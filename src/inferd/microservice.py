@@ -202,5 +202,5 @@ async def _serve(server: Any, component: Any, model_name: str, args: argparse.Na
         grpc=Endpoint(args.grpc_address, args.grpc_port) if args.grpc_port else None,
         metrics=Endpoint(args.metrics_address or args.http_address, args.metrics_port) if args.metrics_port else None,
         exit_timeout=args.exit_timeout_secs, http_name="Seldon + V2 HTTPService",
-        metrics_collectors=[component.custom_metrics, *([server.gateway.metrics] if server.gateway else [])],
+        metrics_collectors=[component.custom_metrics, *server.metrics_collectors],
         ready_message=f"inferd {__version__} microservice ready", started=started)
