@@ -16,10 +16,12 @@ from pathlib import Path
 
 import grpc
 import httpx
+import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+import inferd
 from models import add_constant_model, tensor_config, write_model
 from serving import ServerProcess, start_server
 
@@ -155,3 +157,49 @@ def test_a_malformed_split_is_a_load_error(tmp_path: Path) -> None:
     finally:
         server.stop()
 
+
+
+SELDON_SPLIT = """
+apiVersion: machinelearning.seldon.io/v1
+kind: SeldonDeployment
+metadata:
+  name: abtest
+spec:
+  predictors:
+    - name: main
+      traffic: 75
+      graph: {name: plus1, type: MODEL, children: []}
+    - name: candidate
+      traffic: 25
+      graph: {name: plus2, type: MODEL, children: []}
+    - name: mirror
+      shadow: true
+      graph: {name: plus5, type: MODEL, children: []}
+"""
+
+
+def test_seldon_predictors_split_by_traffic_and_shadow(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    for name, constant in (("plus1", 1), ("plus2", 2), ("plus5", 5)):
+        write_model(repo, name, add_constant_model(constant), config(name))
+    (repo / "deployments").mkdir()
+    (repo / "deployments" / "abtest.yaml").write_text(SELDON_SPLIT)
+    with inferd.Server(model_repository=repo, strict_readiness=False) as server:
+        x = np.zeros((1, 1), np.int32)
+        served = {"main": 0, "candidate": 0}
+        for _ in range(REQUESTS):
+            response = server.infer("abtest", {"INPUT0": x})
+            value = int(next(iter(response.outputs.values())).ravel()[0])
+            assert value == {"main": 1, "candidate": 2}[response.variant]
+            served[response.variant] += 1
+        mean, share = REQUESTS * 0.25, 0.25
+        assert abs(served["candidate"] - mean) <= 4 * math.sqrt(REQUESTS * share * (1 - share)), served
+        assert server.traffic.metrics.counts() == {("abtest", "main"): served["main"],
+                                                   ("abtest", "candidate"): served["candidate"]}
+        # The shadow predictor got copies (its model counts them); its answers never reached the caller.
+        for _ in range(100):
+            mirrored = server.manager.get("plus5").stats.to_json()["inference_stats"]["success"]["count"]
+            if mirrored >= REQUESTS:
+                break
+            time.sleep(0.1)
+        assert mirrored == REQUESTS
