@@ -184,6 +184,11 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        "file=PATH, log-frequency=N (optionally prefixed 'triton,', e.g. triton,file=trace.json; "
                        "repeatable; default: tracing off)")
     add_pipeline_stage_argument(serve)
+    serve.add_argument("--host-routing", default=None, metavar="PATTERN",
+                       help="route by host: a request whose Host (gRPC: :authority) matches PATTERN, such as "
+                       "'{model}.models.example.com', is for the model it names, on every path (POST /v2/infer, "
+                       "/api/v1.0/predictions, and the ordinary paths, which must then name the same model); a "
+                       "matching host that names no model is 404, other hosts route as usual (default: off)")
     for flag in _IGNORED_TRITON_FLAGS:
         serve.add_argument(flag, action="append", default=None, help=argparse.SUPPRESS)
 
@@ -343,6 +348,7 @@ def serve_command(args: argparse.Namespace) -> int:
             model_env_dir=args.model_env_dir or None,
             allow_code_upload=args.allow_code_upload,
             gateway=gateway,
+            host_routing=args.host_routing,
             deployments=args.deployment,
             backend_settings=args.backend_settings,
         )
@@ -434,7 +440,7 @@ async def _serve(server: Server, args: argparse.Namespace, started: float) -> No
         metrics=Endpoint(args.metrics_address or args.http_address, args.metrics_port) if args.allow_metrics else None,
         exit_timeout=args.exit_timeout_secs, drain_delay=args.drain_delay_secs,
         grpc_max_message_bytes=args.grpc_max_message_size, http_tls=args.http_tls, grpc_tls=args.grpc_tls,
-        metrics_collectors=[server.gateway.metrics] if server.gateway is not None else (),
+        metrics_collectors=[frontend.seldon_feedback, *([server.gateway.metrics] if server.gateway else [])],
         management=_management_door(server, args), ready_message=f"inferd {__version__} ready", started=started)
 
 

@@ -17,6 +17,7 @@ from .backends.settings import BackendSettings
 from .config import CONFIG_FILENAME, ConfigError, ModelConfig, config_from_json, config_to_json, parse_config
 from .gateway.fairness import FairShareStage
 from .gateway.gate import Gateway
+from .gateway.routing import HostRouting, RouteStage
 from .gateway.stages import AuthenticateStage
 from .instances.bls import BlsRequest
 from .instances.environments import EnvironmentCache
@@ -99,6 +100,7 @@ class Server:
         gateway: Gateway | None = None,
         backend_settings: BackendSettings | None = None,
         stages: Iterable[Stage] = (),
+        host_routing: str | None = None,
         deployments: Iterable[str | Path] = (),
         start: bool = True,
     ) -> None:
@@ -132,6 +134,11 @@ class Server:
         self.gateway = gateway
         # The one request pipeline: the core stages, then stages from installed plugins and the caller.
         self.pipeline = Pipeline(core_stages(self))
+        # `--host-routing PATTERN`: the HTTP route table reads the Host, the `route` stage gRPC's :authority (first:
+        # the stages after it see the model the request means).
+        self.host_routing = HostRouting(host_routing) if host_routing else None
+        if self.host_routing is not None:
+            self.add_stage(RouteStage(self.host_routing))
         if gateway is not None:
             self.add_stage(AuthenticateStage(gateway, self._ready_versions))
             self.add_stage(FairShareStage())

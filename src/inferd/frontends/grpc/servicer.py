@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from google.protobuf import json_format
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from ...gateway.routing import AUTHORITY
 from ...pipeline import RequestContext
 from ...server import Server
 from ...types import InferenceRequest, InferError, describe_error, public_error_text
@@ -47,6 +48,25 @@ def _peer(peer: str) -> str:
     """gRPC's peer ("ipv4:127.0.0.1:5000", "ipv6:[::1]:5000") as an address ("127.0.0.1:5000")."""
     kind, colon, address = peer.partition(":")
     return address if colon and kind in ("ipv4", "ipv6") else peer
+
+
+def _with_authority(context: Context) -> Callable[[], tuple[tuple[str, Any], ...]]:
+    """The call's metadata and its authority as `:authority` (gateway/routing.py's RouteStage reads it).
+
+    grpcio's server API does not give the `:authority` pseudo-header to Python yet (grpc/grpc issue 38906; the
+    accessor `experimental_authority` is used where the installed grpcio has it). Until then the authority is the
+    `host` metadata entry, as HTTP/1.1 gateways and gRPC-Web proxies forward it (gRPC-Java reads Host the same way
+    when a request has no :authority)."""
+
+    def metadata() -> tuple[tuple[str, Any], ...]:
+        given = tuple(context.invocation_metadata() or ())
+        accessor = getattr(context, "experimental_authority", None)
+        authority = accessor() if callable(accessor) else None
+        if not authority:
+            authority = next((value for key, value in given if key == "host"), None)
+        return (*given, (AUTHORITY, authority)) if authority else given
+
+    return metadata
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -139,9 +159,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             return encode_infer_response(response)
 
     def _caller(self, context: Context, method: str) -> RequestContext:
-        """Where a call came from; its peer's address only when the gateway audits calls."""
+        """Where a call came from; its peer's address only when the gateway audits calls, its authority only when
+        the server routes by host."""
         peer = _peer(context.peer()) if self._server.gateway is not None else ""
-        return RequestContext("v2-grpc", metadata=context.invocation_metadata, peer=peer, endpoint=method)
+        metadata = context.invocation_metadata
+        if self._server.host_routing is not None:
+            metadata = _with_authority(context)
+        return RequestContext("v2-grpc", metadata=metadata, peer=peer, endpoint=method)
 
     def _audited_decode(self, request: pb.ModelInferRequest, caller: RequestContext, *,
                         arrivals: bool = True) -> InferenceRequest:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ...gateway.config import Principal
 from ...gateway.gate import ADMIN_GROUPS, Gateway, admin_only
+from ...gateway.routing import SERVING_PREFIX, routed_model, split_serving_path
 from ...server import Server
 from ...types import ErrorKind, InferError, describe_error
 from . import seldon, torchserve, v2_api
@@ -106,14 +107,32 @@ class HttpFrontend:
             raise ValueError(f"unknown restricted api {', '.join(sorted(unknown))} (known: {', '.join(API_GROUPS)})")
         self._required = {group: (key.lower().encode("latin-1"), value.encode())
                           for group, (key, value) in self.restricted.items()}
+        # `--host-routing` (None: off, and the Host header is never looked at).
+        self.hosts = server.host_routing
+        self.seldon_feedback = seldon.FeedbackCounts()  # feedback to models without send_feedback
 
     async def handle(self, method: str, path: str, headers: dict[bytes, bytes], body: bytes) -> Reply:
         """Answer one request (the body already read, within the size limit); never raises."""
         principal = None
         try:
+            implied, source = None, ""
+            if path.startswith(SERVING_PREFIX):  # KServe's /serving/{namespace}/{name}/...
+                split = split_serving_path(path)
+                if split is not None:
+                    implied, path = split
+                    source = "/serving/ path"
+            elif self.hosts is not None:
+                host = headers.get(b"host")
+                implied = self.hosts.model_of(host.decode("latin-1")) if host else None
+                source = f"host '{host.decode('latin-1')}'" if host else ""
             route, params = self.table.match(method, path)
             if route is None:
                 return self._unrouted(method, path, params)  # type: ignore[arg-type]
+            if implied is not None or route.routed:
+                routed = self._route_model(route, params, implied, source, headers)  # type: ignore[arg-type]
+                if not isinstance(routed, dict):
+                    return routed
+                params = routed
             if self._required and route.api in self._required:
                 key, value = self._required[route.api]
                 given = headers.get(key)
@@ -136,6 +155,36 @@ class HttpFrontend:
         except Exception as exc:  # a handler bug is a 500 for this request, never a dead server
             log.exception("unhandled error on %s %s", method, path)
             return error_reply(500, f"internal error: {describe_error(exc)}")
+
+    def _route_model(self, route: Route, params: Params, implied: str | None, source: str,
+                     headers: dict[bytes, bytes]) -> Params | Reply:
+        """The route's parameters with the model the request's routing names (gateway/routing.py). A host or
+        /serving/ prefix naming a model: every route is that model's (404 when there is none), and a path naming
+        another is a 400. A path with no model (`routed` routes): the Seldon-Model header's, else the default
+        model. An error is answered in the route's protocol's form."""
+        named = params.get("model_name", "")
+        try:
+            if implied is None:
+                header = headers.get(b"seldon-model")
+                model = header.decode("latin-1").strip() if header else self.default_model
+                if not model and route.routed:
+                    raise InferError.invalid(f"{route.path} names no model: name it by the Seldon-Model header, "
+                                             "or by the host (--host-routing), or use a path with the model's name")
+            elif self.server.version_states(implied) is None:
+                raise InferError.not_found(f"Request for unknown model: '{implied}' (named by the {source}) is not "
+                                           "found")
+            else:
+                model = routed_model(named, implied, source)
+        except InferError as exc:
+            if route.protocol == "seldon":
+                return seldon.engine_error_reply(exc)
+            missing = _MISSING.get(route.protocol)
+            if missing is not None and exc.kind is ErrorKind.NOT_FOUND:
+                return missing(implied or "", "")
+            return infer_error_reply(exc)
+        if not (route.routed or named) or not model:
+            return params  # a route of no model (health, server metadata), or a routed one left to its handler
+        return {**params, "model_name": model}
 
     def _authorize(self, gateway: Gateway, route: Route, params: Params, headers: dict[bytes, bytes]
                    ) -> Principal | Reply:

@@ -40,6 +40,9 @@ class Route:
     handler: Handler
     protocol: str  # which API it belongs to: "v2", "v1", "torchserve", "seldon", "docs"
     api: str = ""  # its API group (one of API_GROUPS), what a restriction names
+    # The path names no model: the request's routing does (the host, a /serving/ prefix, the Seldon-Model header;
+    # see gateway/routing.py), and the handler finds it as the `model_name` parameter.
+    routed: bool = False
 
     def segments(self) -> list[str]:
         """The pattern's segments; `{name}:verb` is two: the parameter and the literal ":verb"."""
@@ -70,6 +73,7 @@ SERVE_ROUTES: list[Route] = [
         Route("GET", f"{base}/stats", v2_api.model_statistics, V2, STATISTICS),
         Route("POST", f"{base}/infer", v2_api.model_infer, V2, INFERENCE),
     )),
+    Route("POST", "/v2/infer", v2_api.model_infer, V2, INFERENCE, routed=True),
     Route("GET", "/v2/models/stats", v2_api.model_statistics, V2, STATISTICS),
     Route("GET", "/v2/usage", v2_api.usage, V2, STATISTICS),
     Route("POST", "/v2/repository/index", v2_api.repository_index, V2, REPOSITORY),
@@ -100,13 +104,18 @@ SERVE_ROUTES: list[Route] = [
     Route("POST", "/predictions/{model_name}/{model_version}", torchserve.predict, TS, INFERENCE),
     Route("PUT", "/predictions/{model_name}/{model_version}", torchserve.predict, TS, INFERENCE),
     Route("GET", "/ping", torchserve.ping, TS, HEALTH),
+    *(Route("POST", f"/api/{version}/{call}", seldon.prediction, SELDON, INFERENCE, routed=True)
+      for version in ("v1.0", "v0.1") for call in ("predictions", "feedback")),
+    *(Route("POST", f"/seldon/{{namespace}}/{{model_name}}/api/v1.0/{call}", seldon.prediction, SELDON, INFERENCE)
+      for call in ("predictions", "feedback")),
     Route("GET", "/openapi.json", docs.openapi_json, DOCS, METADATA),
     Route("GET", "/docs", docs.docs_page, DOCS, METADATA),
 ]
 
 # `inferd microservice`: Seldon Core's microservice routes (every route whatever the service type, as Seldon's
-# wrapper; the short ones take GET with ?json= too), then the whole V2 API.
-MICROSERVICE_ROUTES: list[Route] = [
+# wrapper; the short ones take GET with ?json= too; `/api/...` as the wrapper answers them, for its one class),
+# then the rest of `inferd serve`'s.
+_MICROSERVICE_OWN: list[Route] = [
     *(Route(method, path, seldon.message, SELDON, INFERENCE)
       for path in ("/predict", "/transform-input", "/transform-output", "/route", "/aggregate", "/send-feedback")
       for method in ("GET", "POST")),
@@ -115,7 +124,10 @@ MICROSERVICE_ROUTES: list[Route] = [
     Route("GET", "/health/ping", seldon.ping, SELDON, HEALTH),
     Route("GET", "/health/status", seldon.health_status, SELDON, HEALTH),
     Route("GET", "/metadata", seldon.metadata, SELDON, METADATA),
-    *SERVE_ROUTES,
+]
+MICROSERVICE_ROUTES: list[Route] = [
+    *_MICROSERVICE_OWN,
+    *(r for r in SERVE_ROUTES if (r.method, r.path) not in {(o.method, o.path) for o in _MICROSERVICE_OWN}),
 ]
 
 

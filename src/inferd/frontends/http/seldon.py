@@ -1,4 +1,17 @@
-"""Seldon Core 1.x's microservice routes, served by `inferd microservice` next to the whole V2 API.
+"""Seldon Core's routes: the engine's for every model `inferd serve` serves, and the microservice's (the wrapper's)
+for the class `inferd microservice` serves.
+
+Engine routes (`prediction`, every served model: repository models, ensembles, graphs): `POST
+/seldon/{namespace}/{name}/api/v1.0/predictions` (Seldon Core's ingress path, any namespace) and `POST
+/api/v1.0/predictions` (`/api/v0.1/...`) naming the model by the `Seldon-Model` header (or the host, see
+gateway/routing.py), and the same for `.../feedback`. Models that take whole messages get the SeldonMessage; models
+that take tensors get it converted (compat/seldon/engine.py says how). Answers and errors are the engine's: `meta`
+with a puid (made when the request has none), tags, routing, requestPath and metrics; errors as `{"status":
+{"code", "info", "reason", "status": "FAILURE"}}`. Feedback to a model that takes tensors (it has no
+`send_feedback`) is answered as the engine answers it for such a model, with an empty SeldonMessage (its `meta`
+only), and counted (`FeedbackCounts`, on the metrics endpoint).
+
+Microservice routes (`message`, `inferd microservice`):
 
 Routes (as Seldon Core 1.x's Python wrapper): `/predict` and `/api/v1.0/predictions` (`/api/v0.1/...`),
 `/transform-input`, `/transform-output`, `/route`, `/aggregate`, `/send-feedback` and `/api/v1.0/feedback`,
@@ -13,6 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ...compat.seldon.engine import (
+    FeedbackCounts,
+    answer_meta,
+    decode_tensors,
+    encode_tensors,
+    error_body,
+    feedback_puid,
+    with_puid,
+)
 from ...compat.seldon.protocol import SeldonError, SeldonFailure, decode_body
 from ...types import InferenceRequest, InferError
 from .messages import JSON, QUERY_HEADER, HttpRequest, Params, Reply, error_headers
@@ -20,7 +42,8 @@ from .messages import JSON, QUERY_HEADER, HttpRequest, Params, Reply, error_head
 if TYPE_CHECKING:
     from .app import HttpFrontend
 
-__all__ = ["health_status", "message", "metadata", "not_allowed", "ping"]
+__all__ = ["FeedbackCounts", "engine_error_reply", "health_status", "message", "metadata", "not_allowed", "ping",
+           "prediction"]
 
 # Route path -> the operation of Seldon's API it calls.
 _OPERATIONS = {
@@ -86,3 +109,66 @@ async def _call(app: HttpFrontend, request: HttpRequest, operation: str, body: A
         return status, body, [*headers, *error_headers(exc)]
     status, answer = response.message
     return _json_reply(status, answer)
+
+
+# ---- the engine's routes, for every served model ----
+
+async def prediction(app: HttpFrontend, request: HttpRequest, params: Params) -> Reply:
+    """`.../api/v1.0/predictions` and `.../feedback` for the model the route named (path, header or host)."""
+    name = params.get("model_name", "")
+    content_type = request.headers.get(b"content-type", b"").decode("latin-1")
+    query = request.headers.get(QUERY_HEADER, b"").decode("latin-1")
+    try:
+        body = decode_body(request.body, content_type, query)
+        if not name:
+            raise SeldonError("no model named: use /seldon/{namespace}/{name}/api/v1.0/predictions, or the "
+                              "Seldon-Model header")
+        if request.route.endswith("/feedback"):
+            return await _feedback(app, request, name, body)
+        return await _predict(app, request, name, body)
+    except SeldonError as exc:
+        return _json_reply(exc.status_code, error_body(exc.status_code, exc.info))
+    except SeldonFailure as exc:  # a message model's own failure: its status, in the engine's envelope
+        return _json_reply(exc.status, error_body(exc.status, exc.message))
+    except InferError as exc:
+        return engine_error_reply(exc)
+
+
+def engine_error_reply(exc: InferError) -> Reply:
+    """An InferError in the engine's envelope, with its status and headers (401's challenge, 429's retry)."""
+    status = exc.kind.http_status
+    code, body, headers = _json_reply(status, error_body(status, exc.message))
+    return code, body, [*headers, *error_headers(exc)]
+
+
+async def _predict(app: HttpFrontend, request: HttpRequest, name: str, body: Any) -> Reply:
+    message, puid = with_puid(body)
+    server = app.server
+    model = server.model(name)  # which kind of model: one that takes messages, or tensors
+    context = request.context("seldon")
+    if model.takes_messages:
+        response = await server.infer_request(InferenceRequest(name, {}, {}, message=message, operation="predict"),
+                                              context)
+        status, answer = response.message
+        if isinstance(answer, dict) and status < 400:
+            meta = answer.get("meta")
+            answer["meta"] = {**meta, "puid": meta.get("puid") or puid} if isinstance(meta, dict) else {"puid": puid}
+        return _json_reply(status, answer)
+    decoded = decode_tensors(message, list(model.inputs.values()), model.max_batch_size > 0, name)
+    response = await server.infer_request(InferenceRequest(name, decoded.inputs, decoded.datatypes), context)
+    answer = encode_tensors(response.outputs, decoded.form)
+    answer["meta"] = answer_meta(message.get("meta"), puid,
+                                 {response.model_name: f"{response.model_name}:{response.model_version}"})
+    return _json_reply(200, answer)
+
+
+async def _feedback(app: HttpFrontend, request: HttpRequest, name: str, body: Any) -> Reply:
+    puid = feedback_puid(body)
+    server = app.server
+    model = server.model(name)
+    if model.takes_messages:  # a router that learns, a graph: it takes the Feedback message itself
+        call = InferenceRequest(name, {}, {}, message=body, operation="send-feedback")
+        status, answer = (await server.infer_request(call, request.context("seldon"))).message
+        return _json_reply(status, answer)
+    app.seldon_feedback.record(name, float(body.get("reward") or 0.0))
+    return _json_reply(200, {"meta": {"puid": puid}})
