@@ -15,8 +15,9 @@ counts; inference stays on the main port (`/predictions`). Answers and errors ar
 - `GET /models[?limit=N&next_page_token=T]` the loaded models, `GET /models/{m}[/{version}|/all]` their description
   (modelName, modelVersion, modelUrl, runtime, minWorkers, maxWorkers, batchSize, maxBatchDelay, workers).
 
-TorchServe's versions are strings ("1.0", the archiver's default); a version path parameter may be inferd's version
-number, its "N.0" form, or the version the archive's manifest gives. Registering and unregistering need
+TorchServe's versions are strings ("1.0", the archiver's default): versions are written "N.0" for inferd's version N
+(what `/predictions/{m}/N.0` takes; the archive's own MANIFEST version is not read), and a version path parameter may
+be N or "N.0". Registering and unregistering need
 `--model-control-mode=explicit` (TorchServe's `--enable-model-api`); every route is in the model-repository API
 group, so `--http-restricted-api model-repository:...` restricts it and tenant keys (`--auth-config`) are refused.
 Not served: downloading archives from URLs, `handler` / `runtime` overrides, `set-default`, worker pids and memory.
@@ -25,7 +26,6 @@ Not served: downloading archives from URLs, `handler` / `runtime` overrides, `se
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -122,6 +122,11 @@ def _torchserve_errors(handler: Handler) -> Callable[[HttpFrontend, HttpRequest,
     return wrapped
 
 
+def _torchserve_version(version: int) -> str:
+    """A version as TorchServe writes one ("1.0"): what `/predictions/{m}/{version}` takes for it."""
+    return f"{version}.0"
+
+
 def _instance_count(config: ModelConfig) -> int:
     return sum(max(1, group.count) for group in config.instance_group) or 1
 
@@ -196,24 +201,6 @@ class TorchServeManagement(HttpFrontend):
         raise InferError.invalid(f"initial_workers, batch_size and max_batch_delay apply to models of a local model "
                                  f"store; register '{name}' without them, then scale it (PUT /models/{name})")
 
-    def archive_version(self, name: str, version: int) -> str:
-        """The version the model's archive states (MANIFEST modelVersion), else inferd's version number."""
-        from ...backends.torchserve import mar_path, read_manifest
-
-        for root in self.model_store:
-            candidates = [root / f"{name}{MAR_SUFFIX}"] if version == 1 else []
-            folder = root / name / str(version)
-            with contextlib.suppress(ConfigError):
-                if folder.is_dir():
-                    candidates.append(mar_path(ModelConfig(), folder))
-            for archive in candidates:
-                if archive.is_file():
-                    with contextlib.suppress(ConfigError):
-                        stated = read_manifest(archive)["model"].get("modelVersion")
-                        if stated:
-                            return str(stated)
-        return str(version)
-
     def model_url(self, name: str) -> str:
         if name in self.urls:
             return self.urls[name]
@@ -234,9 +221,9 @@ class TorchServeManagement(HttpFrontend):
         return ready
 
     def version_of(self, name: str, given: str) -> int | None:
-        """The ready version a path's version names (number, "N.0" or the archive's version string)."""
+        """The ready version a path's version names (inferd's number, or TorchServe's "N.0" form of it)."""
         for version in self.ready_versions(name):
-            if given in (str(version), version_number(given)) or given == self.archive_version(name, version):
+            if str(version) in (given, version_number(given)):
                 return version
         return None
 
@@ -280,7 +267,7 @@ def _describe_version(app: TorchServeManagement, name: str, version: int) -> dic
     gpu = any(group.kind == ModelInstanceGroup.KIND_GPU for group in config.instance_group)
     batching = config.max_batch_size > 0 and config.HasField("dynamic_batching")
     delay_ms = config.dynamic_batching.max_queue_delay_microseconds // 1000 if batching else DEFAULT_BATCH_DELAY_MS
-    return {"modelName": name, "modelVersion": app.archive_version(name, version), "modelUrl": app.model_url(name),
+    return {"modelName": name, "modelVersion": _torchserve_version(version), "modelUrl": app.model_url(name),
             "runtime": "python", "minWorkers": count, "maxWorkers": count,
             "batchSize": max(1, int(config.max_batch_size)), "maxBatchDelay": int(delay_ms),
             "loadedAtStartup": name not in app.urls,
@@ -306,7 +293,7 @@ async def describe(app: TorchServeManagement, request: HttpRequest, params: Para
 def _register_config(app: TorchServeManagement, name: str, query: _Query) -> ModelConfig | None:
     """The config a registration's parameters ask for (the store's own, changed), or None to load it as it is."""
     workers, batch_size = query.number("initial_workers", 0), query.number("batch_size", 0)
-    delay_ms = query.number("max_batch_delay", -1) if query.text("max_batch_delay") else -1
+    delay_ms = query.number("max_batch_delay", -1)  # -1: not given
     if workers == 0 and batch_size <= 1 and delay_ms < 0:
         return None  # initial_workers 0 (TorchServe's default): the model's own instance count
     config = app.store_config(name)
@@ -335,7 +322,7 @@ async def register(app: TorchServeManagement, request: HttpRequest, params: Para
     app.check_control()
     if app.server.model_ready(name):
         version = app.ready_versions(name)[0]
-        return _error(409, "ConflictStatusException", f"Model version {app.archive_version(name, version)} is "
+        return _error(409, "ConflictStatusException", f"Model version {_torchserve_version(version)} is "
                       f"already registered for model {name}")
     config = _register_config(app, name, query)
     app.urls[name] = url
@@ -350,7 +337,7 @@ async def register(app: TorchServeManagement, request: HttpRequest, params: Para
         raise
     version = app.ready_versions(name)[0]
     count = _instance_count(app.server.model_config(name))
-    return _status(200, f"Model \"{name}\" Version: {app.archive_version(name, version)} registered with {count} "
+    return _status(200, f"Model \"{name}\" Version: {_torchserve_version(version)} registered with {count} "
                    "initial workers")
 
 
