@@ -12,6 +12,11 @@ real `inferd serve` of the example repository (built by examples/build_repositor
 - `localhost:8000` / `:8001` / `:8002` become the test server's HTTP, gRPC and metrics ports, and
   `examples/model_repository` the repository this test built.
 
+The "bring your own model" pages build their own models. There `<!-- runnable: setup -->` marks a block that writes
+model files under `models/` (run in one shared folder, in document order), `<!-- runnable: file=PATH -->` a block
+whose text is a file to write at PATH in that folder (a model.py), and `<!-- runnable: models -->` a block run
+against one `inferd serve --model-repository models` of that folder, started once every setup block has run.
+
 Each block must exit 0 (within BLOCK_TIMEOUT_S). docs/contributing.md says the same to the people who write the docs.
 """
 
@@ -33,9 +38,9 @@ from serving import INFERD, ServerProcess, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-MARKER = re.compile(r"^<!-- runnable(?::\s*(?P<mode>[\w-]+))? -->\s*$")
+MARKER = re.compile(r"^<!-- runnable(?::\s*(?P<mode>[\w-]+)(?:=(?P<arg>\S+))?)? -->\s*$")
 FENCE = re.compile(r"^```(?P<lang>\w*)\s*$")
-MODES = {None, "error"}
+MODES = {None, "error", "setup", "file", "models"}
 LANGUAGES = {"bash", "python"}
 BLOCK_TIMEOUT_S = 180
 
@@ -46,6 +51,7 @@ class Block(NamedTuple):
     lang: str
     mode: str | None
     code: str
+    arg: str | None = None  # the path of a `file=PATH` block
 
 
 def runnable_blocks(path: Path) -> list[Block]:
@@ -70,11 +76,15 @@ def runnable_blocks(path: Path) -> list[Block]:
         end = next((k for k in range(j + 1, len(lines)) if lines[k].startswith("```")), None)
         if end is None:
             raise ValueError(f"{name}:{j + 1}: the fenced block is not closed")
-        blocks.append(Block(name, j + 1, fence["lang"], marker["mode"], "\n".join(lines[j + 1:end]) + "\n"))
+        blocks.append(Block(name, j + 1, fence["lang"], marker["mode"], "\n".join(lines[j + 1:end]) + "\n",
+                            marker["arg"]))
     return blocks
 
 
-BLOCKS = [block for path in DOCUMENTS for block in runnable_blocks(path)]
+ALL_BLOCKS = [block for path in DOCUMENTS for block in runnable_blocks(path)]
+BLOCKS = [block for block in ALL_BLOCKS if block.mode in (None, "error")]  # against the example repository
+SETUP_BLOCKS = [block for block in ALL_BLOCKS if block.mode in ("setup", "file")]
+OWN_MODEL_BLOCKS = [block for block in ALL_BLOCKS if block.mode == "models"]
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +102,26 @@ def example_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def example_server(example_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     process = start_server(example_repository, tmp_path_factory.mktemp("docs-logs") / "inferd.log")
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def own_models_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The models the "bring your own model" pages build, as those pages say, served together."""
+    folder = tmp_path_factory.mktemp("own-models")
+    for block in SETUP_BLOCKS:
+        if block.mode == "file":
+            assert block.arg is not None
+            path = folder / block.arg
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(block.code)
+            continue
+        done = _run(block, block.code, folder)
+        assert done.returncode == 0, f"{block.document}:{block.line}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    process = start_server(folder / "models", folder / "inferd.log", env={"MLFLOW_DISABLE_TELEMETRY": "true"})
     try:
         yield process
     finally:
@@ -124,8 +154,14 @@ def test_the_docs_mark_their_examples() -> None:
     for name in ("README.md", "docs/quickstart.md", "docs/protocols/v2.md", "docs/protocols/v1.md", "docs/sdk.md",
                  "docs/metrics.md"):
         assert name in documents, f"{name} has no runnable example"
-    assert all(block.lang in LANGUAGES and block.mode in MODES for block in BLOCKS), [
-        (b.document, b.line, b.lang, b.mode) for b in BLOCKS if b.lang not in LANGUAGES or b.mode not in MODES]
+    for name in ("docs/models/pytorch.md", "docs/models/tensorflow.md", "docs/models/classic-ml.md",
+                 "docs/models/mlflow.md", "docs/models/python.md"):
+        assert name in {block.document for block in OWN_MODEL_BLOCKS}, f"{name} has no runnable request"
+    assert all(block.mode in MODES for block in ALL_BLOCKS), [
+        (b.document, b.line, b.mode) for b in ALL_BLOCKS if b.mode not in MODES]
+    assert all(block.lang in LANGUAGES for block in ALL_BLOCKS if block.mode != "file"), [
+        (b.document, b.line, b.lang) for b in ALL_BLOCKS if b.lang not in LANGUAGES and b.mode != "file"]
+    assert all(block.arg for block in SETUP_BLOCKS if block.mode == "file")
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[f"{b.document}:{b.line}" for b in BLOCKS])
@@ -139,6 +175,15 @@ def test_runnable_example(block: Block, example_server: ServerProcess, example_r
     else:
         assert '{"error":' not in done.stdout, where
     assert example_server.process.poll() is None, "the server exited while running " + where
+
+
+@pytest.mark.parametrize("block", OWN_MODEL_BLOCKS, ids=[f"{b.document}:{b.line}" for b in OWN_MODEL_BLOCKS])
+def test_bring_your_own_model_example(block: Block, own_models_server: ServerProcess, tmp_path: Path) -> None:
+    done = _run(block, _localize(block.code, own_models_server, tmp_path), tmp_path)
+    where = f"{block.document}:{block.line}\n--- stdout\n{done.stdout[-4000:]}\n--- stderr\n{done.stderr[-4000:]}"
+    assert done.returncode == 0, where
+    assert '{"error":' not in done.stdout, where
+    assert own_models_server.process.poll() is None, "the server exited while running " + where
 
 
 def _build_site(folder: Path) -> subprocess.CompletedProcess[str]:
