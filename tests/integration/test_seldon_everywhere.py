@@ -22,7 +22,7 @@ from models import (
     make_model,
     write_model,
 )
-from serving import ServerProcess, start_server
+from serving import Microservice, ServerProcess, start_server
 
 MLP = "mlp"
 TABLE = "table_sum"  # two one-value inputs "a" and "b": total = a + b
@@ -275,3 +275,46 @@ def test_seldon_calls_count_in_the_models_statistics(http: httpx.Client) -> None
         _ok(_predictions(http, TABLE, {"data": {"names": ["a", "b"], "ndarray": [[1, 2]]}}))
     _failure(_predictions(http, TABLE, {"data": {"names": ["a", "b"], "ndarray": [[1, 2, 3]]}}), 400)
     assert successes() == before + 3
+
+
+# ---- a model that takes whole messages (a Seldon class, as graphs are): it gets the message itself ----
+
+LEARNER = '''
+class Learner:
+    def __init__(self):
+        self.rewards = 0.0
+    def predict(self, X, features_names, meta):
+        if X[0][0] < 0:
+            raise ValueError("negative features")
+        return [[row[0] * 2, self.rewards] for row in X]
+    def send_feedback(self, features, feature_names, reward, truth, routing=None):
+        self.rewards += reward
+        return []
+'''
+
+
+@pytest.fixture(scope="module")
+def learner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Microservice]:
+    folder = tmp_path_factory.mktemp("seldon_learner")
+    (folder / "learner.py").write_text(LEARNER)
+    started = Microservice(folder, folder / "service.log", "learner:Learner")
+    try:
+        started.wait_live()
+        yield started
+    finally:
+        started.stop()
+
+
+def test_message_model_gets_the_message_and_its_feedback(learner: Microservice) -> None:
+    with httpx.Client(base_url=learner.base_url, timeout=30.0) as http:
+        body = _ok(_predictions(http, "learner", {"data": {"ndarray": [[1.5], [3]]}}))
+        assert body["data"]["ndarray"] == [[3.0, 0.0], [6.0, 0.0]]
+        assert len(body["meta"]["puid"]) == 26
+        feedback = {"request": {"data": {"ndarray": [[1.5]]}}, "response": body, "reward": 2.5}
+        _ok(http.post("/seldon/default/learner/api/v1.0/feedback", json=feedback))
+        _ok(http.post("/api/v1.0/feedback", json={"reward": 1}, headers={"Seldon-Model": "learner"}))
+        body = _ok(_predictions(http, "learner", {"data": {"ndarray": [[1]]}, "meta": {"puid": "given"}}))
+        assert body["data"]["ndarray"] == [[2.0, 3.5]]  # both rewards reached the class's send_feedback
+        assert body["meta"]["puid"] == "given"
+        _failure(_predictions(http, "learner", {"data": {"ndarray": [[-1]]}}), 500, "negative features")
+        _failure(_predictions(http, "other", {"data": {"ndarray": [[1]]}}), 404, "other")
