@@ -41,6 +41,7 @@ from serving import HOST, INFERD, ServerProcess, start_server
 
 LOOSE = "loose"  # config-less: model.onnx put directly in the model folder
 LOOSE_CONFIG = "loose_config"  # config.pbtxt and resnet.onnx side by side, no version folder
+HALF = "half_missing"  # version_policy all: version 2 serves, version 1's folder lacks its model.onnx
 BOOL = identity_name("BOOL")
 PROTOCOLS = ("http", "grpc")
 
@@ -54,6 +55,8 @@ def _repository(root: Path) -> Path:
     (repo / LOOSE_CONFIG).mkdir()
     (repo / LOOSE_CONFIG / "config.pbtxt").write_text(SIMPLE_CONFIG.replace(f'"{SIMPLE}"', f'"{LOOSE_CONFIG}"'))
     (repo / LOOSE_CONFIG / "resnet.onnx").write_bytes(simple_model())
+    half = SIMPLE_CONFIG.replace(f'"{SIMPLE}"', f'"{HALF}"') + "version_policy: { all { } }\n"
+    write_model(repo, HALF, None, half, {1: None, 2: simple_model()})
     return repo
 
 
@@ -128,6 +131,18 @@ def test_inferring_an_unavailable_model_gives_its_reason(first_hour: ServerProce
     message = caught.value.message()
     assert f"'{LOOSE}' has no available versions" in message  # Triton's words stay first
     assert "UNAVAILABLE" in message and "no version folder found" in message and f"{LOOSE}/1/model.onnx" in message
+    assert_serves(first_hour)
+
+
+def test_inferring_an_unavailable_version_gives_its_reason(first_hour: ServerProcess, http: httpx.Client) -> None:
+    body = {"inputs": [{"name": n, "datatype": "INT32", "shape": [1, 16], "data": list(range(16))}
+                       for n in ("INPUT0", "INPUT1")]}
+    assert http.post(f"/v2/models/{HALF}/infer", json=body).status_code == 200  # version 2 serves
+    reply = http.post(f"/v2/models/{HALF}/versions/1/infer", json=body)
+    assert reply.status_code == 404, reply.text
+    message = reply.json()["error"]
+    assert f"'{HALF}' version 1 is not found" in message
+    assert "version 1 is UNAVAILABLE" in message and "model.onnx" in message
     assert_serves(first_hour)
 
 
