@@ -16,6 +16,9 @@ The "bring your own model" pages build their own models. There `<!-- runnable: s
 model files under `models/` (run in one shared folder, in document order), `<!-- runnable: file=PATH -->` a block
 whose text is a file to write at PATH in that folder (a model.py), and `<!-- runnable: models -->` a block run
 against one `inferd serve --model-repository models` of that folder, started once every setup block has run.
+`<!-- runnable: seldon -->` marks a block run against `inferd microservice`, started in that same folder with the
+arguments of the first `inferd microservice ...` line of those blocks (a line the blocks then run without), with
+`localhost:9000` its HTTP port.
 
 Each block must exit 0 (within BLOCK_TIMEOUT_S). docs/contributing.md says the same to the people who write the docs.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -34,13 +38,13 @@ from typing import NamedTuple
 
 import pytest
 
-from serving import INFERD, ServerProcess, start_server
+from serving import INFERD, Microservice, ServerProcess, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 MARKER = re.compile(r"^<!-- runnable(?::\s*(?P<mode>[\w-]+)(?:=(?P<arg>\S+))?)? -->\s*$")
 FENCE = re.compile(r"^```(?P<lang>\w*)\s*$")
-MODES = {None, "error", "setup", "file", "models"}
+MODES = {None, "error", "setup", "file", "models", "seldon"}
 LANGUAGES = {"bash", "python"}
 BLOCK_TIMEOUT_S = 180
 
@@ -85,6 +89,8 @@ ALL_BLOCKS = [block for path in DOCUMENTS for block in runnable_blocks(path)]
 BLOCKS = [block for block in ALL_BLOCKS if block.mode in (None, "error")]  # against the example repository
 SETUP_BLOCKS = [block for block in ALL_BLOCKS if block.mode in ("setup", "file")]
 OWN_MODEL_BLOCKS = [block for block in ALL_BLOCKS if block.mode == "models"]
+SELDON_BLOCKS = [block for block in ALL_BLOCKS if block.mode == "seldon"]
+MICROSERVICE_LINE = re.compile(r"^inferd microservice (.*)$", re.MULTILINE)
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +115,8 @@ def example_server(example_repository: Path, tmp_path_factory: pytest.TempPathFa
 
 
 @pytest.fixture(scope="module")
-def own_models_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """The models the "bring your own model" pages build, as those pages say, served together."""
+def own_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding what the "bring your own model" pages build or write, as those pages say."""
     folder = tmp_path_factory.mktemp("own-models")
     for block in SETUP_BLOCKS:
         if block.mode == "file":
@@ -121,8 +127,27 @@ def own_models_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
             continue
         done = _run(block, block.code, folder)
         assert done.returncode == 0, f"{block.document}:{block.line}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    process = start_server(folder / "models", folder / "inferd.log", env={"MLFLOW_DISABLE_TELEMETRY": "true"})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def own_models_server(own_models: Path) -> Iterator[ServerProcess]:
+    """Those models served together."""
+    process = start_server(own_models / "models", own_models / "inferd.log", env={"MLFLOW_DISABLE_TELEMETRY": "true"})
     try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def seldon_microservice(own_models: Path) -> Iterator[Microservice]:
+    """`inferd microservice` as the Seldon page starts it, in the folder holding the page's class."""
+    line = next(m for b in SELDON_BLOCKS for m in MICROSERVICE_LINE.findall(b.code))
+    interface, *args = shlex.split(line)
+    process = Microservice(own_models, own_models / "microservice.log", interface, *args)
+    try:
+        process.wait_live()
         yield process
     finally:
         process.stop()
@@ -184,6 +209,16 @@ def test_bring_your_own_model_example(block: Block, own_models_server: ServerPro
     assert done.returncode == 0, where
     assert '{"error":' not in done.stdout, where
     assert own_models_server.process.poll() is None, "the server exited while running " + where
+
+
+@pytest.mark.parametrize("block", SELDON_BLOCKS, ids=[f"{b.document}:{b.line}" for b in SELDON_BLOCKS])
+def test_seldon_example(block: Block, seldon_microservice: Microservice, tmp_path: Path) -> None:
+    code = MICROSERVICE_LINE.sub("", block.code).replace("localhost:9000", seldon_microservice.http_url)
+    done = _run(block, code, tmp_path)
+    where = f"{block.document}:{block.line}\n--- stdout\n{done.stdout[-4000:]}\n--- stderr\n{done.stderr[-4000:]}"
+    assert done.returncode == 0, where
+    assert '"status":' not in done.stdout and '{"error":' not in done.stdout, where  # Seldon's and V2's errors
+    assert seldon_microservice.process.poll() is None, "the microservice exited while running " + where
 
 
 def _build_site(folder: Path) -> subprocess.CompletedProcess[str]:
