@@ -242,9 +242,10 @@ def _array(value: Any, what: str) -> np.ndarray:
 def _bytes_array(spec: Spec, value: Any) -> np.ndarray:
     try:
         array = np.array(value if isinstance(value, list) else [value], dtype=np.object_)
+        ragged = any(isinstance(v, (list, dict)) for v in array.flat) or (array.size == 0 and array.ndim != 1)
     except (ValueError, TypeError):
-        array = np.array([[]], dtype=np.object_)
-    if any(isinstance(v, (list, dict)) for v in array.flat) or array.size == 0 and np.ndim(value) != 1:
+        ragged = True
+    if ragged:
         raise SeldonError(f"Invalid data for {spec.name}: the rows must be lists of the same length, of strings")
     return array
 
