@@ -45,6 +45,8 @@ def test_names_pick_columns_and_position_otherwise() -> None:
     assert by_position.inputs["a"].tolist() == [[1, 2]] and by_position.inputs["b"].tolist() == [[3, 4]]
     with pytest.raises(SeldonError, match="takes 2 inputs"):
         decode_tensors({"data": {"ndarray": [[1, 2, 3]]}}, TWO, True, "m")
+    shapes = decode_tensors({"data": {"ndarray": [1, [2, 3]]}}, TWO, False, "m")  # inputs of their own shapes
+    assert shapes.inputs["a"].tolist() == 1 and shapes.inputs["b"].tolist() == [2, 3]
 
 
 @pytest.mark.parametrize(("message", "words"), [

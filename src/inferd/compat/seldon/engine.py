@@ -212,7 +212,8 @@ def _columns(decoded: Decoded, specs: Sequence[Spec], names: list[str], values: 
 def _positions(decoded: Decoded, specs: Sequence[Spec], values: Any, batching: bool, model: str,
                form: str) -> None:
     """The data's first axis runs over the model's inputs, in order."""
-    count = len(values) if isinstance(values, (list, np.ndarray)) and np.ndim(values) > 0 else 0
+    ranked = isinstance(values, list) or (isinstance(values, np.ndarray) and values.ndim > 0)
+    count = len(values) if ranked else 0  # a list's entries may differ in shape: inputs do
     if count != len(specs):
         expected = ", ".join(s.name for s in specs)
         raise SeldonError(f"model '{model}' takes {len(specs)} inputs ({expected}): give 'names' naming them as "
