@@ -682,35 +682,37 @@ def _why_unavailable(entry: ModelEntry, version: int | None = None) -> str:
 
 
 def _check_version_folder(name: str, model_dir: Path, config: ModelConfig) -> None:
-    """A model folder with files but no numbered version folder: the model file was put beside config.pbtxt.
-    Say so, with the layout that serves (ConfigError: the model is UNAVAILABLE with this reason)."""
+    """A model folder with files but no numbered version folder: the model file was put beside config.pbtxt (or in
+    a folder named otherwise, `v1/`). Say so, with the layout that serves (ConfigError: the model is UNAVAILABLE
+    with this reason)."""
     loose = loose_entries(model_dir)
     if not loose:
         return
-    target = _model_file_for(loose, config)
+    target = config.default_model_filename or _model_file_for(loose)
+    if target is None:  # look one folder down: `v1/model.onnx`, `version_1/model.onnx`
+        inner = [loose_entries(model_dir / entry) for entry in loose if (model_dir / entry).is_dir()]
+        target = next((t for t in (_model_file_for(names) for names in inner) if t is not None), loose[0])
     raise ConfigError(f"no version folder found: put the model file in a numbered folder, "
                       f"{name}/1/{target} (found: {', '.join(loose[:8])}{', ...' if len(loose) > 8 else ''})")
 
 
-def _model_file_for(loose: list[str], config: ModelConfig) -> str:
+def _model_file_for(names: list[str]) -> str | None:
     """The name the model file should have in the version folder: the one found when a backend knows it by that
     name, else the default name of the backend its suffix belongs to (`resnet.onnx` -> `model.onnx`)."""
     import fnmatch
 
-    if config.default_model_filename:
-        return config.default_model_filename
-    for found in loose:
+    for found in names:
         for spec in BACKENDS.values():
             if any(fnmatch.fnmatchcase(found, pattern) for pattern in spec.filenames):
                 return found
-    if "saved_model.pb" in loose:  # a SavedModel's own files, without the folder Triton names it by
+    if "saved_model.pb" in names:  # a SavedModel's own files, without the folder Triton names it by
         return f"{BACKENDS['tensorflow'].default_filename}/saved_model.pb"
-    for found in loose:
+    for found in names:
         suffix = Path(found).suffix
         for spec in BACKENDS.values():
             if suffix and Path(spec.default_filename).suffix == suffix:
                 return spec.default_filename
-    return loose[0]
+    return None
 
 
 def check_model_name(name: str) -> None:

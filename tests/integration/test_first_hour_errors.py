@@ -41,6 +41,8 @@ from serving import HOST, INFERD, ServerProcess, start_server
 
 LOOSE = "loose"  # config-less: model.onnx put directly in the model folder
 LOOSE_CONFIG = "loose_config"  # config.pbtxt and resnet.onnx side by side, no version folder
+NAMED = "named_folder"  # v1/model.onnx: a version folder not named by a number
+LOOSE_SAVEDMODEL = "loose_savedmodel"  # saved_model.pb and variables/ where model.savedmodel/ should be
 HALF = "half_missing"  # version_policy all: version 2 serves, version 1's folder lacks its model.onnx
 BOOL = identity_name("BOOL")
 PROTOCOLS = ("http", "grpc")
@@ -55,6 +57,10 @@ def _repository(root: Path) -> Path:
     (repo / LOOSE_CONFIG).mkdir()
     (repo / LOOSE_CONFIG / "config.pbtxt").write_text(SIMPLE_CONFIG.replace(f'"{SIMPLE}"', f'"{LOOSE_CONFIG}"'))
     (repo / LOOSE_CONFIG / "resnet.onnx").write_bytes(simple_model())
+    (repo / NAMED / "v1").mkdir(parents=True)
+    (repo / NAMED / "v1" / "model.onnx").write_bytes(neg_model())
+    (repo / LOOSE_SAVEDMODEL / "variables").mkdir(parents=True)
+    (repo / LOOSE_SAVEDMODEL / "saved_model.pb").write_bytes(b"not read: the layout is refused first")
     half = SIMPLE_CONFIG.replace(f'"{SIMPLE}"', f'"{HALF}"') + "version_policy: { all { } }\n"
     write_model(repo, HALF, None, half, {1: None, 2: simple_model()})
     return repo
@@ -116,6 +122,12 @@ def test_model_file_beside_the_config_says_where_it_goes(first_hour: ServerProce
     assert "no version folder found" in reason
     assert f"{LOOSE_CONFIG}/1/model.onnx" in reason and "found: resnet.onnx" in reason
     assert "at least one input" not in reason
+    # A version folder not named by a number, and a SavedModel's files without their folder.
+    reason = _index_reason(http, NAMED)
+    assert "no version folder found" in reason and f"{NAMED}/1/model.onnx" in reason and "found: v1" in reason
+    reason = _index_reason(http, LOOSE_SAVEDMODEL)
+    assert f"{LOOSE_SAVEDMODEL}/1/model.savedmodel/saved_model.pb" in reason
+    assert "found: saved_model.pb, variables" in reason
     assert_serves(first_hour)
 
 
