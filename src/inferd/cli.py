@@ -348,8 +348,8 @@ def serve_command(args: argparse.Namespace) -> int:
             model_env_dir=args.model_env_dir or None,
             allow_code_upload=args.allow_code_upload,
             gateway=gateway,
-            host_routing=args.host_routing,
             deployments=args.deployment,
+            host_routing=args.host_routing,
             backend_settings=args.backend_settings,
         )
     except (OSError, ValueError, ImportError) as exc:  # a missing or unreachable repository
@@ -440,7 +440,7 @@ async def _serve(server: Server, args: argparse.Namespace, started: float) -> No
         metrics=Endpoint(args.metrics_address or args.http_address, args.metrics_port) if args.allow_metrics else None,
         exit_timeout=args.exit_timeout_secs, drain_delay=args.drain_delay_secs,
         grpc_max_message_bytes=args.grpc_max_message_size, http_tls=args.http_tls, grpc_tls=args.grpc_tls,
-        metrics_collectors=[frontend.seldon_feedback, *([server.gateway.metrics] if server.gateway else [])],
+        metrics_collectors=[*server.metrics_collectors, frontend.seldon_feedback],
         management=_management_door(server, args), ready_message=f"inferd {__version__} ready", started=started)
 
 

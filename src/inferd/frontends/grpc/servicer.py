@@ -19,6 +19,7 @@ from tritonclient.grpc import service_pb2_grpc
 from ...gateway.routing import AUTHORITY
 from ...pipeline import RequestContext
 from ...server import Server
+from ...types import VARIANT_HEADER as VARIANT_METADATA
 from ...types import InferenceRequest, InferError, describe_error, public_error_text
 from .codec import (
     cuda_shared_memory_status_response,
@@ -156,6 +157,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             # tensors (views of client shared memory among them) must go when the call ends, not at the next GC.
             caller = self._caller(context, _INFER)
             response = await self._server.infer_request(self._audited_decode(request, caller), caller)
+            if response.variant:  # a split model: which variant served it
+                context.set_trailing_metadata(((VARIANT_METADATA, response.variant),))
             return encode_infer_response(response)
 
     def _caller(self, context: Context, method: str) -> RequestContext:
