@@ -97,6 +97,16 @@ def test_free_ports_and_port_0_pass() -> None:
     check_ports({"http": Endpoint(HOST, port), "grpc": Endpoint(HOST, 0), "metrics": Endpoint(HOST, 0)})
 
 
+def test_two_doors_on_one_port_of_one_address_are_refused() -> None:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(ListenError, match=f"port {port} for gRPC: --http-port names it too"):
+        check_ports({"http": Endpoint("0.0.0.0", port), "grpc": Endpoint(HOST, port)})
+    # One port number on two different addresses is two listeners (the second address: any other loopback one).
+    check_ports({"http": Endpoint(HOST, port), "metrics": Endpoint("127.0.0.2", port)})
+
+
 def test_an_address_not_of_this_host_names_the_address_flag() -> None:
     with pytest.raises(ListenError, match="--grpc-address and --grpc-port"):
         check_ports({"grpc": Endpoint("192.0.2.1", 8001)})  # TEST-NET-1: never a local address

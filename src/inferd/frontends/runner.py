@@ -80,16 +80,23 @@ def check_ports(doors: Mapping[str, Endpoint | None]) -> None:
     """Bind every door's port once (and let it go) before any door starts, so that a port in use stops the
     server before it serves anything, or loads a model when called early; raises ListenError. Port 0 (the system
     picks one) always binds. Two doors given one port is the same mistake, said as such."""
-    taken: dict[int, str] = {}
+    taken: list[tuple[str, Endpoint]] = []
     for door, endpoint in doors.items():
         if endpoint is None or endpoint.port == 0:
             continue
-        if endpoint.port in taken:
-            other = _DOOR_FLAGS[taken[endpoint.port]][0]
-            raise ListenError(f"cannot listen on port {endpoint.port} for {_DOOR_NAMES[door]}: {other} names it "
-                              f"too; pick another port with {_DOOR_FLAGS[door][0]}")
-        taken[endpoint.port] = door
+        for other, where in taken:
+            if where.port == endpoint.port and _overlap(where.address, endpoint.address):
+                raise ListenError(f"cannot listen on port {endpoint.port} for {_DOOR_NAMES[door]}: "
+                                  f"{_DOOR_FLAGS[other][0]} names it too; pick another port with "
+                                  f"{_DOOR_FLAGS[door][0]}")
+        taken.append((door, endpoint))
         _bind(door, endpoint, functools.partial(_probe, endpoint))
+
+
+def _overlap(first: str, second: str) -> bool:
+    """Whether two listen addresses take the same port: the same address, or one of them every address."""
+    wildcards = ("", "0.0.0.0", "::", "[::]")
+    return first == second or first in wildcards or second in wildcards
 
 
 def _probe(endpoint: Endpoint) -> None:
