@@ -89,7 +89,7 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--deployment", action="append", default=[], metavar="FILE",
                        help="a SeldonDeployment or KServe InferenceGraph file (YAML or JSON) whose graphs are served "
                        "as models, after the models load (repeatable; a repository's deployments/ folder is read "
-                       "as well)")
+                       "as well; default: none)")
     serve.add_argument("--repository-poll-secs", type=float, default=15.0, metavar="SECONDS",
                        help="with --model-control-mode=poll: seconds between repository scans (default 15)")
     any_port = "; 0: a free port the system picks, logged as 'started ... at ADDRESS:PORT'"
