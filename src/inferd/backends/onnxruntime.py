@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from ..config import ConfigError, DataType, ModelConfig, int_parameter
+from ..config import ConfigError, DataType, ModelConfig, int_parameter, string_parameter
 from ..types import InferError
 from .settings import DEFAULT_MAX_BATCH_SIZE, batch_by_default
 
@@ -79,13 +79,83 @@ def session_options(config: ModelConfig) -> ort.SessionOptions:
 
 
 _SPINNING = "session.intra_op.allow_spinning"
+_SHRINKAGE = "memory.enable_memory_arena_shrinkage"
 
 
-def _providers(device: str) -> list[Any]:
-    if device.startswith("cuda"):
-        device_id = int(device.partition(":")[2] or 0)
-        return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+def _run_options(config: ModelConfig) -> ort.RunOptions | None:
+    """Triton's `memory.enable_memory_arena_shrinkage` parameter ("cpu:0", "cpu:0;gpu:0"): the arenas named give
+    their unused memory back after every run. None (no run options) otherwise."""
+    arenas = string_parameter(config, _SHRINKAGE)
+    if not arenas:
+        return None
+    if "cpu" in arenas and int_parameter(config, "enable_mem_arena") == 0:  # else every run fails, not the load
+        raise ConfigError(f"parameter '{_SHRINKAGE}' names the CPU arena ({arenas}), but enable_mem_arena is 0: "
+                          "there is no CPU arena to shrink")
+    options = ort.RunOptions()
+    options.add_run_config_entry(_SHRINKAGE, arenas)
+    return options
+
+
+# Triton's names for ONNX Runtime's execution providers in `optimization { execution_accelerators { ... } }`
+# ("cpu" too, and "dnnl" for oneDNN); a provider's own name (`OpenVINOExecutionProvider`) is taken as well.
+ACCELERATORS = {
+    "cpu": "CPUExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "dnnl": "DnnlExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+# Triton's TensorRT accelerator parameters -> ONNX Runtime's TensorRT provider options (others pass as they are).
+_TENSORRT_OPTIONS = {"max_workspace_size_bytes": "trt_max_workspace_size", "trt_engine_cache_enable":
+                     "trt_engine_cache_enable", "trt_engine_cache_path": "trt_engine_cache_path",
+                     "max_partition_iterations": "trt_max_partition_iterations",
+                     "minimum_segment_size": "trt_min_subgraph_size"}
+
+
+def _providers(config: ModelConfig, device: str) -> tuple[list[Any], list[str]]:
+    """The execution providers of a session, in order of preference: the config's accelerators for the instance's
+    kind (GPU accelerators for a GPU instance, CPU ones for a CPU instance, as Triton), then the device's default.
+    A named accelerator that this onnxruntime lacks is a config error (the model is UNAVAILABLE with why). Returns
+    the providers and the names of those the config asked for."""
+    gpu = device.startswith("cuda")
+    device_id = int(device.partition(":")[2] or 0) if gpu else 0
+    accelerators = config.optimization.execution_accelerators if config.HasField("optimization") else None
+    named = list(accelerators.gpu_execution_accelerator if gpu else accelerators.cpu_execution_accelerator) \
+        if accelerators is not None else []
+    providers: list[Any] = []
+    available = ort.get_available_providers()
+    for accelerator in named:
+        provider = ACCELERATORS.get(accelerator.name.lower(), accelerator.name)
+        if provider not in ort.get_all_providers():
+            raise ConfigError(f"unknown execution accelerator '{accelerator.name}' for onnxruntime (known: "
+                              f"{', '.join(ACCELERATORS)})")
+        if provider not in available:
+            raise ConfigError(f"execution accelerator '{accelerator.name}' needs ONNX Runtime's {provider}, which "
+                              f"this onnxruntime does not have (available: {', '.join(available)})")
+        options = dict(accelerator.parameters)
+        if provider == "TensorrtExecutionProvider":
+            options = _tensorrt_options(options)
+        if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+            options.setdefault("device_id", str(device_id))
+        if all(p[0] != provider for p in providers):
+            providers.append((provider, options))
+    default = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"] if gpu \
+        else ["CPUExecutionProvider"]
+    names = [p[0] for p in providers]
+    return providers + [p for p in default if (p[0] if isinstance(p, tuple) else p) not in names], names
+
+
+def _tensorrt_options(parameters: dict[str, str]) -> dict[str, str]:
+    options = {_TENSORRT_OPTIONS.get(k, k): v for k, v in parameters.items() if k != "precision_mode"}
+    precision = parameters.get("precision_mode", "FP32").upper()
+    if precision == "FP16":
+        options["trt_fp16_enable"] = "True"
+    elif precision == "INT8":
+        options["trt_int8_enable"] = "True"
+    elif precision != "FP32":
+        raise ConfigError(f"execution accelerator 'tensorrt': precision_mode must be FP32, FP16 or INT8, got "
+                          f"'{parameters['precision_mode']}'")
+    return options
 
 
 def _dims(shape: list[Any]) -> list[int]:
@@ -106,13 +176,23 @@ class OnnxRuntimeBackend:
         self._string_inputs: set[str] = set()
         self._string_outputs = False
         self._run: Any = None
+        self._run_options: ort.RunOptions | None = None
 
     def _open(self, config: ModelConfig, files: Path, device: str) -> ort.InferenceSession:
         path = _model_path(config, files)
+        providers, accelerators = _providers(config, device)
         try:
-            return ort.InferenceSession(str(path), session_options(config), providers=_providers(device))
+            session = ort.InferenceSession(str(path), session_options(config), providers=providers)
         except Exception as exc:  # ORT raises its own exception types for corrupt or unsupported models
             raise ConfigError(f"onnxruntime failed to load {path.name}: {' '.join(str(exc).split())}") from None
+        # ORT falls back to the next provider when one cannot start (its libraries missing): a named accelerator
+        # that is not in use would serve slower than the config says, so the model is UNAVAILABLE instead.
+        used = session.get_providers()
+        for name in accelerators:
+            if name not in used:
+                raise ConfigError(f"execution accelerator {name} could not start on {device} (onnxruntime runs "
+                                  f"this model with {', '.join(used)}); see the server log for onnxruntime's reason")
+        return session
 
     def autocomplete(self, config: ModelConfig, files: Path) -> ModelConfig:
         session = self._open(config, files, "cpu")
@@ -154,6 +234,7 @@ class OnnxRuntimeBackend:
         # The C++ session's run: the Python wrapper's per-call checks repeat what check_inputs already did
         # (names, types, shapes) and cost ~5 µs, a third of a small model's whole run.
         self._run = getattr(self._session, "_sess", self._session).run
+        self._run_options = _run_options(config)
         log.debug("loaded %s on %s with %s", files, device, self._session.get_providers())
 
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -162,7 +243,7 @@ class OnnxRuntimeBackend:
             raise InferError.unavailable("model instance is not loaded")
         if self._string_inputs:
             inputs = {k: (_to_str(k, v) if k in self._string_inputs else v) for k, v in inputs.items()}
-        results = self._run(self._output_names, inputs, None)
+        results = self._run(self._output_names, inputs, self._run_options)
         if not self._string_outputs:
             return dict(zip(self._output_names, results, strict=True))
         return {name: (_to_bytes(value) if value.dtype == np.object_ else value)
