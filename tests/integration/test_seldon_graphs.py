@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import joblib
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from onnx import TensorProto, helper, numpy_helper
+from sklearn.linear_model import LinearRegression
 
 from models import make_model, write_model
 from serving import Microservice, ServerProcess, start_server
@@ -117,6 +120,56 @@ spec:
 """
 
 
+BUILTINS = """
+apiVersion: machinelearning.seldon.io/v1
+kind: SeldonDeployment
+metadata: {name: abtest}
+spec:
+  predictors:
+  - name: main
+    graph:
+      name: ab
+      implementation: RANDOM_ABTEST
+      parameters: [{name: ratioA, value: "0.5", type: FLOAT}]
+      children:
+      - {name: double, type: MODEL}
+      - {name: tenfold, type: MODEL}
+---
+apiVersion: machinelearning.seldon.io/v1
+kind: SeldonDeployment
+metadata: {name: combo}
+spec:
+  predictors:
+  - name: main
+    graph:
+      name: avg
+      implementation: AVERAGE_COMBINER
+      children:
+      - {name: double, implementation: TRITON_SERVER, modelUri: ../../triton}
+      - {name: tenfold, implementation: TRITON_SERVER, modelUri: ../../triton}
+---
+apiVersion: machinelearning.seldon.io/v1
+kind: SeldonDeployment
+metadata: {name: sk}
+spec:
+  predictors:
+  - name: main
+    graph: {name: regressor, implementation: SKLEARN_SERVER, modelUri: ../../sklearn-model}
+---
+apiVersion: machinelearning.seldon.io/v1
+kind: SeldonDeployment
+metadata: {name: multi}
+spec:
+  predictors:
+  - name: main
+    traffic: 75
+    graph: {name: stub, implementation: SIMPLE_MODEL}
+  - name: canary
+    traffic: 25
+    graph: {name: double, type: MODEL}
+"""
+
+
 def scale_model(factor: float) -> bytes:
     """OUTPUT0 = factor * INPUT0, FP64 [batch, 3]."""
     io = [helper.make_tensor_value_info(n, TensorProto.DOUBLE, ["batch", 3]) for n in ("INPUT0", "OUTPUT0")]
@@ -148,6 +201,13 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (repo / "deployments").mkdir()
     (repo / "deployments" / "bandit.yaml").write_text(BANDIT)
     (repo / "deployments" / "broken.yml").write_text(BROKEN)
+    (repo / "deployments" / "builtins.yaml").write_text(BUILTINS)
+    write_model(root / "triton", "double", scale_model(2.0), scale_config("double"))
+    write_model(root / "triton", "tenfold", scale_model(10.0), scale_config("tenfold"))
+    (root / "sklearn-model").mkdir()
+    features = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [2.0, 3.0]])
+    regression = LinearRegression().fit(features, features[:, 0] + 2 * features[:, 1])
+    joblib.dump(regression, root / "sklearn-model" / "model.joblib")
     return root
 
 
@@ -203,6 +263,50 @@ def test_the_graph_answers_over_v2(server: ServerProcess) -> None:
     result = client.infer("bandit", [given]).as_numpy("output")
     assert result.shape == (2, 3)
     assert any(np.array_equal(result, np.array([expected(list(row), b) for row in x])) for b in (0, 1))
+
+
+def test_the_graph_answers_over_grpc_and_v1(server: ServerProcess) -> None:
+    x = np.array([[1.0, 2.0, 3.0]])
+    with grpcclient.InferenceServerClient(server.grpc_url) as grpc:
+        given = grpcclient.InferInput("input", list(x.shape), "FP64")
+        given.set_data_from_numpy(x)
+        result = grpc.infer("bandit", [given]).as_numpy("output")
+    assert result.tolist() in ([expected(x[0].tolist(), 0)], [expected(x[0].tolist(), 1)])
+    reply = _CLIENT.post(f"{server.base_url}/v1/models/bandit:predict", json={"instances": [[1.0, 2.0, 3.0]]})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["predictions"] in ([expected([1.0, 2.0, 3.0], 0)], [expected([1.0, 2.0, 3.0], 1)])
+
+
+def test_seldons_builtin_ab_test_routes_both_ways(server: ServerProcess) -> None:
+    seen = set()
+    for _ in range(60):
+        answer = predict(server, {"data": {"ndarray": [[1.0, 2.0, 3.0]]}}, "abtest").json()
+        branch = answer["meta"]["routing"]["ab"]
+        assert answer["data"]["ndarray"] == [[v * (2.0, 10.0)[branch] for v in (1.0, 2.0, 3.0)]]
+        seen.add(branch)
+    assert seen == {0, 1}
+
+
+def test_average_combiner_over_prepackaged_triton_models(server: ServerProcess) -> None:
+    answer = predict(server, {"data": {"ndarray": [[1.0, 2.0, 3.0]]}}, "combo").json()
+    assert answer["data"]["ndarray"] == [[6.0, 12.0, 18.0]]  # (2x + 10x) / 2
+    assert set(answer["meta"]["requestPath"]) == {"avg", "double", "tenfold"}
+
+
+def test_a_prepackaged_sklearn_server(server: ServerProcess) -> None:
+    answer = predict(server, {"data": {"ndarray": [[1.0, 1.0], [2.0, 0.5]]}}, "sk").json()
+    assert np.allclose(answer["data"]["ndarray"], [3.0, 3.0], atol=1e-9), answer
+
+
+def test_several_predictors_are_served_by_name(server: ServerProcess) -> None:
+    """Each predictor is a model `{deployment}-{predictor}`; `{deployment}` is split between them by traffic."""
+    body = {"data": {"ndarray": [[1.0, 2.0, 3.0]]}}
+    stub = predict(server, body, "multi-main").json()["data"]
+    assert stub["tensor"] == {"shape": [1, 3], "values": [0.1, 0.9, 0.5]}  # Seldon's SIMPLE_MODEL
+    canary = predict(server, body, "multi-canary").json()["data"]
+    assert canary["ndarray"] == [[2.0, 4.0, 6.0]]
+    for _ in range(10):
+        assert predict(server, body, "multi").json()["data"] in (stub, canary)
 
 
 def test_rewards_teach_the_router(server: ServerProcess) -> None:

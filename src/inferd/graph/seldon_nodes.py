@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..compat.seldon.component import SERVICE_TYPES, SeldonComponent, import_interface, parse_parameters
-from ..config import ModelConfig
+from ..config import ConfigError, ModelConfig, read_config
 from ..model import ServedModel
 from ..types import InferError
 from .routers import BUILTIN_ROUTERS, make_router
@@ -202,9 +202,9 @@ class _Builder:
     def _model_name(self, node: str) -> str:
         return f"{self.graph}.{node}"
 
-    def _load(self, model: str, folder: Path) -> str:
+    def _load(self, model: str, folder: Path, config: ModelConfig | None = None) -> str:
         try:
-            self.manager.load_folder(model, folder)
+            self.manager.load_folder(model, folder, config)
         except InferError as exc:
             raise ValueError(exc.message) from None
         self.held.models.append(model)
@@ -228,7 +228,13 @@ class _Builder:
         if implementation == "TRITON_SERVER":
             if not (path / name).is_dir():
                 raise ValueError(f"node '{name}': the Triton repository of modelUri '{uri}' has no model '{name}'")
-            return self._load(model, path / name)
+            try:
+                config = read_config(path / name)  # named as the node's model here, not as in its repository
+            except ConfigError as exc:
+                raise ValueError(f"node '{name}': {exc}") from None
+            if config is not None:
+                config.name = model
+            return self._load(model, path / name, config)
         backend = PREPACKAGED[implementation]
         folder = self._folder(model)
         (folder / "config.pbtxt").write_text(f'backend: "{backend}"\n')
