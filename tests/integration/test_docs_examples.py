@@ -12,13 +12,13 @@ real `inferd serve` of the example repository (built by examples/build_repositor
 - `localhost:8000` / `:8001` / `:8002` become the test server's HTTP, gRPC and metrics ports, and
   `examples/model_repository` the repository this test built.
 
-The "bring your own model" pages build their own models. There `<!-- runnable: setup -->` marks a block that writes
-model files under `models/` (run in one shared folder, in document order), `<!-- runnable: file=PATH -->` a block
-whose text is a file to write at PATH in that folder (a model.py), and `<!-- runnable: models -->` a block run
-against one `inferd serve --model-repository models` of that folder, started once every setup block has run.
-`<!-- runnable: seldon -->` marks a block run against `inferd microservice`, started in that same folder with the
-arguments of the first `inferd microservice ...` line of those blocks (a line the blocks then run without), with
-`localhost:9000` its HTTP port.
+The "bring your own model" pages build their own models, each page in a folder of its own: there
+`<!-- runnable: setup -->` marks a block that writes model files under `models/` (run in document order),
+`<!-- runnable: file=PATH -->` a block whose text is a file to write at PATH (a model.py), and
+`<!-- runnable: models -->` a block run against `inferd serve --model-repository models` of the page's folder,
+started once the page's setup blocks have run. `<!-- runnable: seldon -->` marks a block run against
+`inferd microservice`, started in the folder of the page that holds the first `inferd microservice ...` line of
+those blocks, with that line's arguments (the blocks then run without it), `localhost:9000` being its HTTP port.
 
 Each block must exit 0 (within BLOCK_TIMEOUT_S). docs/contributing.md says the same to the people who write the docs.
 """
@@ -114,38 +114,63 @@ def example_server(example_repository: Path, tmp_path_factory: pytest.TempPathFa
         process.stop()
 
 
-@pytest.fixture(scope="module")
-def own_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding what the "bring your own model" pages build or write, as those pages say."""
-    folder = tmp_path_factory.mktemp("own-models")
-    for block in SETUP_BLOCKS:
-        if block.mode == "file":
-            assert block.arg is not None
-            path = folder / block.arg
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(block.code)
-            continue
-        done = _run(block, block.code, folder)
-        assert done.returncode == 0, f"{block.document}:{block.line}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return folder
+class PageModels:
+    """What each "bring your own model" page builds, in a folder of its own (pages may reuse model names), and one
+    `inferd serve` over it at a time: the tests run page by page, so each page's server starts once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.folders: dict[str, Path] = {}
+        self.current: tuple[str, ServerProcess] | None = None
+
+    def folder(self, document: str) -> Path:
+        """The page's folder, its setup blocks run and its files written (once)."""
+        if document not in self.folders:
+            folder = self.root / re.sub(r"\W", "_", document)
+            folder.mkdir()
+            for block in (b for b in SETUP_BLOCKS if b.document == document):
+                if block.mode == "file":
+                    assert block.arg is not None
+                    (folder / block.arg).parent.mkdir(parents=True, exist_ok=True)
+                    (folder / block.arg).write_text(block.code)
+                    continue
+                done = _run(block, block.code, folder)
+                where = f"{block.document}:{block.line}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+                assert done.returncode == 0, where
+            self.folders[document] = folder
+        return self.folders[document]
+
+    def server(self, document: str) -> ServerProcess:
+        if self.current is not None and self.current[0] == document:
+            return self.current[1]
+        self.close()
+        folder = self.folder(document)
+        process = start_server(folder / "models", folder / "inferd.log", env={"MLFLOW_DISABLE_TELEMETRY": "true"})
+        self.current = (document, process)
+        return process
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current[1].stop()
+            self.current = None
 
 
 @pytest.fixture(scope="module")
-def own_models_server(own_models: Path) -> Iterator[ServerProcess]:
-    """Those models served together."""
-    process = start_server(own_models / "models", own_models / "inferd.log", env={"MLFLOW_DISABLE_TELEMETRY": "true"})
+def page_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PageModels]:
+    pages = PageModels(tmp_path_factory.mktemp("own-models"))
     try:
-        yield process
+        yield pages
     finally:
-        process.stop()
+        pages.close()
 
 
 @pytest.fixture(scope="module")
-def seldon_microservice(own_models: Path) -> Iterator[Microservice]:
-    """`inferd microservice` as the Seldon page starts it, in the folder holding the page's class."""
-    line = next(m for b in SELDON_BLOCKS for m in MICROSERVICE_LINE.findall(b.code))
+def seldon_microservice(page_models: PageModels) -> Iterator[Microservice]:
+    """`inferd microservice` as the Seldon page starts it, in the folder holding that page's class."""
+    block, line = next((b, m) for b in SELDON_BLOCKS for m in MICROSERVICE_LINE.findall(b.code))
+    folder = page_models.folder(block.document)
     interface, *args = shlex.split(line)
-    process = Microservice(own_models, own_models / "microservice.log", interface, *args)
+    process = Microservice(folder, folder / "microservice.log", interface, *args)
     try:
         process.wait_live()
         yield process
@@ -203,12 +228,13 @@ def test_runnable_example(block: Block, example_server: ServerProcess, example_r
 
 
 @pytest.mark.parametrize("block", OWN_MODEL_BLOCKS, ids=[f"{b.document}:{b.line}" for b in OWN_MODEL_BLOCKS])
-def test_bring_your_own_model_example(block: Block, own_models_server: ServerProcess, tmp_path: Path) -> None:
-    done = _run(block, _localize(block.code, own_models_server, tmp_path), tmp_path)
+def test_bring_your_own_model_example(block: Block, page_models: PageModels, tmp_path: Path) -> None:
+    server = page_models.server(block.document)
+    done = _run(block, _localize(block.code, server, tmp_path), tmp_path)
     where = f"{block.document}:{block.line}\n--- stdout\n{done.stdout[-4000:]}\n--- stderr\n{done.stderr[-4000:]}"
     assert done.returncode == 0, where
     assert '{"error":' not in done.stdout, where
-    assert own_models_server.process.poll() is None, "the server exited while running " + where
+    assert server.process.poll() is None, "the server exited while running " + where
 
 
 @pytest.mark.parametrize("block", SELDON_BLOCKS, ids=[f"{b.document}:{b.line}" for b in SELDON_BLOCKS])
