@@ -14,6 +14,7 @@ import numpy as np
 from ._version import __version__
 from .backends import backend_for
 from .backends.settings import BackendSettings
+from .caching import CacheStage, ResponseCache
 from .config import CONFIG_FILENAME, ConfigError, ModelConfig, config_from_json, config_to_json, parse_config
 from .gateway.fairness import FairShareStage
 from .gateway.gate import Gateway
@@ -103,6 +104,7 @@ class Server:
         stages: Iterable[Stage] = (),
         host_routing: str | None = None,
         deployments: Iterable[str | Path] = (),
+        response_cache_size: int = 0,
         start: bool = True,
     ) -> None:
         paths = [model_repository] if isinstance(model_repository, (str, Path)) else list(model_repository)
@@ -148,6 +150,11 @@ class Server:
         # it asked for, whichever variant serves it.
         self.traffic = TrafficStage(self.manager, self)
         self.add_stage(self.traffic)
+        # Triton's response cache (`--cache-config local,size=BYTES`), for models with `response_cache { enable:
+        # true }`: the `cache` stage exists only when the server has a cache.
+        self.response_cache = ResponseCache(response_cache_size) if response_cache_size > 0 else None
+        if self.response_cache is not None:
+            self.add_stage(CacheStage(self.response_cache))
         for stage in (*plugin_stages(self), *stages):
             self.add_stage(stage)
         self._run = self.pipeline.run

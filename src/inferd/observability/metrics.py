@@ -37,6 +37,17 @@ _COUNTERS: tuple[tuple[str, str, Callable[[ModelStatistics], float]], ...] = (
 )
 
 
+# Triton's response-cache metrics, shown for the models that use the cache (durations in microseconds).
+_CACHE_COUNTERS: tuple[tuple[str, str, Callable[[ModelStatistics], float]], ...] = (
+    ("nv_cache_num_hits_per_model", "Number of cache hits per model", lambda s: s.cache_hit.count),
+    ("nv_cache_num_misses_per_model", "Number of cache misses per model", lambda s: s.cache_miss.count),
+    ("nv_cache_hit_duration_per_model", "Total cache hit duration per model, in microseconds",
+     lambda s: s.cache_hit.ns // 1000),
+    ("nv_cache_miss_duration_per_model", "Total cache miss (lookup and insertion) duration per model, in "
+     "microseconds", lambda s: s.cache_miss.ns // 1000),
+)
+
+
 class ModelMetricsCollector(Collector):
     """Yields Triton's per-model metrics for the model versions `source()` returns at scrape time."""
 
@@ -50,6 +61,13 @@ class ModelMetricsCollector(Collector):
             for s in models:
                 metric.add_sample(name, {"model": s.name, "version": s.version}, float(read(s)))
             yield metric
+        caching = [s for s in models if s.caching]
+        if caching:
+            for name, doc, read in _CACHE_COUNTERS:
+                metric = Metric(name, doc, "counter")
+                for s in caching:
+                    metric.add_sample(name, {"model": s.name, "version": s.version}, float(read(s)))
+                yield metric
         failure = Metric("nv_inference_request_failure", "Number of failed inference requests, all batch sizes",
                          "counter")
         for s in models:

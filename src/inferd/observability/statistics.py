@@ -66,6 +66,11 @@ class ModelStatistics:
         self.compute_input = _Duration()
         self.compute_infer = _Duration()
         self.compute_output = _Duration()
+        # The response cache (caching/): lookups that found the answer, and those that did not (their lookup and
+        # the insertion of the computed answer). `caching`: the model uses the cache (its metrics are shown).
+        self.cache_hit = _Duration()
+        self.cache_miss = _Duration()
+        self.caching = False
         self.failures = dict.fromkeys(FailureReason, 0)
         self.batches: dict[int, _BatchStats] = {}
         self.latency_buckets = [0] * (len(LATENCY_BUCKETS_US) + 1)
@@ -88,6 +93,18 @@ class ModelStatistics:
             stats.compute_input.add(input_ns)
             stats.compute_infer.add(infer_ns)
             stats.compute_output.add(output_ns)
+
+    def record_cache_hit(self, ns: int) -> None:
+        """A request answered from the response cache (`ns`: lookup and copy-out). As in Triton, it counts in the
+        queue count (with no time) but in no execution, inference or compute count."""
+        with self._lock:
+            self.cache_hit.add(ns)
+            self.queue.add(0)
+
+    def record_cache_miss(self, ns: int) -> None:
+        """A lookup that found nothing (`ns`: the lookup, and the insertion of the computed answer)."""
+        with self._lock:
+            self.cache_miss.add(ns)
 
     def enter(self) -> None:
         """A request arrived (pending until `record_request`)."""
@@ -123,8 +140,8 @@ class ModelStatistics:
                     "compute_input": self.compute_input.to_json(),
                     "compute_infer": self.compute_infer.to_json(),
                     "compute_output": self.compute_output.to_json(),
-                    "cache_hit": {"count": 0, "ns": 0},
-                    "cache_miss": {"count": 0, "ns": 0},
+                    "cache_hit": self.cache_hit.to_json(),
+                    "cache_miss": self.cache_miss.to_json(),
                 },
                 "response_stats": {},
                 "batch_stats": [

@@ -11,6 +11,8 @@ class RespondStage:
     name = "respond"
 
     def __call__(self, call: Call) -> None:
+        if call.response is not None:  # answered already (a response-cache hit)
+            return
         model = call.model
         results = call.results
         request = call.request

@@ -12,6 +12,8 @@ class ScheduleStage:
     name = "schedule"
 
     def __call__(self, call: Call) -> Awaitable[None] | None:
+        if call.response is not None:  # answered already (a response-cache hit): the model does not run
+            return None
         model = call.model
         if call.sync:
             call.results = model.scheduler.run_sync(call.job)  # type: ignore[arg-type]
