@@ -219,6 +219,14 @@ def test_v1_batches_within_max_batch_size_run_as_one_request(http: httpx.Client)
     assert _success_count(http, AUTO) - before == 1
 
 
+def test_v1_wrong_input_name_is_named(migration: ServerProcess, http: httpx.Client) -> None:
+    reply = http.post(f"/v1/models/{AUTO}:predict", json={"instances": [{"input0": [1, 2, 3, 4]}]})
+    assert reply.status_code == 400
+    assert reply.json()["error"] == (f"unexpected inference input 'input0' for model '{AUTO}' (its inputs are "
+                                     "INPUT0)")
+    assert_serves(migration)
+
+
 def test_v1_bad_value_in_a_large_request_is_one_clear_error(migration: ServerProcess, http: httpx.Client) -> None:
     instances: list[Any] = [[1.0, 2.0, 3.0, 4.0]] * 9 + [[1.0, 2.0, "x", 4.0]]
     reply = http.post(f"/v1/models/{AUTO}:predict", json={"instances": instances})

@@ -226,7 +226,8 @@ def _is_b64(value: Any) -> bool:
 def _spec(served: ServedModel, name: str) -> TensorSpec:
     spec = served.inputs.get(name)
     if spec is None:
-        raise InferError.invalid(f"unexpected inference input '{name}' for model '{served.name}'")
+        raise InferError.invalid(f"unexpected inference input '{name}' for model '{served.name}' (its inputs are "
+                                 f"{', '.join(served.inputs)})")
     return spec
 
 
