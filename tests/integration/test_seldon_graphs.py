@@ -52,6 +52,55 @@ class Triple:
         return np.asarray(X, dtype=float) * 3
 '''
 
+PICKER = '''
+import numpy as np
+
+class Picker:
+    """A router class: the request's first feature picks the branch; feedback is remembered and shown in tags."""
+    def __init__(self):
+        self.feedback = []
+    def route(self, X, names, meta=None):
+        return int(np.asarray(X).ravel()[0])
+    def send_feedback(self, X, names, reward, truth, routing=None):
+        self.feedback.append([routing, reward])
+    def tags(self):
+        return {"feedback": self.feedback}
+'''
+
+MEAN = '''
+import numpy as np
+
+class Mean:
+    def aggregate(self, features_list, names_list):
+        return np.mean([np.asarray(f, dtype=float) for f in features_list], axis=0)
+'''
+
+CUSTOM = """
+apiVersion: machinelearning.seldon.io/v1
+kind: SeldonDeployment
+metadata: {name: custom}
+spec:
+  predictors:
+  - name: default
+    componentSpecs:
+    - spec:
+        containers:
+        - {name: picker, image: example.org/picker:2, workingDir: ../../components,
+           env: [{name: MODEL_NAME, value: Picker}, {name: SERVICE_TYPE, value: ROUTER}]}
+        - {name: mean, image: example.org/mean:1, workingDir: ../../components,
+           env: [{name: MODEL_NAME, value: "Mean.Mean"}, {name: SERVICE_TYPE, value: COMBINER}]}
+    graph:
+      name: picker
+      type: ROUTER
+      children:
+      - name: mean
+        type: COMBINER
+        children:
+        - {name: double, type: MODEL}
+        - {name: tenfold, type: MODEL}
+      - {name: stub, implementation: SIMPLE_MODEL}
+"""
+
 BANDIT = """
 apiVersion: machinelearning.seldon.io/v1
 kind: SeldonDeployment
@@ -198,10 +247,13 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "components").mkdir()
     (root / "components" / "Shift.py").write_text(SHIFT)
     (root / "components" / "Triple.py").write_text(TRIPLE)
+    (root / "components" / "Picker.py").write_text(PICKER)
+    (root / "components" / "Mean.py").write_text(MEAN)
     (repo / "deployments").mkdir()
     (repo / "deployments" / "bandit.yaml").write_text(BANDIT)
     (repo / "deployments" / "broken.yml").write_text(BROKEN)
     (repo / "deployments" / "builtins.yaml").write_text(BUILTINS)
+    (repo / "deployments" / "custom.yaml").write_text(CUSTOM)
     write_model(root / "triton", "double", scale_model(2.0), scale_config("double"))
     write_model(root / "triton", "tenfold", scale_model(10.0), scale_config("tenfold"))
     (root / "sklearn-model").mkdir()
@@ -334,6 +386,24 @@ def test_feedback_by_puid_alone_reaches_the_router(server: ServerProcess) -> Non
                               "response": {"meta": {"puid": "remember-me"}}, "reward": 1.0})
     assert reply.status_code == 200, reply.text
     assert reply.json()["meta"]["routing"] == answer["meta"]["routing"]
+
+
+def test_router_and_combiner_classes(server: ServerProcess) -> None:
+    """A Python router class picks the branch and gets the feedback with its own choice; a combiner class
+    aggregates its children's answers."""
+    answer = predict(server, {"data": {"ndarray": [[0.0, 1.0, 2.0]]}}, "custom").json()
+    assert answer["meta"]["routing"] == {"picker": 0}
+    assert answer["data"]["ndarray"] == [[0.0, 6.0, 12.0]]  # the mean of 2x and 10x
+    assert set(answer["meta"]["requestPath"]) == {"picker", "mean", "double", "tenfold"}
+    assert answer["meta"]["requestPath"]["mean"] == "example.org/mean:1"
+    other = predict(server, {"data": {"ndarray": [[1.0, 1.0, 1.0]]}}, "custom").json()
+    assert other["meta"]["routing"] == {"picker": 1}
+    assert other["data"]["tensor"]["values"] == [0.1, 0.9, 0.5]
+    reply = feedback(server, {"request": {"data": {"ndarray": [[1.0, 1.0, 1.0]]}}, "response": other, "reward": 0.5},
+                     "custom")
+    assert reply.status_code == 200, reply.text
+    later = predict(server, {"data": {"ndarray": [[1.0, 1.0, 1.0]]}}, "custom").json()
+    assert later["meta"]["tags"]["feedback"] == [[1, 0.5]]
 
 
 def test_bad_messages_get_seldons_error_and_the_graph_keeps_serving(server: ServerProcess) -> None:

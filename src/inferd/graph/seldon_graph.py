@@ -103,7 +103,8 @@ class Node:
     async def transform(self, operation: str, message: Message) -> Message:
         raise InferError.internal(f"this node cannot {operation}")
 
-    async def route(self, message: Message) -> int:
+    async def route(self, message: Message) -> Message:
+        """The router's answer: its chosen child index as data [[i]] (and its meta)."""
         raise InferError.internal("this node cannot route")
 
     async def aggregate(self, messages: list[Message]) -> Message:
@@ -142,10 +143,10 @@ class ServedNode(Node):
         response = await self._infer(InferenceRequest(self.model_name, inputs, datatypes))
         return outputs_message(response.outputs, message)
 
-    async def route(self, message: Message) -> int:
+    async def route(self, message: Message) -> Message:
         if self._models.get(self.model_name).takes_messages:
-            return _branch(await self._message("route", message), self.model_name)
-        return _branch(await self.transform("predict", message), self.model_name)
+            return await self._message("route", message)
+        return await self.transform("predict", message)
 
     async def aggregate(self, messages: list[Message]) -> Message:
         if not self._models.get(self.model_name).takes_messages:
@@ -170,8 +171,8 @@ class RouterNode(Node):
     def __init__(self, router: Router) -> None:
         self.router = router
 
-    async def route(self, message: Message) -> int:
-        return self.router.route()
+    async def route(self, message: Message) -> Message:
+        return {"data": {"names": [], "ndarray": [[self.router.route()]]}}
 
     async def feedback(self, feedback: Message, branch: int | None) -> None:
         if branch is None or branch < 0:
@@ -265,8 +266,8 @@ class RemoteNode(Node):
     async def transform(self, operation: str, message: Message) -> Message:
         return await self._call(operation, message)
 
-    async def route(self, message: Message) -> int:
-        return _branch(await self._call("route", message), self.name)
+    async def route(self, message: Message) -> Message:
+        return await self._call("route", message)
 
     async def aggregate(self, messages: list[Message]) -> Message:
         return await self._call("aggregate", {"seldonMessages": messages})
@@ -395,8 +396,7 @@ class SeldonGraph:
     async def _children(self, unit: Unit, message: Message, walk: _Walk) -> Message:
         branch = -1
         if "ROUTE" in unit.methods:
-            walk.path[unit.name] = unit.image
-            branch = await unit.node.route(self._outgoing(message, walk))
+            branch = _branch(await self._step(unit, walk, unit.node.route(self._outgoing(message, walk))), unit.name)
             if not -1 <= branch < len(unit.children):
                 raise InferError.internal(f"router '{unit.name}' chose child {branch}, but it has "
                                           f"{len(unit.children)} (0 to {len(unit.children) - 1}, or -1 for all)")

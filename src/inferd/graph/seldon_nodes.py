@@ -343,4 +343,19 @@ def build_units(manager: Manager, graph: str, predictor: dict[str, Any], base: P
         for container in (spec or {}).get("containers") or []:
             if isinstance(container, dict) and isinstance(container.get("name"), str):
                 containers[container["name"]] = container
+    _check_names(predictor.get("graph"), "the graph", set())  # before any node's model loads
     return _Builder(manager, graph, base, containers, held).unit(predictor.get("graph"), "the graph")
+
+
+def _check_names(spec: Any, where: str, names: set[str]) -> None:
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+        raise ValueError(f"{where}: a graph node needs a 'name'")
+    name = spec["name"]
+    if name in names:
+        raise ValueError(f"{where}: node name '{name}' appears twice in the graph (Seldon's node names are unique)")
+    names.add(name)
+    children = spec.get("children") or []
+    if not isinstance(children, list):
+        raise ValueError(f"node '{name}': 'children' must be a list")
+    for child in children:
+        _check_names(child, f"node '{name}'", names)
