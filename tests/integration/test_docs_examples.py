@@ -276,3 +276,11 @@ def test_site_builds_strictly_and_fails_on_broken_pages(tmp_path: Path) -> None:
     index.write_text(index.read_text() + "\n[gone](no-such-page.md)\n")
     refused = _build_site(tmp_path)
     assert refused.returncode != 0 and "no-such-page.md" in refused.stderr, refused.stderr
+
+
+def test_readme_links_resolve_in_a_clone() -> None:
+    """The README is read outside the site (on a forge, in a clone): each relative link names a file that exists."""
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", (ROOT / "README.md").read_text())
+    local = [link for link in links if "://" not in link]
+    assert "docs/index.md" in local and "docs/quickstart.md" in local
+    assert [link for link in local if not (ROOT / link).exists()] == []
