@@ -20,6 +20,7 @@ from .memory import DEFAULT_MAX_SHM_REGIONS
 from .observability import LOG_CONTROL, Tracer
 from .observability.tracing import parse_trace_config
 from .pipeline.plugins import add_pipeline_stage_argument, add_pipeline_stages
+from .scaling import parse_memory_limit
 from .server import Server
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        "as well; default: none)")
     serve.add_argument("--repository-poll-secs", type=float, default=15.0, metavar="SECONDS",
                        help="with --model-control-mode=poll: seconds between repository scans (default 15)")
+    _add_scaling_arguments(serve)
     any_port = "; 0: a free port the system picks, logged as 'started ... at ADDRESS:PORT'"
     serve.add_argument("--http-port", type=int, default=8000, help=f"HTTP/REST port (default 8000{any_port})")
     serve.add_argument("--grpc-port", type=int, default=8001, help=f"gRPC port (default 8001{any_port})")
@@ -195,6 +197,25 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        "matching host that names no model is 404, other hosts route as usual (default: off)")
     for flag in _IGNORED_TRITON_FLAGS:
         serve.add_argument(flag, action="append", default=None, help=argparse.SUPPRESS)
+
+
+def _add_scaling_arguments(serve: argparse.ArgumentParser) -> None:
+    """Scale to zero, held requests and the memory limit (scaling/); a model's own parameters win."""
+    serve.add_argument("--model-idle-unload-secs", type=float, default=0.0, metavar="SECONDS",
+                       help="scale a model to zero after this many seconds without a request: its instances are "
+                       "unloaded, it stays listed READY ('scaled to zero') and its next request is held while it "
+                       "loads; a model's idle_unload_seconds parameter overrides it (default 0: never)")
+    serve.add_argument("--model-load-timeout-secs", type=float, default=300.0, metavar="SECONDS",
+                       help="how long a request held for a model loading from zero waits before it fails, saying "
+                       "the load timed out (default 300)")
+    serve.add_argument("--model-held-requests", type=int, default=10000, metavar="N",
+                       help="requests held per model while it loads from zero; past it, 503 with Retry-After "
+                       "(default 10000, as Knative's activator)")
+    serve.add_argument("--model-memory-limit", default="0", metavar="BYTES|N%",
+                       help="the models' measured resident memory stays under this (bytes, K/M/G/Ki/Mi/Gi, or a "
+                       "share of the machine's memory): least recently used idle models are evicted (scaled to "
+                       "zero) to load another; a model with the parameter pinned=true never is (default 0: no "
+                       "limit)")
 
 
 def _add_tls_arguments(serve: argparse.ArgumentParser) -> None:
@@ -323,6 +344,7 @@ def serve_command(args: argparse.Namespace) -> int:
         _tls_settings(args)
         args.backend_settings = BackendSettings.parse(args.backend_config)
         args.cache = CacheOptions.parse(args.cache_config)
+        args.memory_limit = parse_memory_limit(args.model_memory_limit)
     except ValueError as exc:
         log.error("%s", exc)
         return 1
@@ -354,6 +376,10 @@ def serve_command(args: argparse.Namespace) -> int:
             allow_code_upload=args.allow_code_upload,
             gateway=gateway,
             deployments=args.deployment,
+            idle_unload_secs=args.model_idle_unload_secs,
+            model_load_timeout_secs=args.model_load_timeout_secs,
+            model_held_requests=args.model_held_requests,
+            model_memory_limit=args.memory_limit,
             host_routing=args.host_routing,
             backend_settings=args.backend_settings,
             response_cache_size=args.cache.size if args.cache is not None else 0,

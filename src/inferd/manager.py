@@ -7,7 +7,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -551,16 +551,44 @@ class ModelManager:
             log.warning("model '%s' version %d: %s is ignored: only models that run in instance processes (Python "
                         "models) get a memory limit", name, version, MEMORY_LIMIT)
         stats = ModelStatistics(name, str(version))
-        pool = InstancePool(instances, stats, request_timeout_ms(config))
-        scheduler: Scheduler
-        if config.HasField("dynamic_batching") and config.max_batch_size > 0:
-            scheduler = DynamicBatcher(pool, f"{name}-{version}", config.max_batch_size, config.dynamic_batching,
-                                       self.arrivals)
-        else:
-            scheduler = DirectScheduler(pool, f"{name}-{version}")
+        scheduler = self.make_scheduler(name, version, config, instances, stats)
         log.info("loaded model '%s' version %d (%d instance(s), %s)", name, version, len(instances),
                  "dynamic batching" if isinstance(scheduler, DynamicBatcher) else "no batching")
-        return ServedModel(name, version, config, config.platform or backend_name, scheduler, stats)
+        served = ServedModel(name, version, config, config.platform or backend_name, scheduler, stats)
+        served.spawn = self._spawner(path, config, backend_name, environment)
+        return served
+
+    def make_scheduler(self, name: str, version: int, config: ModelConfig, instances: list[Backend],
+                       stats: ModelStatistics) -> Scheduler:
+        """The scheduler of a version's instances, as its config asks (also what a model woken from zero gets)."""
+        pool = InstancePool(instances, stats, request_timeout_ms(config))
+        if config.HasField("dynamic_batching") and config.max_batch_size > 0:
+            return DynamicBatcher(pool, f"{name}-{version}", config.max_batch_size, config.dynamic_batching,
+                                  self.arrivals)
+        return DirectScheduler(pool, f"{name}-{version}")
+
+    def _spawner(self, path: Path, config: ModelConfig, backend_name: str,
+                 environment: PythonEnvironment | None) -> Callable[[], Backend]:
+        """How one more instance of a loaded version is made, as its first ones were (on its first group's device):
+        for the instance autoscaler, and for a model woken from zero (scaling/)."""
+        device = _devices(config.instance_group[0])[0]
+
+        def spawn() -> Backend:
+            backend = create_backend(backend_name)
+            if backend.releases_gil:
+                backend.load(config, path, device)
+                return backend
+            instance = ProcessInstance(BACKENDS[backend_name].target, config, path, device, environment=environment,
+                                       bls=self._run_bls)
+            try:
+                instance.wait_loaded()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    instance.unload()
+                raise
+            return instance
+
+        return spawn
 
     def _run_bls(self, caller: tuple[str, str], request: BlsRequest) -> Tensors:
         """What instance processes call: the handler installed now (instances outlive a reassignment of it)."""

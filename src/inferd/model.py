@@ -5,14 +5,18 @@ The checks here are the same for every protocol, so every frontend gets the same
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .classification import class_count, top_classes
 from .config import ModelConfig, v2_datatype
 from .observability import ModelStatistics
 from .scheduling import Scheduler
 from .types import InferenceRequest, InferError, Tensors, datatype_of
+
+if TYPE_CHECKING:
+    from .backends import Backend
 
 
 @dataclass(slots=True, frozen=True)
@@ -72,6 +76,9 @@ class ServedModel:
         self._required = [s.name for s in self.inputs.values() if not s.optional]
         self.partial_outputs = False  # outputs may be absent from an answer (ensembles with skipped steps)
         self.labels: dict[str, list[str]] = {}  # per output, from its label_filename (set when the model loads)
+        # Makes one more instance as the first ones were made (set by the manager for models with instances; the
+        # scaling/ package calls it to add an instance, or to wake a model scaled to zero).
+        self.spawn: Callable[[], Backend] | None = None
         # Its backend takes whole protocol messages (Seldon's wrapper classes), not only tensors.
         self.takes_messages = any(getattr(i, "takes_messages", False) for i in scheduler.pool.instances)
         batching = self.max_batch_size > 0

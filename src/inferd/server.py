@@ -46,6 +46,7 @@ from .pipeline import (
 )
 from .pipeline.plugins import plugin_stages
 from .repository import ModelRepository
+from .scaling import Scaler
 from .scheduling import Arrivals
 from .types import ErrorKind, InferenceRequest, InferenceResponse, InferError, RequestedOutput, datatype_of
 
@@ -104,6 +105,10 @@ class Server:
         stages: Iterable[Stage] = (),
         host_routing: str | None = None,
         deployments: Iterable[str | Path] = (),
+        idle_unload_secs: float = 0.0,
+        model_load_timeout_secs: float = 300.0,
+        model_held_requests: int = 10000,
+        model_memory_limit: int = 0,
         response_cache_size: int = 0,
         start: bool = True,
     ) -> None:
@@ -159,6 +164,11 @@ class Server:
             self.add_stage(stage)
         self._run = self.pipeline.run
         self._run_sync = self.pipeline.run_sync
+        # Scale to zero with held requests, instance autoscaling, memory-aware eviction (scaling/): its `wake`
+        # stage goes in (before `resolve`) once some model can scale to zero.
+        self.scaling = Scaler(self.manager, self.add_stage, idle_unload_s=idle_unload_secs,
+                              load_timeout_s=model_load_timeout_secs, held_limit=model_held_requests,
+                              memory_limit=model_memory_limit)
         self._live = False
         self._draining = False  # shutting down: not ready, requests in flight still served
         self._closed = False
@@ -183,10 +193,11 @@ class Server:
         if self.model_control_mode == "explicit":
             names = None if "*" in self.load_models else self.load_models
             if names is None or names:
-                self.manager.load_all(names)
+                self.scaling.load_all(names)
         else:
-            self.manager.load_all()
+            self.scaling.load_all(None)
         self._serve_deployments()
+        self.scaling.start()
         if self.model_control_mode == "poll":
             self._poller = threading.Thread(target=self._poll, name="inferd-repository-poll", daemon=True)
             self._poller.start()
@@ -252,6 +263,7 @@ class Server:
         deadline = None if timeout is None else time.monotonic() + timeout
         self._live = False
         self._draining = False  # not ready all the same: not live
+        self.scaling.close()
         self._stop_polling.set()
         if self._poller is not None:
             poll_wait = self.repository_poll_secs + 5
@@ -336,7 +348,7 @@ class Server:
     @property
     def metrics_collectors(self) -> list[Any]:
         """Prometheus collectors of the server's own (traffic splits, tenants) served next to the model metrics."""
-        collectors: list[Any] = [self.traffic.metrics]
+        collectors: list[Any] = [self.traffic.metrics, self.scaling.metrics]
         if self.gateway is not None:
             collectors.append(self.gateway.metrics)
         return collectors
@@ -347,8 +359,12 @@ class Server:
 
     # ---- repository ----
 
-    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
-        rows = self.manager.index()
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        """Triton's index rows, with each model's measured memory (`memory_bytes`: 0 while scaled to zero)."""
+        rows: list[dict[str, Any]] = list(self.manager.index())
+        for row in rows:
+            if "state" in row:
+                row["memory_bytes"] = self.scaling.memory_of(row["name"])
         return [r for r in rows if r.get("state") == "READY"] if ready_only else rows
 
     def load(self, name: str, config: ModelConfig | str | Mapping[str, Any] | None = None,

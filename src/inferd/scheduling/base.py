@@ -139,6 +139,23 @@ class InstancePool:
         self.timeout_ns = request_timeout_ms * 1_000_000
         self._claims = threading.Lock()  # who executes which job, for `expire`
 
+    def add(self, instance: Backend) -> None:
+        """One more instance (the instance autoscaler's, scaling/): it takes work at once."""
+        self.instances = [*self.instances, instance]
+        self.idle.put(instance)
+
+    def remove_idle(self, timeout: float) -> Backend | None:
+        """Take an instance out of the pool once it is idle (waiting up to `timeout` s for one to finish its
+        batch): the caller unloads it. None when one instance is left, or none became idle in time."""
+        if len(self.instances) <= 1:
+            return None
+        try:
+            instance = self.idle.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        self.instances = [i for i in self.instances if i is not instance]
+        return instance
+
     def _label(self) -> str:
         stats = self.stats
         return f"model '{stats.name}' version {stats.version}" if stats is not None else "a model"

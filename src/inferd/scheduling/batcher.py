@@ -289,6 +289,16 @@ class DynamicBatcher:
                 break
         return batch
 
+    def resized(self) -> None:
+        """The pool gained instances (scaling/): one worker per instance. A removed instance's worker stays,
+        waiting for an idle instance like the others, and serves again when one is added."""
+        with self._cond:
+            while len(self._workers) < len(self.pool.instances) and not self._stopping:
+                worker = threading.Thread(target=self._work, name=f"inferd-{self.name}-{len(self._workers)}",
+                                          daemon=True)
+                self._workers.append(worker)
+                worker.start()
+
     def close(self) -> None:
         with self._cond:
             self._stopping = True

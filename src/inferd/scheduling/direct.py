@@ -60,6 +60,14 @@ class DirectScheduler:
                 return unwrap(pool.execute(instance, [job])[0])
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._run_blocking, job)
 
+    def resized(self) -> None:
+        """The pool gained or lost instances (scaling/): as many instance threads as instances from now on; jobs
+        the old threads hold finish there."""
+        old = self._executor
+        self._executor = ThreadPoolExecutor(max_workers=len(self.pool.instances),
+                                            thread_name_prefix=f"inferd-{self.name}")
+        old.shutdown(wait=False)
+
     def close(self) -> None:
         self._closed = True
         self._executor.shutdown(wait=True)

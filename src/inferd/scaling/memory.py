@@ -1,0 +1,66 @@
+"""Memory as the kernel counts it: resident set sizes from /proc, the machine's memory, `--model-memory-limit`."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+from collections.abc import Iterable
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss(pid: int | str = "self") -> int:
+    """Resident bytes of a process (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm") as handle:
+            return int(handle.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def instances_rss(instances: Iterable[object]) -> int:
+    """Resident bytes of the instance processes among `instances` (instance threads live in the server's)."""
+    return sum(rss(pid) for pid in (getattr(i, "pid", None) for i in instances) if isinstance(pid, int))
+
+
+def machine_memory() -> int:
+    """The memory this process may use: the machine's, or its cgroup's limit when lower."""
+    total = os.sysconf("SC_PHYS_PAGES") * _PAGE
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            with open(path) as handle:
+                text = handle.read().strip()
+            if text.isdigit():
+                total = min(total, int(text))
+    return total
+
+
+def parse_memory_limit(text: str) -> int:
+    """`--model-memory-limit`: bytes (`2000000000`, or with a suffix K/M/G/Ki/Mi/Gi) or a share of the machine's
+    memory (`60%`); 0 turns the limit off. ValueError, one line, otherwise."""
+    value = text.strip()
+    try:
+        if value.endswith("%"):
+            share = float(value[:-1])
+            if not 0 < share <= 100:
+                raise ValueError
+            return int(machine_memory() * share / 100)
+        units = {"ki": 1024, "mi": 1024**2, "gi": 1024**3, "k": 1000, "m": 1000**2, "g": 1000**3}
+        lowered = value.lower().removesuffix("b")
+        for suffix, factor in units.items():
+            if lowered.endswith(suffix):
+                return int(float(lowered[:-len(suffix)]) * factor)
+        number = int(lowered)
+        if number < 0:
+            raise ValueError
+        return number
+    except ValueError:
+        raise ValueError(f"--model-memory-limit: expected BYTES (optionally with K, M, G, Ki, Mi or Gi) or N% of "
+                         f"the machine's memory, got '{text}'") from None
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the kernel (glibc keeps them otherwise), so an unloaded model's RSS drops."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
