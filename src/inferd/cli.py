@@ -74,7 +74,117 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_tenants_parser(commands)
     add_usage_parser(commands)
+    add_convert_parser(commands)
+    add_quantize_parser(commands)
+    add_analyze_parser(commands)
     return parser
+
+
+def add_convert_parser(commands: argparse._SubParsersAction) -> None:
+    from .tools.convert import DEFAULT_MAX_BATCH_SIZE, DEFAULT_TOLERANCE
+
+    convert = commands.add_parser(
+        "convert", help="convert a PyTorch, TensorFlow, scikit-learn, XGBoost or LightGBM model to ONNX",
+        description="Convert a trained model to ONNX as a repository folder (REPO/NAME/1/model.onnx and "
+        "REPO/NAME/config.pbtxt) and print the largest output difference between the original and ONNX Runtime. "
+        "Exit status: 0 within --tolerance, 1 over it, 2 when it cannot convert.")
+    convert.add_argument("model_path", type=Path, metavar="MODEL_PATH",
+                         help="a TorchScript .pt or torch.export .pt2 file, a SavedModel folder, a scikit-learn "
+                         ".joblib / .pkl, an XGBoost .json / .ubj or a LightGBM .txt")
+    convert.add_argument("--output", type=Path, required=True, metavar="REPO", help="the model repository to write to")
+    convert.add_argument("--name", required=True, help="the model's name (its folder in REPO)")
+    convert.add_argument("--sample-input", type=Path, default=None, metavar="FILE.npy|.npz",
+                         help="inputs to compare on: .npy for one input, .npz with one array per input (by name, "
+                         "else in order); needed for TorchScript (default: the example a .pt2 keeps, else "
+                         "random rows shaped from the model)")
+    convert.add_argument("--opset", type=int, default=None, metavar="N",
+                         help="ONNX opset (default: the converter's: 17; 18 for .pt2; 15 for XGBoost / LightGBM)")
+    convert.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE, metavar="N",
+                         help="config's max_batch_size; above 0 the first dimension is the batch and stays free "
+                         f"(default {DEFAULT_MAX_BATCH_SIZE}; 0: shapes as the model has them)")
+    convert.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="X",
+                         help=f"largest absolute output difference accepted (default {DEFAULT_TOLERANCE:g})")
+    convert.set_defaults(func=convert_command)
+
+
+def convert_command(args: argparse.Namespace) -> int:
+    from .tools.convert import ConvertOptions, run_convert
+
+    return run_convert(ConvertOptions(args.model_path, args.output, args.name, args.sample_input, args.opset,
+                                      args.max_batch_size, args.tolerance))
+
+
+def add_quantize_parser(commands: argparse._SubParsersAction) -> None:
+    from .tools.quantize import DEFAULT_RUNS, MODES
+
+    quantize = commands.add_parser(
+        "quantize", help="quantize an ONNX model to INT8 or FP16, as a new version",
+        description="Quantize an ONNX model of a repository with ONNX Runtime (dynamic or static INT8) or convert "
+        "it to FP16, written as a new version of the same model; prints the speed-up and the output deviation "
+        "against the source version on the same inputs. Exit status: 0 done, 2 when it cannot.")
+    quantize.add_argument("model_dir", type=Path, metavar="REPO/NAME", help="the model's folder in a repository")
+    quantize.add_argument("--mode", choices=MODES, default="dynamic",
+                          help="dynamic: INT8 weights, activations quantized at run time; static: INT8 weights and "
+                          "activations, scales from --calibration; fp16: FP16 weights and compute, FP32 inputs and "
+                          "outputs kept (default dynamic)")
+    quantize.add_argument("--calibration", type=Path, default=None, metavar="FILE.npz|DIR",
+                          help="inputs for static calibration and for the comparison: an .npz / .npy file or a "
+                          "folder of them (default: random rows shaped from the config)")
+    quantize.add_argument("--from-version", type=int, default=None, metavar="N",
+                          help="the source version (default: the highest)")
+    quantize.add_argument("--to-version", type=int, default=None, metavar="M",
+                          help="the version to write (default: the next number)")
+    quantize.add_argument("--runs", type=int, default=DEFAULT_RUNS, metavar="N",
+                          help=f"timed runs of each model for the speed-up, median taken (default {DEFAULT_RUNS})")
+    quantize.set_defaults(func=quantize_command)
+
+
+def quantize_command(args: argparse.Namespace) -> int:
+    from .tools.quantize import QuantizeOptions, run_quantize
+
+    return run_quantize(QuantizeOptions(args.model_dir, args.mode, args.calibration, args.from_version,
+                                        args.to_version, args.runs))
+
+
+def add_analyze_parser(commands: argparse._SubParsersAction) -> None:
+    from .tools.analyze import DEFAULT_MAX_INSTANCES, DEFAULT_PROBE_S
+
+    analyze = commands.add_parser(
+        "analyze", help="search the config that serves a model fastest under a latency budget",
+        description="Sweep instance count, max batch size, preferred batch sizes and queue delay of one model on a "
+        "server in explicit model control mode (each candidate loaded through the repository API, measured with "
+        "the `inferd bench` load generator), print the Pareto table (throughput against p99 latency) and write "
+        "the best config. The model is left loaded with its best config. Exit status: 0 done, 1 when no "
+        "candidate met the budget, 2 when it cannot run.")
+    analyze.add_argument("-m", "--model-name", required=True, help="the model to analyze")
+    analyze.add_argument("-u", "--url", default=None,
+                         help="server as host:port (default localhost:8000 for HTTP, localhost:8001 for gRPC)")
+    analyze.add_argument("-i", "--protocol", type=str.lower, choices=["http", "grpc"], default="http",
+                         help="protocol of the load and of the repository calls (default http)")
+    analyze.add_argument("--latency-budget-ms", type=float, default=None, metavar="X",
+                         help="p99 latency a config may not exceed (default: none)")
+    analyze.add_argument("--max-instances", type=int, default=DEFAULT_MAX_INSTANCES, metavar="N",
+                         help=f"most instances of the model tried (default {DEFAULT_MAX_INSTANCES})")
+    analyze.add_argument("--max-memory-mb", type=float, default=None, metavar="MB",
+                         help="a config whose server RSS exceeds this is out (read from /proc when the server runs "
+                         "on this host; default: no limit)")
+    analyze.add_argument("--probe-seconds", type=float, default=DEFAULT_PROBE_S, metavar="S",
+                         help=f"length of one measurement (default {DEFAULT_PROBE_S:g}); the best few are measured "
+                         "again for three times as long")
+    analyze.add_argument("--search", choices=["quick", "brute"], default="quick",
+                         help="quick: coordinate descent from the model's own config, then the best few confirmed; "
+                         "brute: every point of the grid (default quick)")
+    analyze.add_argument("--output", type=Path, default=None, metavar="FILE",
+                         help="write the best config here, in config.pbtxt form (default: print it only)")
+    analyze.add_argument("--plot", type=Path, default=None, metavar="FILE.png|.svg",
+                         help="plot the sweep (throughput against p99) to this file (default: none)")
+    analyze.set_defaults(func=analyze_command)
+
+
+def analyze_command(args: argparse.Namespace) -> int:
+    from .tools.analyze import options_from_args, run_analyze
+
+    return run_analyze(options_from_args(args))
 
 
 def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
