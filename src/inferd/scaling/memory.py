@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import os
 from collections.abc import Iterable
+from pathlib import Path
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -22,6 +23,18 @@ def rss(pid: int | str = "self") -> int:
 def instances_rss(instances: Iterable[object]) -> int:
     """Resident bytes of the instance processes among `instances` (instance threads live in the server's)."""
     return sum(rss(pid) for pid in (getattr(i, "pid", None) for i in instances) if isinstance(pid, int))
+
+
+def folder_bytes(folder: Path | None) -> int:
+    """The size of a model's files (0 for no folder)."""
+    if folder is None:
+        return 0
+    total = 0
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file():
+                total += path.stat().st_size
+    return total
 
 
 def machine_memory() -> int:

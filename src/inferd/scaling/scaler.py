@@ -29,7 +29,7 @@ from ..pipeline import Stage
 from ..scheduling import Scheduler
 from ..types import InferError, describe_error, public_error_text
 from .cold import ColdScheduler, is_cold
-from .memory import instances_rss, release_freed_memory, rss
+from .memory import folder_bytes, instances_rss, release_freed_memory, rss
 from .metrics import ScalingMetrics
 from .params import AutoscalePolicy, autoscale_policy, idle_unload_seconds, pinned
 from .wake import WakeStage
@@ -112,7 +112,7 @@ class Scaler:
             state = self.states.get(name)
             if state is not None:
                 state.used = time.monotonic()
-                state.memory = max(0, rss() - before) + instances_rss(_instances(self.manager.entry(name)))
+                state.memory = self._measured(name, rss() - before, _instances(self.manager.entry(name)))
                 self._fit(state)
 
     def start(self) -> None:
@@ -276,7 +276,7 @@ class Scaler:
         for served, made in instances:
             served.scheduler = self.manager.make_scheduler(served.name, served.version, served.config, made,
                                                            served.stats)
-        state.memory = max(0, rss() - before) + instances_rss(i for _, made in instances for i in made)
+        state.memory = self._measured(state.name, rss() - before, [i for _, made in instances for i in made])
         state.used = time.monotonic()
         _set_reason(entry, cold, "")
         error = self._fit(state)
@@ -293,6 +293,13 @@ class Scaler:
             if state is not exclude and not self.is_cold(state.name):
                 total += state.memory
         return total
+
+    def _measured(self, name: str, growth: int, instances: list[Backend]) -> int:
+        """A model's resident memory: what the server's RSS grew by while it loaded, plus its instance processes';
+        at least the size of its files (freed memory the allocator kept can hide a load's growth)."""
+        entry = self.manager.entry(name)
+        folder = (entry.override if entry is not None else None) or self.manager.repository.find(name)
+        return max(max(0, growth) + instances_rss(instances), folder_bytes(folder))
 
     def memory_of(self, name: str) -> int:
         """A model's measured resident memory; 0 while cold, or when not measured (it is measured as it loads
@@ -334,6 +341,7 @@ class Scaler:
             log.error("%s", error.message)
             with contextlib.suppress(InferError):
                 self.manager.unload(state.name)
+            release_freed_memory()
             entry = self.manager.entry(state.name)
             if entry is not None:
                 entry.reason = error.message
