@@ -145,3 +145,28 @@ def test_held_requests_are_bounded_and_the_wait_has_a_timeout(tmp_path: Path) ->
         assert httpx.post(url, json=slow_body(2.0), timeout=30).json()["outputs"][0]["data"] == [4.0]
     finally:
         server.stop()
+
+
+def test_an_ensemble_wakes_its_composing_model(tmp_path: Path) -> None:
+    from ensemble_models import WEIGHTS, ensemble, tensor, write_scorer
+
+    repo = tmp_path / "models"
+    write_scorer(repo)
+    ensemble(repo, "chain", f"""
+        max_batch_size: 8
+        {tensor("input", "IN", "TYPE_FP32", [4])}
+        {tensor("output", "OUT", "TYPE_FP32", [3])}
+        ensemble_scheduling {{ step [ {{ model_name: "scorer" model_version: -1
+          input_map {{ key: "X" value: "IN" }} output_map {{ key: "Y" value: "OUT" }} }} ] }}
+    """)
+    server = start_server(repo, tmp_path / "server.log", "--model-idle-unload-secs", "0.5")
+    try:
+        _wait_reason(server, "scorer", "scaled to zero")
+        assert _row(server, "chain")["reason"] == ""  # a graph has no instances: it never scales
+        body = {"inputs": [{"name": "IN", "shape": [2, 4], "datatype": "FP32", "data": [1, 0, 0, 0, 0, 1, 0, 0]}]}
+        answers = asyncio.run(_burst(f"{server.base_url}/v2/models/chain/infer", body, 10))
+        assert [a.status_code for a in answers] == [200] * 10, answers[0].text
+        assert answers[0].json()["outputs"][0]["data"] == WEIGHTS[:2].flatten().tolist()
+        assert metric(scrape(server.metrics_port), "inferd_model_cold_starts_total", model="scorer") == 1
+    finally:
+        server.stop()

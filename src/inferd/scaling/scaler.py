@@ -157,6 +157,8 @@ class Scaler:
             state = self.states.get(name)
             if state is None:
                 state = self.states[name] = Tracked(name, now)
+                if self.memory_limit:  # loaded since start-up (the repository API, polling): its files, until
+                    state.memory = self._measured(name, 0, [])  # it is measured as it loads from zero
             config = entry.config
             state.idle_s = idle_unload_seconds(config, self.idle_unload_s)
             state.pinned = pinned(config)
