@@ -55,7 +55,11 @@ def test_trace_config_forms() -> None:
     assert parse_trace_config(["file=/tmp/t.json", "mode=triton"]).file == "/tmp/t.json"
     assert parse_trace_config([]) == TraceSettings()
     assert not parse_trace_config(["level=TIMESTAMPS", "level=OFF", "file=x"]).level
-    assert parse_trace_config(["opentelemetry,url=localhost:4318"]) == TraceSettings()  # ignored, with a warning
+    otel = parse_trace_config(["mode=opentelemetry", "opentelemetry,url=localhost:4318/v1/traces",
+                               "opentelemetry,resource=service.name=a=b", "opentelemetry,bsp_schedule_delay=10"])
+    assert otel.mode == "opentelemetry" and otel.level == {"TIMESTAMPS"} and not otel.file  # no file needed
+    assert otel.otel == (("url", "localhost:4318/v1/traces"), ("resource", "service.name=a=b"),
+                         ("bsp_schedule_delay", "10"))
 
 
 @pytest.mark.parametrize("entries, message", [
@@ -63,7 +67,9 @@ def test_trace_config_forms() -> None:
     (["level=LOUD", "file=x"], "unknown trace level"),
     (["rate=often"], "Unable to parse 'rate'"),
     (["count=-5"], "out of range"),
-    (["mode=opentelemetry"], "not available"),
+    (["mode=jaeger"], "not available"),
+    (["opentelemetry,colour=blue"], "unknown opentelemetry setting"),
+    (["opentelemetry,resource=service.name"], "KEY=VALUE"),
     (["colour=blue"], "unknown setting"),
     (["jaeger,file=x"], "unknown trace mode"),
     (["level"], "expect <setting>=<value>"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -80,10 +81,11 @@ def run_blocking(coroutine: Coroutine[Any, Any, Tensors]) -> Tensors:
     except RuntimeError:
         return asyncio.run(coroutine)
     box: list[Any] = []
+    context = contextvars.copy_context()  # the caller's current trace: the graph's steps are its children
 
     def target() -> None:
         try:
-            box.append(asyncio.run(coroutine))
+            box.append(context.run(asyncio.run, coroutine))
         except BaseException as exc:
             box.append(exc)
 

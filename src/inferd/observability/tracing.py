@@ -5,8 +5,12 @@ The settings follow Triton's (global, and per model): `trace_level` (OFF, or TIM
 `log_frequency` (start a new file `<trace_file>.<n>` every N traces; 0 keeps one file) and `trace_file`.
 A sampled request carries a `Trace`; the core marks REQUEST_START, QUEUE_START, COMPUTE_START, COMPUTE_INPUT_END,
 COMPUTE_OUTPUT_START, COMPUTE_END and REQUEST_END on it (steady-clock nanoseconds, as Triton) and the tracer
-hands the finished record to a `TraceExporter`. `JsonFileTraceExporter` writes Triton's trace file; an
-OpenTelemetry exporter would be one more `TraceExporter`.
+hands the finished record to a `TraceExporter`. `JsonFileTraceExporter` writes Triton's trace file; in mode
+`opentelemetry` each sampled request is an OpenTelemetry span instead (otel.py, loaded only in that mode).
+
+While a sampled request runs, its `Trace` is the current one (a contextvar): a graph's calls of its steps run
+inside the graph request's task, so their traces become its children, and a remote node's call passes the
+request's W3C `traceparent` on (`outgoing_headers`).
 
 When nothing is traced `Tracer.enabled` is False, and that one attribute is all a request pays for.
 The same hook feeds the verbose request log: with `log_requests` on, every request ends with a debug line.
@@ -14,24 +18,29 @@ The same hook feeds the verbose request log: with `log_requests` on, every reque
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import itertools
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import orjson
 
 from ..types import ErrorKind, InferError, datatype_of
 
+if TYPE_CHECKING:
+    from .otel import OtelTracing
+
 log = logging.getLogger("inferd.trace")
 request_log = logging.getLogger("inferd.requests")
 
 LEVELS = ("TIMESTAMPS", "TENSORS")  # in the order Triton lists them
-MODES = ("triton",)
+MODES = ("triton", "opentelemetry")
 _UINT32_MAX = 2**32 - 1
 _INT32_MAX = 2**31 - 1
 
@@ -48,13 +57,18 @@ class TraceSettings:
     log_frequency: int = 0
     file: str = ""
     mode: str = "triton"
+    # Mode opentelemetry's own settings (`--trace-config opentelemetry,KEY=VALUE`: url, resource, bsp_*, exporter,
+    # protocol, file), in the order given; not part of the trace API's settings, as in Triton.
+    otel: tuple[tuple[str, str], ...] = ()
 
     @property
     def active(self) -> bool:
+        if self.mode == "opentelemetry":  # rate 0: only the requests that arrive with a sampled traceparent
+            return bool(self.level) and self.count != 0
         return bool(self.level) and self.count != 0 and self.rate > 0 and bool(self.file)
 
     def check(self) -> None:
-        if self.level and not self.file:
+        if self.level and not self.file and self.mode != "opentelemetry":
             raise InferError.invalid("trace file name is not given: start the server with "
                                      "--trace-config triton,file=PATH to trace")
 
@@ -149,12 +163,22 @@ def parse_updates(values: Mapping[str, Any], *, allow_file: bool = False) -> dic
     return changes
 
 
+OTEL_SETTINGS = ("url", "resource", "bsp_max_queue_size", "bsp_schedule_delay", "bsp_max_export_batch_size",
+                 "exporter", "protocol", "file")
+
+
 def parse_trace_config(entries: Sequence[str], base: TraceSettings | None = None) -> TraceSettings:
-    """Triton's `--trace-config` values: `level=TIMESTAMPS`, `rate=N`, `count=N`, `mode=triton`, and the
-    Triton mode's `file=PATH` and `log-frequency=N`, each with or without the `triton,` prefix. Raises ValueError."""
+    """Triton's `--trace-config` values: `level=TIMESTAMPS`, `rate=N`, `count=N`, `mode=triton|opentelemetry`, the
+    Triton mode's `file=PATH` and `log-frequency=N` (with or without the `triton,` prefix), and the OpenTelemetry
+    mode's `opentelemetry,url=HOST:PORT/v1/traces`, `opentelemetry,resource=KEY=VALUE` (repeatable),
+    `opentelemetry,bsp_max_queue_size|bsp_schedule_delay|bsp_max_export_batch_size=N`, and this server's
+    `opentelemetry,exporter=otlp|console|file`, `opentelemetry,protocol=http/protobuf|grpc` and
+    `opentelemetry,file=PATH` (the file exporter's JSON lines). Mode opentelemetry without a level traces at
+    TIMESTAMPS. Raises ValueError."""
     settings = base or TraceSettings()
     levels: set[str] = set()
     level_given = False
+    otel: list[tuple[str, str]] = list(settings.otel)
     for entry in entries:
         mode, _, setting = entry.partition(",") if "," in entry.split("=", 1)[0] else ("", "", entry)
         if mode and mode not in ("triton", "opentelemetry"):
@@ -164,7 +188,7 @@ def parse_trace_config(entries: Sequence[str], base: TraceSettings | None = None
         if not sep:
             raise ValueError(f"--trace-config {entry}: expect <setting>=<value>")
         if mode == "opentelemetry":
-            log.warning("--trace-config %s is ignored: this server writes Triton's trace file (mode triton)", entry)
+            otel.append(_otel_setting(entry, setting.partition("=")[0].strip(), value))
             continue
         try:
             if key == "level":
@@ -182,16 +206,36 @@ def parse_trace_config(entries: Sequence[str], base: TraceSettings | None = None
             elif key == "mode":
                 if value not in MODES:
                     raise ValueError(f"--trace-config {entry}: trace mode '{value}' is not available "
-                                     "(this server writes Triton's trace file: mode triton)")
+                                     "(expect triton or opentelemetry)")
+                settings = dataclasses.replace(settings, mode=value)
             else:
                 raise ValueError(f"--trace-config {entry}: unknown setting '{key}'")
         except InferError as exc:
             raise ValueError(f"--trace-config {entry}: {exc.message}") from None
     if level_given:
         settings = dataclasses.replace(settings, level=frozenset(levels))
-    if settings.level and not settings.file:
-        raise ValueError("--trace-config level=... needs a trace file: add --trace-config triton,file=PATH")
+    elif settings.mode == "opentelemetry" and not settings.level:
+        settings = dataclasses.replace(settings, level=frozenset({"TIMESTAMPS"}))
+    settings = dataclasses.replace(settings, otel=tuple(otel))
+    if settings.level and not settings.file and settings.mode == "triton":
+        raise ValueError("--trace-config level=... needs a trace file: add --trace-config triton,file=PATH "
+                         "(or trace with --trace-config mode=opentelemetry)")
     return settings
+
+
+def _otel_setting(entry: str, key: str, value: str) -> tuple[str, str]:
+    if key not in OTEL_SETTINGS:
+        raise ValueError(f"--trace-config {entry}: unknown opentelemetry setting '{key}' (expect "
+                         f"{', '.join(OTEL_SETTINGS)})")
+    if key == "resource" and "=" not in value:
+        raise ValueError(f"--trace-config {entry}: expect opentelemetry,resource=KEY=VALUE")
+    if key.startswith("bsp_") and not value.isdigit():
+        raise ValueError(f"--trace-config {entry}: expect a whole number")
+    if key == "exporter" and value not in ("otlp", "console", "file"):
+        raise ValueError(f"--trace-config {entry}: expect exporter=otlp, console or file")
+    if key == "protocol" and value not in ("http/protobuf", "grpc"):
+        raise ValueError(f"--trace-config {entry}: expect protocol=http/protobuf or grpc")
+    return key, value
 
 
 # ---- traces and where they go ----
@@ -271,23 +315,40 @@ def _tensor_entries(activity: str, tensors: Mapping[str, np.ndarray]) -> list[di
     return entries
 
 
+# The sampled request running in this task (or thread): the parent of the traces its graph steps start.
+_CURRENT: contextvars.ContextVar[Trace | None] = contextvars.ContextVar("inferd_trace", default=None)
+
+
 class Trace:
     """One request's trace: when it reached each stage (and, at level TENSORS, what went into and came out
-    of the model). `sampled` is False for a request followed only for the verbose request log."""
+    of the model). `sampled` is False for a request followed only for the verbose request log. `parent` is the
+    trace of the graph request this one is a step of; `otel_span` its OpenTelemetry span (mode opentelemetry)."""
 
-    __slots__ = ("id", "model_name", "model_version", "request_id", "sampled", "settings", "tensors", "timestamps")
+    __slots__ = ("id", "model_name", "model_version", "otel", "otel_span", "parent", "protocol", "request_id",
+                 "sampled", "settings", "tensors", "timestamps", "token")
 
     def __init__(self, trace_id: int, model_name: str, model_version: int, request_id: str,
-                 settings: TraceSettings | None, start_ns: int) -> None:
+                 settings: TraceSettings | None, start_ns: int, parent: Trace | None = None,
+                 protocol: str = "") -> None:
         self.id = trace_id
         self.model_name = model_name
         self.model_version = model_version
         self.request_id = request_id
         self.settings = settings
         self.sampled = settings is not None
+        self.parent = parent
+        self.protocol = protocol
+        self.otel: OtelTracing | None = None
+        self.otel_span: Any = None
+        self.token: contextvars.Token[Trace | None] | None = None
         self.timestamps: list[tuple[str, int]] = [("REQUEST_START", start_ns)]
         self.tensors: list[dict[str, Any]] | None = [] if settings is not None and "TENSORS" in settings.level \
             else None
+
+    @property
+    def traceparent(self) -> str:
+        """The W3C traceparent of this request's span ("" outside mode opentelemetry)."""
+        return self.otel.traceparent(self) if self.otel is not None and self.otel_span is not None else ""
 
     def mark(self, name: str, ns: int) -> None:
         self.timestamps.append((name, ns))
@@ -308,6 +369,8 @@ class Trace:
             "request_id": self.request_id,
             "timestamps": [{"name": name, "ns": ns} for name, ns in self.timestamps],
         }
+        if self.parent is not None:
+            record["parent_id"] = self.parent.id
         if self.tensors is not None:
             record["tensors"] = self.tensors
         return record
@@ -331,6 +394,8 @@ class _Sampler:
         self.lock = threading.Lock()
 
     def sample(self) -> bool:
+        if self.settings.rate <= 0:  # opentelemetry's rate 0: only requests with a sampled traceparent
+            return False
         with self.lock:
             if self.left == 0:
                 return False
@@ -348,8 +413,15 @@ class Tracer:
     def __init__(self, settings: TraceSettings | None = None,
                  exporter_factory: Callable[[TraceSettings], TraceExporter] | None = None) -> None:
         initial = settings or TraceSettings()
-        if initial.level and not initial.file:
+        if initial.level and not initial.file and initial.mode == "triton":
             raise ValueError("tracing needs a trace file (TraceSettings.file)")
+        # Mode opentelemetry: the OpenTelemetry SDK, its exporter and batch span processor (raises ValueError
+        # naming the `otel` extra when OpenTelemetry is not installed).
+        self._otel: OtelTracing | None = None
+        if initial.mode == "opentelemetry":
+            from .otel import OtelTracing
+
+            self._otel = OtelTracing(initial.otel)
         self._initial = initial
         self._global = _Sampler(initial)
         self._overrides: dict[str, dict[str, Any]] = {}  # model -> the fields set for it alone
@@ -419,19 +491,48 @@ class Tracer:
 
     # ---- the request path (only while `enabled`) ----
 
-    def begin(self, model_name: str, model_version: int, request_id: str, start_ns: int) -> Trace | None:
+    def begin(self, model_name: str, model_version: int, request_id: str, start_ns: int,
+              header: Callable[[str], str | None] | None = None, protocol: str = "") -> Trace | None:
+        """A trace for this request when it is sampled: a step of a traced graph always is (as its child), a
+        request with a sampled W3C traceparent is in mode opentelemetry, others every `rate`-th. `header` reads
+        the request's HTTP headers / gRPC metadata (only in mode opentelemetry, only for the traceparent)."""
         sampler = self._models.get(model_name, self._global) if self._models else self._global
         settings = sampler.settings
-        if settings.active and sampler.sample():
-            return Trace(next(self._ids), model_name, model_version, request_id, settings, start_ns)
+        parent = _CURRENT.get()
+        if parent is not None and parent.settings is not None:
+            return self._start(model_name, model_version, request_id, start_ns, parent.settings, parent, None,
+                               protocol)
+        if settings.active:
+            otel = self._otel
+            propagated = otel is not None and header is not None and _sampled_parent(header("traceparent"))
+            if propagated or sampler.sample():
+                return self._start(model_name, model_version, request_id, start_ns, settings, None, header,
+                                   protocol)
         if self._log_requests:
             return Trace(0, model_name, model_version, request_id, None, start_ns)
         return None
 
+    def _start(self, model_name: str, model_version: int, request_id: str, start_ns: int, settings: TraceSettings,
+               parent: Trace | None, header: Callable[[str], str | None] | None, protocol: str) -> Trace:
+        trace = Trace(next(self._ids), model_name, model_version, request_id, settings, start_ns, parent, protocol)
+        if self._otel is not None and settings.mode == "opentelemetry":
+            self._otel.start(trace, header)
+        trace.token = _CURRENT.set(trace)
+        return trace
+
     def end(self, trace: Trace, end_ns: int, error: BaseException | None = None) -> None:
         trace.mark("REQUEST_END", end_ns)
+        if trace.token is not None:
+            try:
+                _CURRENT.reset(trace.token)
+            except ValueError:  # ended in another context than it began in: no longer current here either
+                _CURRENT.set(trace.parent)
+            trace.token = None
         if trace.settings is not None:
-            self._exporter(trace.settings).export(trace.record(), trace.settings)
+            if trace.otel is not None:
+                trace.otel.finish(trace, error)
+            else:
+                self._exporter(trace.settings).export(trace.record(), trace.settings)
         if self._log_requests:
             _log_request(trace, error)
 
@@ -451,6 +552,36 @@ class Tracer:
             self._exporters.clear()
         for exporter in exporters:
             exporter.close()
+        if self._otel is not None:
+            self._otel.close()  # the spans still batched are sent
+
+
+def _sampled_parent(traceparent: str | None) -> bool:
+    """Whether a W3C traceparent (`00-TRACEID-SPANID-FLAGS`) asks for this request to be traced."""
+    if not traceparent:
+        return False
+    parts = traceparent.strip().split("-")
+    try:
+        return len(parts) >= 4 and len(parts[1]) == 32 and bool(int(parts[3][:2], 16) & 1)
+    except ValueError:
+        return False
+
+
+def current_trace() -> Trace | None:
+    """The sampled request running in this task or thread, if any."""
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def outgoing_headers(name: str, url: str) -> Iterator[dict[str, str]]:
+    """Around a call to another server on behalf of the current request: in mode opentelemetry, a client span
+    for the call and the headers (`traceparent`, `tracestate`) that carry it on; otherwise no headers."""
+    trace = _CURRENT.get()
+    if trace is None or trace.otel is None or trace.otel_span is None:
+        yield {}
+        return
+    with trace.otel.remote_call(trace, name, url) as headers:
+        yield headers
 
 
 def _micros(ns: int | None) -> str:

@@ -23,7 +23,9 @@ class AccountStage:
         model = call.model
         tracer = self._tracer
         if tracer.enabled:
-            call.trace = tracer.begin(model.name, model.version, call.request.id, call.start_ns)
+            context = call.context
+            call.trace = tracer.begin(model.name, model.version, call.request.id, call.start_ns, context.header,
+                                      context.protocol)
         model.stats.enter()
         call.on_finish(self._record)
 
