@@ -297,8 +297,11 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        "(default: $INFERD_CACHE_DIR/envs, else ~/.cache/inferd/envs)")
     serve.add_argument("--trace-config", action="append", default=[], metavar="[MODE,]SETTING=VALUE",
                        help="Triton's trace settings: level=OFF|TIMESTAMPS|TENSORS, rate=N, count=N, "
-                       "file=PATH, log-frequency=N (optionally prefixed 'triton,', e.g. triton,file=trace.json; "
-                       "repeatable; default: tracing off)")
+                       "mode=triton|opentelemetry; mode triton's file=PATH, log-frequency=N (optionally prefixed "
+                       "'triton,', e.g. triton,file=trace.json); mode opentelemetry's opentelemetry,url=HOST:PORT/"
+                       "v1/traces, opentelemetry,resource=KEY=VALUE, opentelemetry,bsp_schedule_delay=MS, "
+                       "opentelemetry,exporter=otlp|console|file (needs pip install 'inferd[otel]'; OTEL_* "
+                       "variables apply) (repeatable; default: tracing off, mode triton)")
     add_pipeline_stage_argument(serve)
     serve.add_argument("--host-routing", default=None, metavar="PATTERN",
                        help="route by host: a request whose Host (gRPC: :authority) matches PATTERN, such as "

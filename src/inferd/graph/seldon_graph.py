@@ -41,6 +41,7 @@ import numpy as np
 
 from ..compat.seldon.protocol import SeldonError, SeldonFailure, extract
 from ..model import ServedModel
+from ..observability.tracing import outgoing_headers
 from ..scheduling import Job
 from ..types import MESSAGE_TENSOR, InferenceRequest, InferError, Tensors
 from .routers import Router
@@ -233,8 +234,13 @@ class RemoteNode(Node):
         self.timeout = timeout
 
     def _post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        with outgoing_headers(f"remote {self.name}", self.base + path) as trace_headers:
+            return self._send(path, body, trace_headers)
+
+    def _send(self, path: str, body: bytes, trace_headers: dict[str, str]) -> tuple[int, bytes]:
+        # trace_headers: the traced request's W3C traceparent / tracestate, passed on to the remote node.
         request = urllib.request.Request(self.base + path, data=body, method="POST", headers={
-            "Content-Type": "application/json", "Seldon-Model": self.name})
+            "Content-Type": "application/json", "Seldon-Model": self.name, **trace_headers})
         try:
             with _NO_PROXY.open(request, timeout=self.timeout) as reply:
                 return int(reply.status), reply.read()
