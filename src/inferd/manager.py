@@ -29,6 +29,7 @@ from .observability import ModelStatistics
 from .repository import ModelRepository, loose_entries, safe_join, select_versions, version_dirs
 from .scheduling import Arrivals, DirectScheduler, DynamicBatcher, InstancePool, Scheduler
 from .types import ErrorKind, InferError, describe_error
+from .warmup import warm_up
 
 log = logging.getLogger("inferd.manager")
 
@@ -382,6 +383,11 @@ class ModelManager:
                 first = probe if probe is not None and path == probe[0] else None
                 served = self._load_version(name, version, path, config, backend, first[1] if first else None)
                 served.labels = labels
+                try:  # Triton's model_warmup (warmup.py), before the version is READY
+                    warm_up(served, model_dir)
+                except BaseException:
+                    _retire(served, 0)
+                    raise
                 loaded[version] = VersionStatus(ModelState.READY, served=served)
             except Exception as exc:  # whatever a backend raises, the version is UNAVAILABLE with the reason
                 if isinstance(exc, InferError):

@@ -28,9 +28,10 @@ from observing import metric, model_stats, scrape
 from serving import INFERD, ServerProcess, start_server
 
 CACHE = 'response_cache { enable: true }\n'
-# One answer of `simple` with one row: two INT32 [1, 16] outputs (64 bytes each) plus the entry's overhead
-# (caching/store.py: 256 per entry, 128 + the name's length per tensor): 654 bytes.
-ENTRY = 256 + 2 * (128 + len("OUTPUT0") + 64)
+# One answer of `simple` with one row: two INT32 [1, 16] outputs (64 bytes each), the entry's overhead
+# (caching/store.py: 256 per entry, 128 + the name's length per tensor) and its key's data (caching/key.py: each
+# input's name, datatype and 64 bytes): 804 bytes.
+ENTRY = 256 + 2 * (128 + len("OUTPUT0") + 64) + 2 * (len("INPUT0") + len("INT32") + 64)
 SMALL_CACHE_ENTRIES = 3
 
 

@@ -3,9 +3,9 @@ model's config. A request whose answer is cached is answered by the `cache` stag
 its model; the stage is installed only when the server has a cache, so without one it costs nothing.
 """
 
-from .key import request_key
+from .key import RequestKey, key_size, request_key
 from .options import CacheOptions
 from .stage import CacheStage
 from .store import ResponseCache, entry_size
 
-__all__ = ["CacheOptions", "CacheStage", "ResponseCache", "entry_size", "request_key"]
+__all__ = ["CacheOptions", "CacheStage", "RequestKey", "ResponseCache", "entry_size", "key_size", "request_key"]

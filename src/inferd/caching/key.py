@@ -1,37 +1,47 @@
-"""The key of a request's answer: what the answer depends on, hashed — the inputs (names, datatypes, shapes and
-bytes) and the outputs asked for with their parameters (classification's k), under the served version's token."""
+"""The key of a request's answer: everything the answer depends on — the served version's token, the inputs
+(names, datatypes, shapes and bytes) and the outputs asked for with their parameters (classification's k).
+
+The key holds the input bytes themselves, not a digest of them: two requests share an entry only when they are
+equal, and for the small inputs a cache pays off on, hashing Python's way is faster than a cryptographic digest.
+The bytes count against the cache's size (`key_size`).
+"""
 
 from __future__ import annotations
 
-import hashlib
-
-import numpy as np
+from collections.abc import Hashable
 
 from ..types import InferenceRequest
 
 # Output parameters that change how an answer is sent, not what it holds.
 _WIRE_ONLY = frozenset({"binary_data"})
 
+RequestKey = tuple[Hashable, ...]
 
-def request_key(token: int, request: InferenceRequest) -> tuple[int, bytes]:
-    """`(token, 128-bit BLAKE2b digest)`. Every field is length-prefixed, so no two requests share a byte stream."""
-    digest = hashlib.blake2b(digest_size=16)
-    update = digest.update
+
+def request_key(token: int, request: InferenceRequest) -> RequestKey:
+    """A flat tuple: token, then name, datatype, shape, data per input (by name), then the requested outputs."""
     inputs = request.inputs
     datatypes = request.datatypes
-    for name in sorted(inputs):
+    parts: list[Hashable] = [token]
+    for name in sorted(inputs) if len(inputs) > 1 else inputs:
         array = inputs[name]
-        update(f"i{len(name)}:{name}{datatypes.get(name, '')}:{array.shape}:".encode())
-        if array.dtype == np.object_:
-            for value in array.flat:
-                data = value if isinstance(value, bytes) else str(value).encode()
-                update(len(data).to_bytes(8, "little"))
-                update(data)
+        if array.dtype.hasobject:  # BYTES: each element with its length, so ["ab", "c"] differs from ["a", "bc"]
+            data = b"".join(len(v).to_bytes(8, "little") + v
+                            for v in (x if isinstance(x, bytes) else str(x).encode() for x in array.flat))
         else:
-            update(array.dtype.str.encode())
-            update(np.ascontiguousarray(array).data)
-    for out in request.outputs or ():
-        params = tuple(sorted((k, str(v)) for k, v in out.parameters.items() if k not in _WIRE_ONLY)) \
-            if out.parameters else ()
-        update(f"o{len(out.name)}:{out.name}{params!r}".encode())
-    return token, digest.digest()
+            data = array.tobytes()
+        parts += (name, datatypes.get(name) or array.dtype.str, array.shape, data)
+    outputs = request.outputs
+    if outputs:
+        parts.append(None)  # where the outputs begin (no input part is None)
+        for out in outputs:
+            params = out.parameters
+            parts.append(out.name)
+            parts.append(tuple(sorted((k, str(v)) for k, v in params.items() if k not in _WIRE_ONLY))
+                         if params else ())
+    return tuple(parts)
+
+
+def key_size(key: RequestKey) -> int:
+    """The bytes of a key's data (what it adds to its entry's size beyond the fixed overhead)."""
+    return sum(len(part) for part in key if isinstance(part, (bytes, str)))

@@ -16,7 +16,7 @@ from functools import partial
 from ..model import ServedModel
 from ..pipeline import Call
 from ..types import InferenceResponse
-from .key import request_key
+from .key import RequestKey, key_size, request_key
 from .store import ResponseCache
 
 
@@ -60,10 +60,10 @@ class CacheStage:
         self._tokens[model] = token
         return token
 
-    def _keep(self, key: tuple[int, bytes], lookup_ns: int, call: Call) -> None:
+    def _keep(self, key: RequestKey, lookup_ns: int, call: Call) -> None:
         """When a missed request ends: keep its answer if it has one (a failure is not cached)."""
         start = time.perf_counter_ns()
         response = call.response
         if call.error is None and response is not None and not response.shared_outputs:
-            self.cache.put(key, response.outputs)
+            self.cache.put(key, response.outputs, key_size(key))
         call.model.stats.record_cache_miss(lookup_ns + time.perf_counter_ns() - start)

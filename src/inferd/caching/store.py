@@ -53,10 +53,10 @@ class ResponseCache:
             self._entries.move_to_end(key)
             return entry[0]
 
-    def put(self, key: Hashable, outputs: Tensors) -> bool:
-        """Keep a copy of `outputs` under `key`, evicting the least recently used entries to make room. False when
-        the answer alone is larger than the cache (it is not kept)."""
-        size = entry_size(outputs)
+    def put(self, key: Hashable, outputs: Tensors, key_bytes: int = 0) -> bool:
+        """Keep a copy of `outputs` under `key` (whose data counts `key_bytes`), evicting the least recently used
+        entries to make room. False when the entry alone is larger than the cache (it is not kept)."""
+        size = entry_size(outputs) + key_bytes
         if size > self.size:
             return False
         kept = {}
