@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_parser(commands)
     add_quantize_parser(commands)
     add_analyze_parser(commands)
+    from .repo_tools import add_repo_parser
+
+    add_repo_parser(commands)
     return parser
 
 

@@ -6,6 +6,7 @@ The protobuf message is the one schema: no parallel dataclass. Anything wrong wi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,12 @@ __all__ = [
     "CONFIG_FILENAME",
     "DEFAULT_SIGNATURE",
     "ConfigError",
+    "ConfigProblem",
     "DataType",
     "ModelConfig",
     "ModelInstanceGroup",
     "config_from_json",
+    "config_problems",
     "config_to_json",
     "int_parameter",
     "parse_config",
@@ -146,59 +149,85 @@ def int_parameter(config: ModelConfig, key: str) -> int | None:
         raise ConfigError(f"parameter '{key}' must be an integer, got '{value}'") from None
 
 
-def _check_dims(where: str, dims: Any, *, allow_empty: bool) -> None:
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One thing wrong with a config: `field` is where, as a path into the message (`input[1].dims`,
+    `parameters[canary]`; "" for the config as a whole), so a tool can point at its line in config.pbtxt."""
+
+    field: str
+    message: str
+
+
+def _dims_problems(field: str, where: str, dims: Any, *, allow_empty: bool) -> list[ConfigProblem]:
     if not dims and not allow_empty:
-        raise ConfigError(f"{where} must specify 'dims'")
-    for d in dims:
-        if d == 0 or d < -1:
-            raise ConfigError(f"{where} has invalid dimension {d}: dims must be positive or -1")
+        return [ConfigProblem(field, f"{where} must specify 'dims'")]
+    return [ConfigProblem(field, f"{where} has invalid dimension {d}: dims must be positive or -1")
+            for d in dims if d == 0 or d < -1][:1]
 
 
-def _check_tensor(where: str, tensor: Any, max_batch_size: int) -> None:
+def _tensor_problems(field: str, where: str, tensor: Any) -> list[ConfigProblem]:
     if not tensor.name:
-        raise ConfigError(f"{where} has no name")
+        return [ConfigProblem(field, f"{where} has no name")]
     dtype = v2_datatype(tensor.data_type)
     if tensor.data_type == DataType.TYPE_INVALID:
-        raise ConfigError(f"{where} '{tensor.name}' must specify a valid 'data_type'")
+        return [ConfigProblem(f"{field}.data_type", f"{where} '{tensor.name}' must specify a valid 'data_type'")]
     if dtype not in V2_TO_NUMPY:
-        raise ConfigError(f"{where} '{tensor.name}' has data_type {DataType.Name(tensor.data_type)}, "
-                          "which this server does not support")
-    _check_dims(f"{where} '{tensor.name}'", tensor.dims, allow_empty=tensor.HasField("reshape"))
+        return [ConfigProblem(f"{field}.data_type", f"{where} '{tensor.name}' has data_type "
+                              f"{DataType.Name(tensor.data_type)}, which this server does not support")]
+    problems = _dims_problems(f"{field}.dims", f"{where} '{tensor.name}'", tensor.dims,
+                              allow_empty=tensor.HasField("reshape"))
     if tensor.HasField("reshape"):
-        _check_dims(f"{where} '{tensor.name}' reshape", tensor.reshape.shape, allow_empty=True)
-        if -1 not in tensor.dims and -1 not in tensor.reshape.shape:
+        problems += _dims_problems(f"{field}.reshape", f"{where} '{tensor.name}' reshape", tensor.reshape.shape,
+                                   allow_empty=True)
+        if not problems and -1 not in tensor.dims and -1 not in tensor.reshape.shape:
             a, b = 1, 1
             for d in tensor.dims:
                 a *= d
             for d in tensor.reshape.shape:
                 b *= d
             if a != b:
-                raise ConfigError(f"{where} '{tensor.name}' reshape {list(tensor.reshape.shape)} does not "
-                                  f"hold the same number of elements as dims {list(tensor.dims)}")
+                problems.append(ConfigProblem(f"{field}.reshape", f"{where} '{tensor.name}' reshape "
+                                              f"{list(tensor.reshape.shape)} does not hold the same number of "
+                                              f"elements as dims {list(tensor.dims)}"))
+    return problems
 
 
-def validate_config(config: ModelConfig, model_name: str) -> None:
-    """Reject what cannot be served, with one line that says why."""
+def config_problems(config: ModelConfig, model_name: str) -> list[ConfigProblem]:
+    """Everything `validate_config` rejects, each problem with the field it is about, in the order checked."""
+    problems: list[ConfigProblem] = []
     if config.name and config.name != model_name:
-        raise ConfigError(f"config name '{config.name}' does not match the model folder '{model_name}'")
+        problems.append(ConfigProblem("name", f"config name '{config.name}' does not match the model folder "
+                                      f"'{model_name}'"))
     if config.max_batch_size < 0:
-        raise ConfigError(f"max_batch_size must be >= 0, got {config.max_batch_size}")
+        problems.append(ConfigProblem("max_batch_size", f"max_batch_size must be >= 0, got {config.max_batch_size}"))
     if not config.input:
-        raise ConfigError("model configuration must specify at least one input")
+        problems.append(ConfigProblem("", "model configuration must specify at least one input"))
     if not config.output:
-        raise ConfigError("model configuration must specify at least one output")
+        problems.append(ConfigProblem("", "model configuration must specify at least one output"))
     for kind, tensors in (("input", config.input), ("output", config.output)):
         seen: set[str] = set()
-        for tensor in tensors:
-            _check_tensor(kind, tensor, config.max_batch_size)
-            if tensor.name in seen:
-                raise ConfigError(f"{kind} '{tensor.name}' is declared more than once")
+        for i, tensor in enumerate(tensors):
+            problems += _tensor_problems(f"{kind}[{i}]", kind, tensor)
+            if tensor.name and tensor.name in seen:
+                problems.append(ConfigProblem(f"{kind}[{i}].name", f"{kind} '{tensor.name}' is declared more "
+                                              "than once"))
             seen.add(tensor.name)
     policy = config.version_policy
     if policy.WhichOneof("policy_choice") == "latest" and policy.latest.num_versions < 1:
-        raise ConfigError("version_policy latest.num_versions must be >= 1")
-    for group in config.instance_group:
+        problems.append(ConfigProblem("version_policy.latest.num_versions",
+                                      "version_policy latest.num_versions must be >= 1"))
+    for i, group in enumerate(config.instance_group):
         if group.count < 0:
-            raise ConfigError(f"instance_group count must be >= 0, got {group.count}")
+            problems.append(ConfigProblem(f"instance_group[{i}].count",
+                                          f"instance_group count must be >= 0, got {group.count}"))
     if config.HasField("dynamic_batching") and config.max_batch_size == 0:
-        raise ConfigError("dynamic batching is enabled but max_batch_size is 0: the model does not support batching")
+        problems.append(ConfigProblem("dynamic_batching", "dynamic batching is enabled but max_batch_size is 0: "
+                                      "the model does not support batching"))
+    return problems
+
+
+def validate_config(config: ModelConfig, model_name: str) -> None:
+    """Reject what cannot be served, with one line that says why (the first of `config_problems`)."""
+    problems = config_problems(config, model_name)
+    if problems:
+        raise ConfigError(problems[0].message)

@@ -463,6 +463,15 @@ class ModelManager:
         config = override if override is not None else read_config(model_dir)
         if config is not None and is_ensemble(config):
             return self._prepare_ensemble(name, model_dir, config)
+        return self.complete_config(name, model_dir, config)
+
+    def complete_config(self, name: str, model_dir: Path, config: ModelConfig | None, *, check: bool = True
+                        ) -> tuple[ModelConfig, str, dict[int, Path], tuple[Path, Backend] | None]:
+        """A (non-ensemble) model's effective config as it would load: auto-completed from its newest selected
+        version's file, its backend and instance groups filled in, checked (unless `check` is False: `inferd repo
+        validate` lists every problem itself); with the backend name, the selected version folders and the backend
+        that auto-completed (it serves as the first instance). Loads nothing else (`inferd repo show` calls it
+        too)."""
         if config is None:
             if not self.autocomplete:
                 raise ConfigError(f"{model_dir}/config.pbtxt not found and auto-complete is disabled")
@@ -497,10 +506,11 @@ class ModelManager:
                 group.count = 1
             if group.kind == ModelInstanceGroup.KIND_AUTO:
                 group.kind = ModelInstanceGroup.KIND_CPU
-        validate_config(config, name)
-        rule_of(config)  # a malformed canary / shadow setting is the load's error
-        request_timeout_ms(config)  # a bad value is the load's error, before any instance starts
-        memory_limit_bytes(config)
+        if check:
+            validate_config(config, name)
+            rule_of(config)  # a malformed canary / shadow setting is the load's error
+            request_timeout_ms(config)  # a bad value is the load's error, before any instance starts
+            memory_limit_bytes(config)
         return config, backend, {v: available[v] for v in selected}, probe
 
     def _interpreter(self, name: str, files: Path) -> str | None:
