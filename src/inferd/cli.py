@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve a model repository over HTTP and gRPC")
     add_serve_arguments(serve)
     serve.set_defaults(func=serve_command)
+    add_deploy_parsers(commands)
     from .client import add_bench_parser
 
     add_bench_parser(commands)
@@ -188,6 +189,56 @@ def analyze_command(args: argparse.Namespace) -> int:
     from .tools.analyze import options_from_args, run_analyze
 
     return run_analyze(options_from_args(args))
+
+
+def add_deploy_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`inferd deploy kserve|knative|kubernetes` (manifests on stdout) and `inferd entrypoint` (the image's)."""
+    from .deploy import DEFAULT_IMAGE, KSERVE_MODEL_DIR, TARGETS
+
+    deploy = commands.add_parser(
+        "deploy", help="print Kubernetes, KServe or Knative manifests that serve a repository",
+        description="Print the manifests (YAML, for `kubectl apply -f -`) that serve a repository with the inferd "
+        "image: kubernetes: Deployment, Service, HorizontalPodAutoscaler on pending requests, PodDisruptionBudget; "
+        "knative: a Service that scales to zero; kserve: the inferd ClusterServingRuntime and an InferenceService. "
+        "A local folder is shipped as a ConfigMap (small repositories only); a URI is fetched in the cluster.")
+    deploy.add_argument("target", choices=sorted(TARGETS), help="what to print manifests for")
+    deploy.add_argument("--repository", required=True, metavar="PATH|URI",
+                        help="the model repository: a folder, or s3:// gs:// az:// https:// pvc:// (required)")
+    deploy.add_argument("--image", default=DEFAULT_IMAGE,
+                        help=f"the inferd image, built from deploy/Dockerfile (default {DEFAULT_IMAGE})")
+    deploy.add_argument("--name", default=None, metavar="N",
+                        help="name of the resources (default: the repository's last path segment)")
+    deploy.set_defaults(func=deploy_command)
+    entrypoint = commands.add_parser(
+        "entrypoint", help="the container image's entrypoint: serve KServe's /mnt/models or $STORAGE_URI",
+        description="Serve what KServe's storage initializer put in the model folder (a repository, or one model's "
+        "folder served under --model-name), else the repository $STORAGE_URI names; $PORT is where $PROTOCOL is "
+        "served (v1 and v2: HTTP, grpc-v2: gRPC). Other flags go to `inferd serve` and win over the environment.",
+        allow_abbrev=False)
+    entrypoint.add_argument("--model-dir", type=Path, default=Path(KSERVE_MODEL_DIR), metavar="PATH",
+                            help=f"where the storage initializer puts the model (default {KSERVE_MODEL_DIR})")
+    entrypoint.add_argument("--model-name", default=None, metavar="NAME",
+                            help="the name a single model's folder is served under (default: $MODEL_NAME, else the "
+                            "last segment of $STORAGE_URI, else 'model')")
+    entrypoint.set_defaults(func=entrypoint_command, forward_unknown=True)
+
+
+def deploy_command(args: argparse.Namespace) -> int:
+    from .deploy import TARGETS, DeployOptions, to_yaml
+
+    try:
+        manifests = TARGETS[args.target](DeployOptions(args.repository, args.image, args.name))
+    except ValueError as error:
+        print(f"inferd deploy: {error}", file=sys.stderr)
+        return 2
+    sys.stdout.write(to_yaml(manifests))
+    return 0
+
+
+def entrypoint_command(args: argparse.Namespace) -> int:
+    from .deploy import run_entrypoint
+
+    return run_entrypoint(args.model_dir, args.model_name, args.serve_args)
 
 
 def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
@@ -596,7 +647,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].startswith("--") and argv[0] not in ("--help", "-h", "--version"):
         argv.insert(0, "serve")  # `inferd --model-repository=...` reads like `tritonserver --model-repository=...`
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "forward_unknown", False):  # `inferd entrypoint`: the flags it does not know go to serve
+        args.serve_args = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return int(args.func(args))
 
 
