@@ -422,6 +422,27 @@ def test_bad_messages_get_seldons_error_and_the_graph_keeps_serving(server: Serv
     assert predict(server, {"data": {"ndarray": [[1.0, 2.0, 3.0]]}}).status_code == 200
 
 
+@pytest.mark.parametrize(("name", "body", "words"), [
+    ("bandit", "text", "a SeldonMessage is a JSON object"),
+    ("bandit", {"meta": 5}, "'meta' must be a JSON object"),
+    ("bandit", {"binData": "!!"}, "not valid base64"),
+    ("bandit", {"data": {"tensor": {"shape": [5], "values": [1]}}}, "cannot reshape"),
+    ("custom", {"data": {"ndarray": [[7.0, 1.0, 1.0]]}}, "router 'picker' chose child 7"),
+])
+def test_hostile_messages_are_refused(server: ServerProcess, name: str, body: Any, words: str) -> None:
+    reply = predict(server, body, name)
+    assert 400 <= reply.status_code < 600 and reply.status_code != 503, reply.text
+    assert words in reply.json()["status"]["info"]
+    assert predict(server, {"data": {"ndarray": [[0.0, 1.0, 1.0]]}}, "custom").status_code == 200
+
+
+def test_feedback_with_a_broken_routing_still_reaches_the_classes(server: ServerProcess) -> None:
+    body = {"request": {"data": {"ndarray": [[1.0, 1.0, 1.0]]}}, "response": {"meta": {"routing": "x"}}, "reward": 1}
+    reply = feedback(server, body, "custom")
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["meta"]["routing"] == {}
+
+
 def test_graphs_that_cannot_be_served_say_why(server: ServerProcess) -> None:
     index = httpx.post(f"{server.base_url}/v2/repository/index", json={}, timeout=30).json()
     rows = {row["name"]: row for row in index}

@@ -157,13 +157,18 @@ class ServedNode(Node):
     async def feedback(self, feedback: Message, branch: int | None) -> None:
         if not self._models.get(self.model_name).takes_messages:
             return  # a repository model has nothing to learn
-        if branch is not None:  # Seldon's wrapper reads its own choice from the response's routing
-            response = dict(feedback.get("response") or {})
-            meta = dict(response.get("meta") or {})
-            meta["routing"] = {**(meta.get("routing") or {}), "0": branch}
-            response["meta"] = meta
-            feedback = {**feedback, "response": response}
-        await self._message("send-feedback", feedback)
+        # Seldon's wrapper reads its own choice from the response's routing (under its unit id, "0" here)
+        response = feedback.get("response")
+        response = dict(response) if isinstance(response, dict) else {}
+        meta = response.get("meta")
+        meta = dict(meta) if isinstance(meta, dict) else {}
+        routing = meta.get("routing")
+        routing = dict(routing) if isinstance(routing, dict) else {}
+        if branch is not None:
+            routing["0"] = branch
+        meta["routing"] = routing
+        response["meta"] = meta
+        await self._message("send-feedback", {**feedback, "response": response})
 
 
 class RouterNode(Node):
