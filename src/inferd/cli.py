@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .repo_tools import add_repo_parser
 
     add_repo_parser(commands)
+    from .client.infer import add_infer_parser
+
+    add_infer_parser(commands)
     return parser
 
 
