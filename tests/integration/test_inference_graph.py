@@ -279,3 +279,37 @@ def test_graphs_kserve_would_refuse_say_why(server: ServerProcess) -> None:
     assert "no 'root' node" in rows["no-root"]["reason"]
     for refused in ("bad-weights", "bad-field", "bad-condition", "no-root"):
         assert rows[refused]["state"] == "UNAVAILABLE"
+
+
+def test_explicit_mode_loads_the_steps_and_service_urls_reach_other_servers(workspace: Path,
+                                                                            server: ServerProcess) -> None:
+    """In explicit mode a graph's models load with it; a `serviceUrl` step POSTs the document to a URL (here the
+    first server's V2 endpoint, as KServe's router calls a service)."""
+    graph = workspace / "remote.yaml"
+    graph.write_text(f"""
+apiVersion: serving.kserve.io/v1alpha1
+kind: InferenceGraph
+metadata: {{name: remote-seq}}
+spec:
+  nodes:
+    root:
+      routerType: Sequence
+      steps:
+      - {{serviceUrl: "http://127.0.0.1:{server.http_port}/v2/models/plus/infer"}}
+      - {{serviceName: times, data: $response}}
+""")
+    repo = workspace / "explicit-models"
+    write_model(repo, "times", unary_model("Mul", 2.0, 2), config("times", 2))
+    write_model(repo, "idle", unary_model("Mul", 2.0, 2), config("idle", 2))
+    second = start_server(repo, workspace / "explicit.log", "--model-control-mode=explicit",
+                          "--strict-readiness=false", "--deployment", str(graph))
+    try:
+        index = {row["name"]: row for row in httpx.post(f"{second.base_url}/v2/repository/index", json={},
+                                                        timeout=30).json()}
+        assert index["remote-seq"]["state"] == "READY"
+        assert index["times"]["state"] == "READY"  # loaded for the graph
+        assert index["idle"].get("state") != "READY"  # explicit mode: what no graph needs stays unloaded
+        with httpclient.InferenceServerClient(second.http_url) as other:
+            assert np.array_equal(infer(other, "remote-seq").as_numpy("OUTPUT0"), (X + 1) * 2)
+    finally:
+        second.stop()

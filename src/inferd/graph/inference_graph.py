@@ -8,7 +8,8 @@ the graph, without cycles; a Splitter's weights add up to 100; `data` is `$reque
 GJSON paths of the subset gjson.py reads).
 
 KServe's router passes JSON bodies; so does this graph. The request document is the request as V2 inference
-request JSON (`{"id", "parameters", "inputs": [{name, datatype, shape, data}]}`), whatever protocol it came in by
+request JSON (`{"id", "parameters", "inputs": [{name, datatype, shape, data}]}`; the parameters of the
+client's own wire, binary data and shared memory, left out), whatever protocol it came in by
 (a Seldon message's `jsonData`, when it is an object, is taken as the document as it is — a V2 or V1 body). A
 step calls:
 - `serviceName`: the served model of that name, through the one pipeline: the document's `inputs` (or, for a
@@ -68,6 +69,10 @@ _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 URL_TIMEOUT_S = 60.0
 
 Document = dict[str, Any]
+# Request parameters about how the client's own wire carried the call (binary tensors, shared memory), not part
+# of the document the steps get.
+_WIRE_PARAMETERS = frozenset({"binary_data_output", "binary_data", "binary_data_size", "shared_memory_region",
+                              "shared_memory_offset", "shared_memory_byte_size"})
 
 
 def _context() -> Any:
@@ -209,8 +214,9 @@ def request_document(feeds: Tensors, request: Mapping[str, Any]) -> Document:
                                 for name, array in feeds.items()]}
     if request.get("id"):
         doc["id"] = request["id"]
-    if request.get("parameters"):
-        doc["parameters"] = dict(request["parameters"])
+    parameters = {k: v for k, v in (request.get("parameters") or {}).items() if k not in _WIRE_PARAMETERS}
+    if parameters:
+        doc["parameters"] = parameters
     return doc
 
 
@@ -244,6 +250,8 @@ def document_tensors(doc: Any, where: str) -> dict[str, np.ndarray]:
     Ensemble's answer."""
     if not isinstance(doc, dict):
         raise InferError.invalid(f"{where}: the document is not a JSON object")
+    if set(doc) == {"error"}:
+        raise InferError.invalid(f"{where}: the step before it failed: {doc['error']}")
     for key in ("inputs", "outputs"):
         if isinstance(doc.get(key), list):
             return dict(_array(t, where) for t in doc[key])
