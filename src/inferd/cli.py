@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -18,6 +19,8 @@ from .frontends.http.routes import API_GROUPS
 from .limits import DEFAULT_MAX_INPUTS, DEFAULT_MAX_TENSOR_ELEMENTS
 from .memory import DEFAULT_MAX_SHM_REGIONS
 from .observability import LOG_CONTROL, Tracer
+from .observability.payload_log import DEFAULT_QUEUE_SIZE as PAYLOAD_QUEUE_SIZE
+from .observability.payload_log import PayloadLogger
 from .observability.tracing import parse_trace_config
 from .pipeline.plugins import add_pipeline_stage_argument, add_pipeline_stages
 from .scaling import parse_memory_limit
@@ -359,6 +362,13 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        "v1/traces, opentelemetry,resource=KEY=VALUE, opentelemetry,bsp_schedule_delay=MS, "
                        "opentelemetry,exporter=otlp|console|file (needs pip install 'inferd[otel]'; OTEL_* "
                        "variables apply) (repeatable; default: tracing off, mode triton)")
+    serve.add_argument("--payload-log", default="", metavar="URL|file:PATH",
+                       help="log each request and its response as CloudEvents, as KServe's logger: posted to an "
+                       "HTTP sink at URL (binary mode, ce-* headers) or appended to PATH as JSON lines; a model's "
+                       "payload_log parameter (request|response|all|none) picks what (default: off; all once on)")
+    serve.add_argument("--payload-log-queue", type=int, default=PAYLOAD_QUEUE_SIZE, metavar="N",
+                       help="requests the payload log holds while its sink is slow or down; beyond it they are "
+                       f"dropped and counted in inferd_payload_log_dropped_total (default {PAYLOAD_QUEUE_SIZE})")
     add_pipeline_stage_argument(serve)
     serve.add_argument("--host-routing", default=None, metavar="PATTERN",
                        help="route by host: a request whose Host (gRPC: :authority) matches PATTERN, such as "
@@ -493,6 +503,14 @@ def status_table(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def _payload_logger(args: argparse.Namespace) -> PayloadLogger | None:
+    """`--payload-log`: the payload log's queue and writer (None when off)."""
+    if not args.payload_log:
+        return None
+    source = f"http://{socket.gethostname()}:{args.http_port}/"  # as KServe's logger: the server's own URL
+    return PayloadLogger(args.payload_log, source=source, queue_size=args.payload_log_queue)
+
+
 def serve_command(args: argparse.Namespace) -> int:
     try:
         LOG_CONTROL.install(verbose=args.log_verbose, info=args.log_info, warning=args.log_warning,
@@ -529,6 +547,13 @@ def serve_command(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 1
     try:
+        payload_log = _payload_logger(args)
+    except (OSError, ValueError) as exc:
+        log.error("%s", exc)
+        if gateway is not None:
+            gateway.close()
+        return 1
+    try:
         server = Server(
             args.model_repository,
             model_control_mode=args.model_control_mode,
@@ -553,11 +578,14 @@ def serve_command(args: argparse.Namespace) -> int:
             host_routing=args.host_routing,
             backend_settings=args.backend_settings,
             response_cache_size=args.cache.size if args.cache is not None else 0,
+            payload_log=payload_log,
         )
     except (OSError, ValueError, ImportError) as exc:  # a missing or unreachable repository
         log.error("%s", exc)
         if gateway is not None:
             gateway.close()
+        if payload_log is not None:
+            payload_log.close(timeout=0)
         return 1
     if not add_pipeline_stages(server, args.pipeline_stage):
         server.close()

@@ -33,6 +33,7 @@ from .memory import (
 )
 from .model import ServedModel
 from .observability import LOG_CONTROL, ModelStatistics, Tracer
+from .observability.payload_log import PayloadLogger
 from .pipeline import (
     SDK,
     AccountStage,
@@ -44,6 +45,7 @@ from .pipeline import (
     ScheduleStage,
     Stage,
 )
+from .pipeline.payload import PayloadLogStage
 from .pipeline.plugins import plugin_stages
 from .repository import ModelRepository
 from .scaling import Scaler
@@ -110,6 +112,7 @@ class Server:
         model_held_requests: int = 10000,
         model_memory_limit: int = 0,
         response_cache_size: int = 0,
+        payload_log: PayloadLogger | None = None,
         start: bool = True,
     ) -> None:
         paths = [model_repository] if isinstance(model_repository, (str, Path)) else list(model_repository)
@@ -160,6 +163,10 @@ class Server:
         self.response_cache = ResponseCache(response_cache_size) if response_cache_size > 0 else None
         if self.response_cache is not None:
             self.add_stage(CacheStage(self.response_cache))
+        # KServe-style payload logging (`--payload-log URL|file:PATH`): the `payload_log` stage exists only then.
+        self.payload_log = payload_log
+        if payload_log is not None:
+            self.add_stage(PayloadLogStage(payload_log))
         for stage in (*plugin_stages(self), *stages):
             self.add_stage(stage)
         self._run = self.pipeline.run
@@ -272,6 +279,8 @@ class Server:
         if self.graphs is not None:
             self.graphs.close()  # after the models: the Seldon classes its nodes served are released
         self.tracer.close()
+        if self.payload_log is not None:
+            self.payload_log.close()  # after the models: every answered request is queued
         self.shared_memory.close()  # after the models: no request uses a region any more
         if self.gateway is not None:
             self.gateway.close()  # the audit trail flushed: every answered call is recorded
@@ -351,6 +360,8 @@ class Server:
         collectors: list[Any] = [self.traffic.metrics, self.scaling.metrics]
         if self.gateway is not None:
             collectors.append(self.gateway.metrics)
+        if self.payload_log is not None:
+            collectors.append(self.payload_log.metrics)
         return collectors
 
     def model_statistics(self) -> list[ModelStatistics]:
