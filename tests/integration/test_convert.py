@@ -93,7 +93,7 @@ def _sklearn(folder: Path) -> Case:
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x, y)
     path = folder / "iris.joblib"
     joblib.dump(model, path)
-    rows = x[::15].astype(np.float32)
+    rows = x[::20].astype(np.float32)
     return Case(path, {"input__0": rows}, {"label": model.predict(rows), "probabilities": model.predict_proba(rows)})
 
 
@@ -105,7 +105,7 @@ def _xgboost(folder: Path) -> Case:
     booster = xgb.train({"objective": "multi:softprob", "num_class": 3, "max_depth": 3}, xgb.DMatrix(x, label=y), 10)
     path = folder / "iris.json"
     booster.save_model(str(path))
-    rows = x[::15].astype(np.float32)
+    rows = x[::20].astype(np.float32)
     probabilities = booster.predict(xgb.DMatrix(rows))
     return Case(path, {"input__0": rows}, {"label": probabilities.argmax(axis=1), "probabilities": probabilities})
 
@@ -118,7 +118,7 @@ def _lightgbm(folder: Path) -> Case:
     booster = lgb.train({"objective": "regression", "verbose": -1, "num_leaves": 8}, lgb.Dataset(x, label=y), 20)
     path = folder / "diabetes.txt"
     booster.save_model(str(path))
-    rows = x[::40].astype(np.float32)
+    rows = x[::60].astype(np.float32)
     return Case(path, {"input__0": rows}, {"variable": booster.predict(rows)})
 
 

@@ -102,21 +102,28 @@ def versions(model_dir: Path) -> list[int]:
     return sorted(v for v in found if (model_dir / str(v) / MODEL_FILE).is_file())
 
 
+_OUR_POLICY = re.compile(r"^version_policy: \{ specific: \{ versions: \[ ([\d, ]+) \] \} \}$", re.MULTILINE)
+
+
 def serve_versions(model_dir: Path, config: ModelConfig, wanted: Sequence[int]) -> str:
-    """Make the config serve every version in `wanted`, if it says nothing of versions (Triton's default serves
-    the latest only): a `version_policy` line is appended, the rest of the file left as written. Returns what was
-    done or what the user should set, in one sentence."""
-    listed = ", ".join(str(v) for v in sorted(wanted))
+    """Make the config serve every version in `wanted` when it says nothing of versions (Triton's default serves
+    the latest only), or when the version_policy line is one this function wrote: that one line is written, the
+    rest of the file left as it is. Returns what was done, or what the user should set, in one sentence."""
     policy = config.version_policy
     which = policy.WhichOneof("policy_choice")
     if which == "all" or (which == "specific" and set(wanted) <= set(policy.specific.versions)):
-        return f"the config's version_policy serves versions {listed}"
-    if which is None:
-        path = model_dir / CONFIG_FILE
-        text = path.read_text()
-        line = f"version_policy: {{ specific: {{ versions: [ {listed} ] }} }}"
+        return f"the config's version_policy serves versions {', '.join(str(v) for v in sorted(wanted))}"
+    path = model_dir / CONFIG_FILE
+    text = path.read_text()
+    ours = _OUR_POLICY.search(text)
+    listed = [int(v) for v in ours.group(1).split(",")] if ours else []
+    served = sorted({*wanted, *listed})
+    line = f"version_policy: {{ specific: {{ versions: [ {', '.join(str(v) for v in served)} ] }} }}"
+    if ours is not None:
+        path.write_text(text[:ours.start()] + line + text[ours.end():])
+    elif which is None:
         path.write_text(text + ("" if text.endswith("\n") or not text else "\n") + line + "\n")
-        return f"added `{line}` to {path} so both versions serve"
-    current = re.sub(r"\s+", " ", str(policy)).strip()
-    return (f"the config's version_policy ({current}) does not serve versions {listed}: set "
-            f"`version_policy: {{ specific: {{ versions: [ {listed} ] }} }}` to serve both")
+    else:
+        current = re.sub(r"\s+", " ", str(policy)).strip()
+        return f"the config's version_policy ({current}) does not serve them all: set `{line}` to serve both"
+    return f"set `{line}` in {path} so the source and the new version both serve"
