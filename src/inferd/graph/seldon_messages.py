@@ -51,10 +51,18 @@ def tensors_message(tensors: Tensors) -> Message:
         return {"data": {"ndarray": _listed(array)}}
     if array.dtype == np.bool_:
         return {"data": {"ndarray": array.tolist()}}
-    return {"data": {"tensor": {"shape": list(array.shape), "values": array.ravel().tolist()}}}
+    # The values stay an array inside this process (JSON only where a message leaves it: a remote node).
+    return {"data": {"tensor": {"shape": list(array.shape), "values": array.ravel()}}}
 
 
 def _features(message: Any) -> Any:
+    data = message.get("data") if isinstance(message, dict) else None
+    tensor = data.get("tensor") if isinstance(data, dict) else None
+    if isinstance(tensor, dict) and isinstance(tensor.get("values"), np.ndarray):  # made by this module
+        try:
+            return tensor["values"].reshape(tensor.get("shape", [-1]))
+        except (TypeError, ValueError) as exc:
+            raise InferError.invalid(f"Invalid data: {exc}") from None
     try:
         features, _, _ = extract(message)
     except SeldonError as exc:
@@ -104,8 +112,10 @@ def outputs_message(outputs: Tensors, request: Any) -> Message:
     array = next(iter(outputs.values()))
     request_data = request.get("data") if isinstance(request, dict) else None
     numeric = array.dtype.kind in "iuf"
-    if numeric and isinstance(request_data, dict) and "tensor" in request_data:
-        return {"data": {"names": [], "tensor": {"shape": list(array.shape), "values": array.ravel().tolist()}}}
+    if numeric and isinstance(request_data, dict) and isinstance(request_data.get("tensor"), dict):
+        given = request_data["tensor"].get("values")
+        values = array.ravel() if isinstance(given, np.ndarray) else array.ravel().tolist()
+        return {"data": {"names": [], "tensor": {"shape": list(array.shape), "values": values}}}
     return {"data": {"names": [], "ndarray": _listed(array)}}
 
 

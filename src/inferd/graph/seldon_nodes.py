@@ -154,7 +154,8 @@ class _Builder:
             return self._python_class(name, spec, container)
         endpoint = spec.get("endpoint")
         if isinstance(endpoint, dict) and endpoint.get("service_host"):
-            return self._type(name, spec), self._remote(name, endpoint), f"{endpoint['service_host']}"
+            where = f"{endpoint['service_host']}:{endpoint.get('service_port')}"
+            return self._type(name, spec), self._remote(name, endpoint), where
         self._repository_model(name)
         return self._type(name, spec), ServedNode(self.manager, name), name
 
