@@ -3,11 +3,14 @@
 A model whose config names an execution accelerator this onnxruntime lacks (OpenVINO: not in the CPU wheel) is
 UNAVAILABLE, and the repository index says which accelerator and which providers there are; an unknown name says
 so too. Models with the CPU accelerator, each graph optimization level, thread / arena / shrinkage parameters, or a
-GPU accelerator on a CPU instance (GPU accelerators are for GPU instances, as in Triton) serve correct answers.
+GPU accelerator on a CPU instance (GPU accelerators are for GPU instances, as in Triton) serve correct answers. A
+TorchScript model with Triton's pytorch parameters (threads, DISABLE_OPTIMIZED_EXECUTION, the JIT switches) serves;
+a flag that is not a boolean is a load error saying so.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,3 +100,69 @@ def test_optimized_models_serve(server: ServerProcess, name: str) -> None:
         np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
     finally:
         client.close()
+
+
+# ---- PyTorch: Triton's pytorch backend parameters ----
+
+_TORCH_CONFIG = """
+name: "{name}"
+platform: "pytorch_libtorch"
+max_batch_size: 8
+input [ {{ name: "INPUT__0" data_type: TYPE_INT32 dims: [ 16 ] }},
+         {{ name: "INPUT__1" data_type: TYPE_INT32 dims: [ 16 ] }} ]
+output [ {{ name: "OUTPUT__0" data_type: TYPE_INT32 dims: [ 16 ] }},
+         {{ name: "OUTPUT__1" data_type: TYPE_INT32 dims: [ 16 ] }} ]
+"""
+_TORCH_PARAMETERS = {
+    "INTRA_OP_THREAD_COUNT": "1", "INTER_OP_THREAD_COUNT": "1", "DISABLE_OPTIMIZED_EXECUTION": "true",
+    "ENABLE_JIT_PROFILING": "false", "ENABLE_JIT_EXECUTOR": "false", "DISABLE_CUDNN": "true",
+    "INFERENCE_MODE": "false",
+}
+
+
+def _torch_config(name: str, parameters: dict[str, str]) -> str:
+    return _TORCH_CONFIG.format(name=name) + "".join(
+        f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}\n' for k, v in parameters.items())
+
+
+@pytest.fixture(scope="module")
+def torch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    torch = pytest.importorskip("torch")
+
+    class AddSub(torch.nn.Module):  # type: ignore[misc, name-defined]
+        # Unannotated: TorchScript takes the arguments as tensors (and reads `# type:` comments, so none here).
+        def forward(self, a, b):
+            return a + b, a - b
+
+    repo = tmp_path_factory.mktemp("torch-options") / "models"
+    for name, parameters in (("torch_options", _TORCH_PARAMETERS),
+                             ("torch_bad_flag", {"DISABLE_OPTIMIZED_EXECUTION": "maybe"})):
+        folder = repo / name / "1"
+        folder.mkdir(parents=True)
+        with warnings.catch_warnings():  # TorchScript is deprecated, and Triton's pytorch_libtorch models are it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.save(torch.jit.script(AddSub()), str(folder / "model.pt"))
+        (repo / name / "config.pbtxt").write_text(_torch_config(name, parameters))
+    process = start_server(repo, Path(tmp_path_factory.mktemp("logs")) / "inferd-torch-options.log",
+                           "--strict-readiness=false")
+    yield process
+    process.stop()
+
+
+def test_pytorch_thread_and_jit_parameters_serve(torch_server: ServerProcess) -> None:
+    client = httpclient.InferenceServerClient(torch_server.http_url)
+    try:
+        a, b = simple_data(2, seed=8)
+        inputs = [httpclient.InferInput(n, list(a.shape), "INT32") for n in ("INPUT__0", "INPUT__1")]
+        inputs[0].set_data_from_numpy(a)
+        inputs[1].set_data_from_numpy(b)
+        result = client.infer("torch_options", inputs)
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT__0"), a + b)
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT__1"), a - b)
+    finally:
+        client.close()
+
+
+def test_pytorch_flag_that_is_not_a_boolean_is_a_load_error(torch_server: ServerProcess) -> None:
+    reason = unavailable_reason(torch_server.base_url, "torch_bad_flag")
+    assert "parameter 'DISABLE_OPTIMIZED_EXECUTION' must be true or false, got 'maybe'" in reason, reason

@@ -15,6 +15,9 @@ Parameters (Triton's names): `INTRA_OP_THREAD_COUNT` calls `torch.set_num_thread
 `torch.set_num_interop_threads`. Both are process-wide in PyTorch: the last model loaded with one wins, and the
 inter-op count can only be set before PyTorch first runs inter-op work (later it is ignored with a warning).
 `INFERENCE_MODE` ("true" by default) runs under `torch.inference_mode()`, else under `torch.no_grad()`.
+`DISABLE_OPTIMIZED_EXECUTION` ("true") runs TorchScript without its graph optimizations
+(`torch.jit.optimized_execution(False)`), for this model only. `ENABLE_JIT_PROFILING`, `ENABLE_JIT_EXECUTOR` and
+`DISABLE_CUDNN` set TorchScript's profiling mode / profiling executor and cuDNN, process-wide (when given).
 
 KIND_GPU instances run on `cuda:N` when PyTorch sees a GPU, else on the CPU with a warning.
 """
@@ -26,7 +29,7 @@ import logging
 import re
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +94,46 @@ def _apply_threads(config: ModelConfig) -> None:
             torch.set_num_interop_threads(inter)
         except RuntimeError as exc:  # only possible before PyTorch's first inter-op work, once per process
             log.warning("INTER_OP_THREAD_COUNT=%d ignored for '%s': %s", inter, config.name, exc)
+
+
+def _flag(config: ModelConfig, key: str) -> bool | None:
+    """A boolean parameter ("true"/"false", "1"/"0", "on"/"off", "yes"/"no"); None when absent."""
+    value = string_parameter(config, key).strip().lower()
+    if not value:
+        return None
+    if value in ("true", "1", "on", "yes"):
+        return True
+    if value in ("false", "0", "off", "no"):
+        return False
+    raise ConfigError(f"parameter '{key}' must be true or false, got '{value}'")
+
+
+def _apply_jit_options(config: ModelConfig) -> None:
+    """Triton's process-wide TorchScript and cuDNN switches, when the config gives them."""
+    profiling = _flag(config, "ENABLE_JIT_PROFILING")
+    if profiling is not None:
+        torch._C._jit_set_profiling_mode(profiling)
+    executor = _flag(config, "ENABLE_JIT_EXECUTOR")
+    if executor is not None:
+        torch._C._jit_set_profiling_executor(executor)
+    cudnn = _flag(config, "DISABLE_CUDNN")
+    if cudnn is not None:
+        torch.backends.cudnn.enabled = not cudnn
+
+
+def _run_mode(config: ModelConfig) -> Callable[[], Any]:
+    """The context each execution runs in: inference mode (or no_grad), and without TorchScript's optimizations
+    when DISABLE_OPTIMIZED_EXECUTION says so."""
+    grad_off = torch.no_grad if _flag(config, "INFERENCE_MODE") is False else torch.inference_mode
+    if not _flag(config, "DISABLE_OPTIMIZED_EXECUTION"):
+        return grad_off
+
+    @contextlib.contextmanager
+    def unoptimized() -> Iterator[None]:
+        with grad_off(), torch.jit.optimized_execution(False):
+            yield
+
+    return unoptimized
 
 
 def _device(device: str, name: str) -> torch.device:
@@ -236,8 +279,8 @@ class PyTorchBackend:
 
     def load(self, config: ModelConfig, files: Path, device: str) -> None:
         _apply_threads(config)
-        self._mode = torch.inference_mode if string_parameter(config, "INFERENCE_MODE", "true").lower() not in (
-            "false", "0", "off", "no") else torch.no_grad
+        _apply_jit_options(config)
+        self._mode = _run_mode(config)
         self._device = _device(device, config.name)
         if self._probe is not None and self._device.type == "cpu":
             program, self._probe = self._probe, None
