@@ -98,12 +98,14 @@ def test_idle_model_scales_to_zero_and_wakes_for_a_burst(repo: Path, tmp_path: P
         answers = asyncio.run(_burst(url, lookup_body(5), 50))
         assert [a.status_code for a in answers] == [200] * 50, answers[0].text
         assert {a.json()["outputs"][0]["data"][0] for a in answers} == {15.0}
+        samples = scrape(server.metrics_port)
+        assert metric(samples, "inferd_model_cold_starts_total", model=BIG) == 1
+        assert metric(samples, "inferd_model_cold_start_seconds_count", model=BIG) == 1
+        assert httpx.post(url, json=lookup_body(5), timeout=30).status_code == 200  # its idle window starts again
         row = _row(server, BIG)
         assert row["state"] == "READY" and row["reason"] == ""
         assert int(row["memory_bytes"]) > 30 * 1024 * 1024  # measured as it loaded
         samples = scrape(server.metrics_port)
-        assert metric(samples, "inferd_model_cold_starts_total", model=BIG) == 1
-        assert metric(samples, "inferd_model_cold_start_seconds_count", model=BIG) == 1
         assert metric(samples, "inferd_model_instances", model=BIG, version="1") == 1
         assert metric(samples, "inferd_model_memory_bytes", model=BIG) > 30 * 1024 * 1024
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import cast
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -18,6 +19,45 @@ def rss(pid: int | str = "self") -> int:
             return int(handle.read().split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         return 0
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _mallinfo2() -> Callable[[], _MallInfo2] | None:
+    try:
+        function = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):  # not glibc, or older than 2.33
+        return None
+    function.restype = _MallInfo2
+    return cast(Callable[[], _MallInfo2], function)
+
+
+_MALLINFO2 = _mallinfo2()
+
+
+def heap_in_use() -> int:
+    """Bytes the C heap has handed out and not got back (glibc; 0 elsewhere). Unlike RSS, it grows by what a load
+    allocates even when the allocator reuses pages an evicted model freed."""
+    if _MALLINFO2 is None:
+        return 0
+    info = _MALLINFO2()
+    return int(info.uordblks + info.hblkhd)
+
+
+class Footprint:
+    """Measures what loading something adds: the larger of the RSS growth and the heap-in-use growth."""
+
+    def __init__(self) -> None:
+        release_freed_memory()
+        self.rss = rss()
+        self.heap = heap_in_use()
+
+    def growth(self) -> int:
+        release_freed_memory()  # what the load freed again (a file read, then copied) is not its footprint
+        return max(0, rss() - self.rss, heap_in_use() - self.heap)
 
 
 def instances_rss(instances: Iterable[object]) -> int:

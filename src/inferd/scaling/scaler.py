@@ -29,7 +29,7 @@ from ..pipeline import Stage
 from ..scheduling import Scheduler
 from ..types import InferError, describe_error, public_error_text
 from .cold import ColdScheduler, is_cold
-from .memory import folder_bytes, instances_rss, release_freed_memory, rss
+from .memory import Footprint, folder_bytes, instances_rss, release_freed_memory
 from .metrics import ScalingMetrics
 from .params import AutoscalePolicy, autoscale_policy, idle_unload_seconds, pinned
 from .wake import WakeStage
@@ -106,13 +106,13 @@ class Scaler:
         for name in sorted(models) if names is None else names:
             if name in problems:
                 continue
-            before = rss()
+            before = Footprint()
             self.manager.load_all([name], workers=1)
             self.refresh()
             state = self.states.get(name)
             if state is not None:
                 state.used = time.monotonic()
-                state.memory = self._measured(name, rss() - before, _instances(self.manager.entry(name)))
+                state.memory = self._measured(name, before.growth(), _instances(self.manager.entry(name)))
                 self._fit(state)
 
     def start(self) -> None:
@@ -257,7 +257,7 @@ class Scaler:
         if not cold:
             return False
         self._make_room(state)
-        before = rss()
+        before = Footprint()
         instances: list[tuple[ServedModel, list[Backend]]] = []
         try:
             for served in cold:
@@ -278,7 +278,7 @@ class Scaler:
         for served, made in instances:
             served.scheduler = self.manager.make_scheduler(served.name, served.version, served.config, made,
                                                            served.stats)
-        state.memory = self._measured(state.name, rss() - before, [i for _, made in instances for i in made])
+        state.memory = self._measured(state.name, before.growth(), [i for _, made in instances for i in made])
         state.used = time.monotonic()
         _set_reason(entry, cold, "")
         error = self._fit(state)
@@ -297,8 +297,9 @@ class Scaler:
         return total
 
     def _measured(self, name: str, growth: int, instances: list[Backend]) -> int:
-        """A model's resident memory: what the server's RSS grew by while it loaded, plus its instance processes';
-        at least the size of its files (freed memory the allocator kept can hide a load's growth)."""
+        """A model's resident memory: what the server grew by while it loaded (RSS, or the heap in use when more:
+        pages an evicted model freed and the allocator kept hide a load's RSS growth), plus its instance
+        processes'; at least the size of its files."""
         entry = self.manager.entry(name)
         folder = (entry.override if entry is not None else None) or self.manager.repository.find(name)
         return max(max(0, growth) + instances_rss(instances), folder_bytes(folder))
