@@ -85,6 +85,7 @@ class PayloadLogger:
         self._lock = threading.Lock()
         self.sent = 0
         self._retry_at = 0.0
+        self._down = False  # the last delivery could not reach the sink
         self._stop = threading.Event()
         # Wall-clock event times from the pipeline's perf_counter nanoseconds: one offset, taken once.
         self._offset = time.time_ns() - time.perf_counter_ns()
@@ -95,8 +96,12 @@ class PayloadLogger:
     # ---- the request path ----
 
     def put(self, record: PayloadRecord) -> None:
-        """Queue a request's record; never waits. A full queue drops it (its events counted)."""
+        """Queue a request's record; never waits. A full queue drops it (its events counted); so does a sink that
+        is down, beyond the one record the writer tries it with next (no request's tensors are held for nothing)."""
         queue = self._queue
+        if self._down and queue:
+            self._count("sink_unreachable", 2 if record.mode == "all" else 1)
+            return
         if len(queue) >= self.queue_size:
             self._count("queue_full", 2 if record.mode == "all" else 1)
             return
@@ -139,11 +144,15 @@ class PayloadLogger:
             ok = self.sink.send(event)
         except (OSError, http.client.HTTPException) as exc:
             self._count("sink_unreachable", 1)
-            if self._retry_at == 0.0 or time.monotonic() - self._retry_at > 60:
+            if not self._down:
                 log.warning("payload log: %s cannot be reached (%s); events are dropped until it can",
                             self.target, exc)
             self._retry_at = time.monotonic() + RETRY_AFTER_S
+            self._down = True
             return
+        if self._down:
+            log.info("payload log: %s can be reached again", self.target)
+        self._down = False
         if ok:
             self.sent += 1
         else:
