@@ -18,7 +18,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 KSERVE_MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts what storageUri names
@@ -32,12 +32,11 @@ _TORCHSERVE_STORE = "model-store"  # KServe's TorchServe layout: model-store/*.m
 
 @dataclass(frozen=True)
 class ServePlan:
-    """What the entrypoint decided: the `inferd serve` arguments, and a link to make first when one model's folder
-    is served as a repository (`link` points at `target`)."""
+    """What the entrypoint decided: the `inferd serve` arguments, and the links to make first when one model's
+    folder is served as a repository (each `(link, target)`)."""
 
     args: list[str]
-    link: Path | None = None
-    target: Path | None = None
+    links: list[tuple[Path, Path]] = field(default_factory=list)
 
 
 def _entries(folder: Path) -> list[Path]:
@@ -104,7 +103,19 @@ def plan_serve(model_dir: Path, env: Mapping[str, str], serve_args: Sequence[str
         return ServePlan([*args, f"--model-repository={repository}", *serve_args])
     name = model_name or env.get("MODEL_NAME", "").strip() or _name_from_uri(env.get("STORAGE_URI", "")) or "model"
     root = link_dir if link_dir is not None else Path(tempfile.mkdtemp(prefix="inferd-repository-"))
-    return ServePlan([*args, f"--model-repository={root}", *serve_args], link=root / name, target=model_dir)
+    return ServePlan([*args, f"--model-repository={root}", *serve_args], _model_links(model_dir, root / name))
+
+
+def _model_links(model_dir: Path, folder: Path) -> list[tuple[Path, Path]]:
+    """Links that make `folder` a model folder of `model_dir`'s content: the folder itself when it has version
+    folders, else its files as version 1 (a SavedModel's as 1/model.savedmodel, the name Triton gives it)."""
+    entries = _entries(model_dir)
+    if any(e.is_dir() and e.name.isdigit() for e in entries):
+        return [(folder, model_dir)]
+    links = [(folder / "config.pbtxt", model_dir / "config.pbtxt")] if (model_dir / "config.pbtxt").is_file() else []
+    if (model_dir / "saved_model.pb").is_file() or (model_dir / "saved_model.pbtxt").is_file():
+        return [*links, (folder / "1" / "model.savedmodel", model_dir)]
+    return [*links, (folder / "1", model_dir)]
 
 
 def _name_from_uri(uri: str) -> str:
@@ -120,8 +131,8 @@ def run_entrypoint(model_dir: Path, model_name: str | None, serve_args: Sequence
     except ValueError as error:
         print(f"inferd entrypoint: {error}", file=sys.stderr)
         return 2
-    if plan.link is not None and plan.target is not None:
-        plan.link.parent.mkdir(parents=True, exist_ok=True)
-        plan.link.symlink_to(plan.target, target_is_directory=True)
+    for link, target in plan.links:
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(target, target_is_directory=target.is_dir())
     print(f"inferd entrypoint: inferd serve {' '.join(plan.args)}", file=sys.stderr, flush=True)
     os.execv(sys.executable, [sys.executable, "-c", _SERVE, "serve", *plan.args])
