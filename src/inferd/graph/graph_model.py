@@ -9,6 +9,8 @@ metadata and for V1's unnamed instances) and one `output`.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any
 
 import numpy as np
 
@@ -19,11 +21,21 @@ from ..scheduling import Job
 from ..types import MESSAGE_TENSOR, InferenceRequest, InferError, Tensors
 from .scheduler import GraphScheduler
 
-__all__ = ["REQUEST_TENSOR", "GraphModel", "graph_model"]
+__all__ = ["REQUEST_TENSOR", "GraphModel", "graph_model", "node_parameters"]
 
 # The one-element object tensor by which a graph that asks for it (`wants_request`) gets the request's id and
 # parameters next to its tensors (a KServe InferenceGraph's conditions read the request's parameters).
 REQUEST_TENSOR = "__request__"
+
+
+# The priority of the request a graph is running for: its nodes' requests get it too (as an ensemble's steps do).
+_PRIORITY: ContextVar[int] = ContextVar("inferd_graph_priority", default=0)
+
+
+def node_parameters() -> dict[str, Any]:
+    """The parameters of a node's request: the graph request's priority, when it has one."""
+    priority = _PRIORITY.get()
+    return {"priority": priority} if priority else {}
 
 
 class GraphModel(ServedModel):
@@ -63,8 +75,16 @@ def graph_model(name: str, config: ModelConfig, platform: str,
     """The graph as a served model, version 1, with statistics of its own."""
     config.name = name
     config.platform = platform
+
+    async def run_with_priority(feeds: Tensors, job: Job) -> Tensors:
+        token = _PRIORITY.set(job.priority)  # seen by the nodes' requests (and tasks started for them)
+        try:
+            return await run(feeds, job)
+        finally:
+            _PRIORITY.reset(token)
+
     stats = ModelStatistics(name, "1")
-    served = GraphModel(name, 1, config, platform, GraphScheduler(name, run, stats), stats)
+    served = GraphModel(name, 1, config, platform, GraphScheduler(name, run_with_priority, stats), stats)
     served.takes_messages = takes_messages
     served.wants_request = wants_request
     served.partial_outputs = True

@@ -53,7 +53,7 @@ from ..model import ServedModel
 from ..scheduling import Job
 from ..types import MESSAGE_TENSOR, InferenceRequest, InferError, Tensors, numpy_dtype
 from .gjson import GjsonPath, compile_path
-from .graph_model import REQUEST_TENSOR, GraphModel, graph_model
+from .graph_model import REQUEST_TENSOR, GraphModel, graph_model, node_parameters
 from .scheduler import GRAPH_PROTOCOL, InnerCalls
 
 __all__ = ["GRAPH_PLATFORM", "InferenceGraph", "build_inference_graph", "check_inference_graph"]
@@ -419,8 +419,8 @@ class InferenceGraph:
         if inner is None:
             raise InferError.unavailable("graphs are not served by this model manager")
         request_id = doc.get("id", "") if isinstance(doc, dict) else ""
-        response = await inner.infer_request(InferenceRequest(name, inputs, datatypes, id=str(request_id or "")),
-                                             _CONTEXT)
+        request = InferenceRequest(name, inputs, datatypes, id=str(request_id or ""), parameters=node_parameters())
+        response = await inner.infer_request(request, _CONTEXT)
         outputs = [_tensor_json(n, model.outputs[n].datatype if n in model.outputs else _datatype(a), a)
                    for n, a in response.outputs.items()]
         answer: Document = {"model_name": response.model_name, "model_version": response.model_version,

@@ -45,6 +45,7 @@ from ..model import ServedModel
 from ..observability.tracing import outgoing_headers
 from ..scheduling import Job
 from ..types import MESSAGE_TENSOR, InferenceRequest, InferError, Tensors
+from .graph_model import node_parameters
 from .routers import Router
 from .scheduler import GRAPH_PROTOCOL, InnerCalls
 from .seldon_messages import Message, graph_outputs, model_inputs, outputs_message, tensors_message
@@ -133,7 +134,8 @@ class ServedNode(Node):
         return await inner.infer_request(request, _CONTEXT)
 
     async def _message(self, operation: str, payload: Any) -> Message:
-        request = InferenceRequest(self.model_name, {}, {}, message=payload, operation=operation)
+        request = InferenceRequest(self.model_name, {}, {}, message=payload, operation=operation,
+                                   parameters=node_parameters())
         status, answer = (await self._infer(request)).message
         if status >= 400:
             raise SeldonFailure(status, answer)
@@ -144,7 +146,8 @@ class ServedNode(Node):
         if model.takes_messages:
             return await self._message(operation, message)
         inputs, datatypes = model_inputs(message, model)
-        response = await self._infer(InferenceRequest(self.model_name, inputs, datatypes))
+        response = await self._infer(InferenceRequest(self.model_name, inputs, datatypes,
+                                                      parameters=node_parameters()))
         return outputs_message(response.outputs, message)
 
     async def route(self, message: Message) -> Message:
