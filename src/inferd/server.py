@@ -14,7 +14,7 @@ import numpy as np
 from ._version import __version__
 from .backends import backend_for
 from .backends.settings import BackendSettings
-from .caching import CacheStage, ResponseCache
+from .caching import CacheMetrics, CacheStage, ResponseCache
 from .config import CONFIG_FILENAME, ConfigError, ModelConfig, config_from_json, config_to_json, parse_config
 from .gateway.fairness import FairShareStage
 from .gateway.gate import Gateway
@@ -360,6 +360,8 @@ class Server:
         collectors: list[Any] = [self.traffic.metrics, self.scaling.metrics]
         if self.gateway is not None:
             collectors.append(self.gateway.metrics)
+        if self.response_cache is not None:
+            collectors.append(CacheMetrics(self.response_cache))
         if self.payload_log is not None:
             collectors.append(self.payload_log.metrics)
         return collectors

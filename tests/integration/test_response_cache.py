@@ -132,6 +132,8 @@ def test_cache_metrics_count_hits_and_misses(server: ServerProcess, http: Any) -
     assert metric(samples, "nv_cache_hit_duration_per_model", **labels) >= 0
     assert metric(samples, "nv_cache_miss_duration_per_model", **labels) > 0
     assert metric(samples, "nv_inference_exec_count", **labels) == after["executions"]
+    assert metric(samples, "inferd_cache_size_bytes") == 1048576
+    assert metric(samples, "inferd_cache_entries") >= 2 and 0 < metric(samples, "inferd_cache_used_bytes") < 1048576
     # a model that does not use the cache has no cache metrics (as in Triton)
     assert not [key for key in samples if key[0].startswith("nv_cache") and ("model", "uncached") in key[1]]
 
@@ -173,6 +175,8 @@ def test_models_that_do_not_use_the_cache_run_every_time(server: ServerProcess, 
         np.testing.assert_array_equal(_infer(http, httpclient, model, a, b).as_numpy("OUTPUT0"), a + b)
     after = _counts(model_stats(server.base_url, model))
     assert {k: after[k] - before[k] for k in after} == {"executions": 3, "success": 3, "hits": 0, "misses": 0}
+    if model == "decoupled":
+        assert "model 'decoupled' is decoupled: its response_cache is not used" in server.log()
 
 
 def test_shared_memory_requests_bypass_the_cache(server: ServerProcess, http: Any) -> None:
@@ -212,6 +216,10 @@ def test_the_cache_holds_to_its_size(small_server: ServerProcess) -> None:
             np.testing.assert_array_equal(_infer(client, httpclient, "small", a, b).as_numpy("OUTPUT0"), a + b)
         evicted = _counts(model_stats(small_server.base_url, "small"))
         assert (evicted["hits"], evicted["misses"], evicted["executions"]) == (3, 8, 8)
+        samples = scrape(small_server.metrics_port)  # eight answers kept, three at a time: five evicted
+        assert metric(samples, "inferd_cache_entries") == SMALL_CACHE_ENTRIES
+        assert metric(samples, "inferd_cache_evictions") == 5
+        assert metric(samples, "inferd_cache_used_bytes") <= metric(samples, "inferd_cache_size_bytes")
     finally:
         client.close()
 

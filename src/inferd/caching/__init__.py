@@ -4,8 +4,10 @@ its model; the stage is installed only when the server has a cache, so without o
 """
 
 from .key import RequestKey, key_size, request_key
+from .metrics import CacheMetrics
 from .options import CacheOptions
 from .stage import CacheStage
 from .store import ResponseCache, entry_size
 
-__all__ = ["CacheOptions", "CacheStage", "RequestKey", "ResponseCache", "entry_size", "key_size", "request_key"]
+__all__ = ["CacheMetrics", "CacheOptions", "CacheStage", "RequestKey", "ResponseCache", "entry_size", "key_size",
+           "request_key"]

@@ -9,6 +9,7 @@ belongs in the client's memory) and whole-message requests (Seldon's).
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 import weakref
 from functools import partial
@@ -18,6 +19,8 @@ from ..pipeline import Call
 from ..types import InferenceResponse
 from .key import RequestKey, key_size, request_key
 from .store import ResponseCache
+
+log = logging.getLogger("inferd.cache")
 
 
 class CacheStage:
@@ -53,6 +56,9 @@ class CacheStage:
     def _token_for(self, model: ServedModel) -> int:
         config = model.config
         enabled = config.response_cache.enable and not config.model_transaction_policy.decoupled
+        if config.response_cache.enable and not enabled:
+            log.warning("model '%s' is decoupled: its response_cache is not used (decoupled models are never cached)",
+                        model.name)
         token = 0
         if enabled:
             token = next(self._tokens_made)
