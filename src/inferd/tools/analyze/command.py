@@ -39,6 +39,7 @@ class AnalyzeOptions:
 class AnalyzeResult:
     grid: Grid
     search: SearchResult
+    measured: list[Measurement]  # one per point: its confirmation when it had one, else its probe
     front: list[Measurement]
     best_config: dict[str, Any] | None  # JSON form
     loads: int  # configs loaded on the server
@@ -87,9 +88,10 @@ def analyze(options: AnalyzeOptions, out: TextIO | None = None) -> AnalyzeResult
         repository.load(best_config if best_config is not None else base)
     finally:
         repository.close()
-    measured = [*found.probes, *found.confirmed]
+    confirmed = {m.point: m for m in found.confirmed}  # a finalist's longer measurement stands for its probe
+    measured = [confirmed.pop(m.point, m) for m in found.probes] + list(confirmed.values())
     front = pareto(measured, options.limits)
-    result = AnalyzeResult(grid, found, front, best_config, prober.loads)
+    result = AnalyzeResult(grid, found, measured, front, best_config, prober.loads)
     _report(result, options, out)
     if options.plot is not None:
         plot(options.plot, measured, front, found.best, options.limits)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from itertools import groupby
 from typing import Any
 
@@ -14,6 +15,8 @@ from ...client._loadgen import Target
 from ..errors import ToolError
 from .search import Measurement
 from .space import Point, ServerConfig
+
+WARM_SHARE = 0.25  # of a probe's length, run unmeasured before the probes of a newly loaded config
 
 
 class RepositoryClient:
@@ -80,7 +83,10 @@ class Prober:
             self.loads += 1
         options = BenchOptions(target=self.target, mode="concurrency", steps=tuple(p.concurrency for p in points),
                                duration_s=seconds, progress=False, show_histogram=False)
+        # A fresh load's first runs are slow (thread pools, memory arenas): a short unmeasured step first.
+        warm = replace(options, steps=(max(options.steps),), duration_s=seconds * WARM_SHARE)
         try:
+            benchmark(warm, out=io.StringIO(), err=io.StringIO())
             steps = benchmark(options, out=io.StringIO(), err=io.StringIO())
         except BenchError:
             return [Measurement(p, 0.0, float("nan"), 1, 0.0) for p in points]

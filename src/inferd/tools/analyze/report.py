@@ -23,7 +23,8 @@ def pareto(measurements: Sequence[Measurement], limits: Limits) -> list[Measurem
 
 
 def table(rows: Sequence[Measurement], best: Measurement | None = None) -> str:
-    header = ["", "instances", "max batch", "preferred", "delay µs", "concurrency", "infer/s", "p99 ms", "RSS MB"]
+    header = ["", "instances", "max batch", "preferred", "delay µs", "concurrency", "infer/s", "p99 ms", "RSS MB",
+              "over s"]
     body = []
     for m in rows:
         c = m.point.config
@@ -32,7 +33,7 @@ def table(rows: Sequence[Measurement], best: Measurement | None = None) -> str:
                      str(c.max_batch_size), str(c.max_batch_size) if c.preferred else "-",
                      str(c.delay_us) if batching else "-", str(m.point.concurrency), f"{m.throughput:.1f}",
                      "-" if math.isnan(m.p99_ms) else f"{m.p99_ms:.2f}",
-                     "-" if m.rss_mb is None else f"{m.rss_mb:.0f}"])
+                     "-" if m.rss_mb is None else f"{m.rss_mb:.0f}", f"{m.seconds:.1f}"])
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in body]

@@ -4,7 +4,8 @@ measures a fraction of it.
 Coordinate descent starts at the model's own config and sweeps one dimension at a time (concurrency, max batch
 size, instances, queue delay, preferred batch size), moving to the best point of each sweep, until a whole round
 moves nowhere. Each probe is short, so its throughput is noisy: the best few points, and the starting config, are
-then measured again for longer, and the best of those confirmed figures wins. Model Analyzer's quick mode climbs a
+then measured again for longer, and the best of those confirmed figures wins (a probe that still beats it is
+confirmed too, up to CONFIRM_MAX points). Model Analyzer's quick mode climbs a
 hill too, but from one corner and without the confirmation.
 
 "Best" is the highest throughput among points that met the constraints (no failed request, p99 within the latency
@@ -23,6 +24,7 @@ from .space import DIMENSIONS, Grid, Point
 
 CONFIRM_TOP = 2  # points measured again besides the starting config
 CONFIRM_FACTOR = 2.0  # a confirmation probe is this many times as long
+CONFIRM_MAX = 5  # most points confirmed besides the starting config
 MAX_ROUNDS = 3
 
 
@@ -99,11 +101,25 @@ def coordinate_descent(grid: Grid, start: Point, measure: Measure, probe_s: floa
         if not moved:
             break
     result = SearchResult(probes=list(seen.values()))
-    finalists = sorted((m for m in seen.values() if limits.met(m)), key=lambda m: -m.throughput)[:CONFIRM_TOP]
-    again = list(dict.fromkeys([start, *(m.point for m in finalists)]))
-    result.confirmed = measure(again, probe_s * CONFIRM_FACTOR)
-    result.start = next(m for m in result.confirmed if m.point == start)
-    met = [m for m in result.confirmed if limits.met(m)]
-    result.best = max(met, key=lambda m: m.throughput) if met else None
+    _confirm(result, start, measure, probe_s * CONFIRM_FACTOR, limits)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _confirm(result: SearchResult, start: Point, measure: Measure, seconds: float, limits: Limits) -> None:
+    """Measure the starting config and the best probes again, longer; while an unconfirmed probe still beats the
+    best confirmed figure, confirm it too (up to CONFIRM_MAX points), so the best is a long measurement."""
+    done: dict[Point, Measurement] = {}
+    ranked = sorted((m for m in result.probes if limits.met(m)), key=lambda m: -m.throughput)
+    wanted = [start, *(m.point for m in ranked[:CONFIRM_TOP])]
+    while wanted:
+        for m in measure(list(dict.fromkeys(p for p in wanted if p not in done)), seconds):
+            done[m.point] = m
+        met = [m for m in done.values() if limits.met(m)]
+        best = max(met, key=lambda m: m.throughput) if met else None
+        beaten = [m.point for m in ranked if m.point not in done and (best is None or m.throughput > best.throughput)]
+        wanted = beaten[:1] if len(done) < CONFIRM_MAX + 1 else []
+    result.confirmed = list(done.values())
+    result.start = done[start]
+    met = [m for m in result.confirmed if limits.met(m)]
+    result.best = max(met, key=lambda m: m.throughput) if met else None
