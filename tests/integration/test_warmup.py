@@ -77,8 +77,22 @@ def _repository(root: Path) -> Path:
     (folder / "warmup" / "w").write_bytes(_serialised(WORDS))
     write_model(repo, "nobatch", double_model(), _named(NOBATCH_CONFIG, NOBATCH, "nobatch")
                 + _sample("rows", {"INPUT0": "data_type: TYPE_FP32 dims: [ 2, 3 ] random_data: true"}, batch_size=2))
+    _python(repo, "python_model", "return {'y': inputs['x'] * np.float32(2)}", count=2)
     _failing(repo)
     return repo
+
+
+def _python(repo: Path, name: str, body: str, count: int = 0) -> None:
+    """A Python model (its instance runs in a process of its own): y = f(x), FP32 [4], no batching."""
+    version = repo / name / "1"
+    version.mkdir(parents=True)
+    (version / "model.py").write_text(
+        f"import numpy as np\n\n\nclass Model:\n    def predict(self, inputs):\n        {body}\n")
+    (repo / name / "config.pbtxt").write_text(
+        f'name: "{name}"\nbackend: "python"\n'
+        'input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]\n'
+        'output [ { name: "y" data_type: TYPE_FP32 dims: [ 4 ] } ]\n'
+        + _sample("floats", {"x": "data_type: TYPE_FP32 dims: [ 4 ] random_data: true"}, count=count))
 
 
 def _failing(repo: Path) -> None:
@@ -98,6 +112,7 @@ def _failing(repo: Path) -> None:
                 + _sample("open", {"INPUT0": "data_type: TYPE_INT32 dims: [ -1 ] zero_data: true"}))
     write_model(repo, "wrong_input", simple_model(), _named(SIMPLE_CONFIG, "simple", "wrong_input")
                 + _sample("typo", {"INPUT0": ZERO, "INPUTX": ZERO}))
+    _python(repo, "python_fails", "raise ValueError('not warm enough')")
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +127,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 def first_stats(server: ServerProcess) -> dict[str, dict[str, Any]]:
     """Every warmed model's statistics as the server first shows them, before any request was sent."""
     return {name: model_stats(server.base_url, name)
-            for name in ("warm", "two_instances", "from_files", "strings", "nobatch")}
+            for name in ("warm", "two_instances", "from_files", "strings", "nobatch", "python_model")}
 
 
 @pytest.mark.parametrize("name, executions, inferences", [
@@ -121,6 +136,7 @@ def first_stats(server: ServerProcess) -> dict[str, dict[str, Any]]:
     ("from_files", 1, 3),
     ("strings", 2, 2),
     ("nobatch", 2, 2),  # no batching: batch_size 2 is two executions of one
+    ("python_model", 2, 2),  # its instance is a process of its own
 ])
 def test_warmup_runs_before_the_model_is_ready(first_stats: dict[str, dict[str, Any]], name: str,
                                               executions: int, inferences: int) -> None:
@@ -155,6 +171,7 @@ def test_warmed_models_then_answer(server: ServerProcess, first_stats: dict[str,
     ("escapes", ["warmup sample 'up'", "outside the model's warmup/ folder"]),
     ("variable_dims", ["warmup sample 'open'", "all variable-size dimensions are specified for input 'INPUT0'"]),
     ("wrong_input", ["warmup sample 'typo'", "INPUTX"]),
+    ("python_fails", ["failed to run warmup sample 'floats'", "not warm enough"]),
 ])
 def test_a_failing_warmup_makes_the_model_unavailable_with_why(server: ServerProcess, name: str,
                                                                words: list[str]) -> None:
