@@ -250,6 +250,13 @@ def test_a_folder_too_large_for_a_config_map_is_refused(tmp_path: Path, capsys: 
     assert "upload it" in capsys.readouterr().err
 
 
+def test_a_path_of_this_machine_is_refused_with_the_way_out(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["deploy", "knative", "--repository", "file:///srv/models"]) == 2
+    assert "a URI the cluster can reach" in capsys.readouterr().err
+    assert main(["deploy", "kserve", "--repository", "/no/such/folder"]) == 2
+    assert "neither a folder nor a URI" in capsys.readouterr().err
+
+
 def mount_config_map(docs: list[Manifest], mount: Path) -> Path:
     """What the kubelet puts at the ConfigMap volume's mount path: each item's key written at the item's path."""
     [config_map] = [d for d in docs if d["kind"] == "ConfigMap"]
@@ -446,6 +453,9 @@ def test_the_image_runs_the_cli_entrypoint_as_a_user_with_a_healthcheck() -> Non
     assert json.loads(dict(final)["ENTRYPOINT"]) == ["inferd", "entrypoint"]
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert pyproject["project"]["scripts"]["inferd"] == "inferd.cli:main"
+    with pytest.raises(SystemExit) as exited:  # the command the image runs exists
+        main(["entrypoint", "--help"])
+    assert exited.value.code == 0
     [healthcheck] = [args for name, args in final if name == "HEALTHCHECK"]
     assert "/v2/health/ready" in healthcheck
     args = dict(re.match(r"(\w+)=(\S*)", a).groups() for name, a in instructions if name == "ARG" and "=" in a)
