@@ -6,15 +6,15 @@ limit that fits a few.
     .venv/bin/python benchmarks/bench_cold_start.py --models mlp,resnet50 --rounds 5 --soak-seconds 60
 
 1. Per example model (examples/model_repository, built by examples/build_repository.py if missing): one server
-   with `--model-idle-unload-secs 1`; warm latency (median of 20 sequential requests), then `--rounds` times: wait
-   until the index says "scaled to zero", send one request, time it (the held request: from the request to its
-   answer, the load included). Then a fresh `inferd serve` serving only that model, timed from the process start to
-   its first answer.
+   with `--model-idle-unload-secs 1`; `--rounds` times: wait until the index says "scaled to zero", send one
+   request, time it (the held request: from the request to its answer, the load included). Then a fresh
+   `inferd serve` serving only that model (never scaled to zero), timed from the process start to its first answer,
+   and the model's warm latency there (median of 20 sequential requests).
 2. Burst: 50 requests at once to a model scaled to zero; p50 / p99 of their latencies (all of them were held).
-3. Soak: `--soak-models` models of `--soak-mb` MB each under `--model-memory-limit` set to fit 5 of them (measured:
-   one is loaded alone first), `--soak-clients` clients sending random models for `--soak-seconds`; failed requests,
-   evictions and cold starts (from /metrics), and the p99 of the requests that met a cold model (whose time overlaps a
-   load from zero of their model, from the server's log).
+3. Soak: `--soak-models` models of `--soak-mb` MB each under `--model-memory-limit` set to fit 5 of them (5.5 x
+   one model's measured memory, from a server that loads two), `--soak-clients` clients sending random models for
+   `--soak-seconds`; failed requests, evictions and cold starts (from /metrics), and the p99 of the requests that
+   met a cold model (whose time overlaps a load from zero of their model, from the server's log).
 
 Every server binds 127.0.0.1 on free ports and is stopped by its PID at the end, whatever happens.
 """
@@ -174,31 +174,34 @@ def per_model(models: list[str], rounds: int, work: Path) -> list[list[str]]:
             url = f"{server.base}/v2/models/{name}/infer"
             body = body_for(server, name)
             with httpx.Client(timeout=300) as client:
-                timed_post(client, url, body)
-                warm = statistics.median(timed_post(client, url, body) for _ in range(20))
                 cold = []
                 memory = 0
                 for _ in range(rounds):
                     wait_cold(server, name)
                     cold.append(timed_post(client, url, body))
                     memory = max(memory, int(index_row(server, name).get("memory_bytes", 0)))  # measured as it woke
-            rows.append([name, f"{model_bytes(EXAMPLES / name) / 1e6:.1f}", f"{memory / 1e6:.0f}", ms(warm),
+            rows.append([name, f"{model_bytes(EXAMPLES / name) / 1e6:.1f}", f"{memory / 1e6:.0f}", "",
                          ms(statistics.median(cold)), ms(max(cold)), ""])
     for row, name in zip(rows, models, strict=True):
-        row[-1] = ms(process_start(name, work))
+        first, warm = process_start(name, work)
+        row[3], row[-1] = ms(warm), ms(first)
     return rows
 
 
-def process_start(name: str, work: Path) -> float:
-    """From `inferd serve` starting (only this model) to its first answer."""
+def process_start(name: str, work: Path) -> tuple[float, float]:
+    """From `inferd serve` starting (only this model, never scaled to zero) to its first answer; then the same
+    model's warm latency there (the median of 20 requests in a row)."""
     started = time.perf_counter()
     process = start(EXAMPLES, work / f"start_{name}.log", "--model-control-mode", "explicit", "--load-model", name)
     try:
         server = wait_ready(process, work / f"start_{name}.log")
         body = body_for(server, name)
+        url = f"{server.base}/v2/models/{name}/infer"
         with httpx.Client(timeout=300) as client:
-            client.post(f"{server.base}/v2/models/{name}/infer", json=body).raise_for_status()
-        return time.perf_counter() - started
+            client.post(url, json=body).raise_for_status()
+            first = time.perf_counter() - started
+            warm = statistics.median(timed_post(client, url, body) for _ in range(20))
+        return first, warm
     finally:
         stop(process)
 
@@ -332,6 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--soak-seconds", type=float, default=30.0, help="soak duration (default 30)")
     parser.add_argument("--skip", default="", help="parts to skip: models,burst,soak (comma-separated)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers started so far (finally blocks)
     if not EXAMPLES.exists():
         subprocess.run([sys.executable, str(ROOT / "examples" / "build_repository.py")], check=True)
     models = [m for m in args.models.split(",") if m] or sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir())
