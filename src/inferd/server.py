@@ -213,7 +213,7 @@ class Server:
     def _serve_deployments(self) -> None:
         """The graphs of the deployment files (graph/deployments.py): after the models, whose names they use."""
         files = deployment_files(self.manager.repository.paths, self.deployment_files)
-        if not files:
+        if not files and self.graphs is None:
             return
         if self.graphs is None:
             self.graphs = Deployments(self.manager)
@@ -238,6 +238,7 @@ class Server:
         while not self._stop_polling.wait(self.repository_poll_secs):
             try:
                 self.manager.poll()
+                self._serve_deployments()  # the graphs of deployment files that changed, came or went
             except Exception:  # a bad poll (a folder removed mid-scan) must not end polling
                 log.exception("repository poll failed")
 

@@ -493,3 +493,61 @@ spec:
         assert set(answer["meta"]["requestPath"]) == {"triple", "double"}
     finally:
         second.stop()
+
+
+def shifted(by: float) -> str:
+    return f"""
+apiVersion: machinelearning.seldon.io/v1
+kind: SeldonDeployment
+metadata: {{name: live}}
+spec:
+  predictors:
+  - name: default
+    componentSpecs:
+    - spec:
+        containers:
+        - name: pre
+          workingDir: {{components}}
+          env: [{{name: MODEL_NAME, value: Shift}}, {{name: SERVICE_TYPE, value: TRANSFORMER}}]
+    graph:
+      name: pre
+      type: TRANSFORMER
+      parameters: [{{name: by, value: "{by}", type: FLOAT}}]
+      children: [{{name: double, type: MODEL}}]
+"""
+
+
+def wait_for(check: Any, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "the poll did not apply the change in time"
+        time.sleep(0.2)
+
+
+def test_poll_mode_applies_changed_and_removed_deployment_files(workspace: Path) -> None:
+    repo = workspace / "polled"
+    write_model(repo, "double", scale_model(2.0), scale_config("double"))
+    (repo / "deployments").mkdir()
+    file = repo / "deployments" / "live.yaml"
+    components = str(workspace / "components")
+    file.write_text(shifted(1.0).replace("{components}", components))
+    polled = start_server(repo, workspace / "polled.log", "--model-control-mode=poll",
+                          "--repository-poll-secs=0.5")
+    body = {"data": {"ndarray": [[1.0, 2.0, 3.0]]}}
+    try:
+        assert predict(polled, body, "live").json()["data"]["ndarray"] == [[4.0, 6.0, 8.0]]
+        file.write_text(shifted(10.0).replace("{components}", components))  # a new class object, by=10
+        wait_for(lambda: predict(polled, body, "live").json().get("data", {}).get("ndarray") == [[22.0, 24.0, 26.0]])
+        file.unlink()
+        wait_for(lambda: predict(polled, body, "live").status_code == 404)
+
+        def states() -> dict[str, str]:
+            rows = _CLIENT.post(f"{polled.base_url}/v2/repository/index", json={}).json()
+            return {row["name"]: row.get("state", "") for row in rows}
+
+        wait_for(lambda: states().get("live.pre") == "UNAVAILABLE")  # the class's model goes with its graph
+        assert states()["double"] == "READY"
+    finally:
+        polled.stop()

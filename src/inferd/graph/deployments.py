@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,16 +98,61 @@ class Deployments:
         self.predictors: dict[str, list[SeldonPredictor]] = {}
         self.graphs: list[str] = []
         self._held: list[NodeModels] = []
+        self._stamps: dict[Path, tuple[int, int] | None] = {}
+        self._by_file: dict[Path, _FileGraphs] = {}
+        self._building = _FileGraphs()
 
     def load_files(self, paths: Iterable[Path]) -> None:
+        """Serve the graphs of these files: all of them the first time; then (a poll) those of the files that
+        changed, are new or are gone since the last call (a file's graphs are rebuilt, or unloaded, as a whole)."""
+        current: dict[Path, tuple[int, int] | None] = {}
         for path in paths:
+            key = path.resolve()
             try:
-                resources = read_resources(path)
-            except ValueError as exc:
-                log.error("%s", exc)
-                continue
-            for resource in resources:
-                self.load_resource(resource, path.resolve().parent, path.name)
+                stat = key.stat()
+                current[key] = (stat.st_mtime_ns, stat.st_size)
+            except OSError:
+                current[key] = None
+        for key, stamp in current.items():
+            if key not in self._stamps or self._stamps[key] != stamp:
+                self._stamps[key] = stamp
+                self._load_file(key)
+        for key in [k for k in self._stamps if k not in current]:
+            del self._stamps[key]
+            log.info("deployment file %s is gone: unloading its graphs", key.name)
+            self._replace(key, _FileGraphs())
+
+    def _load_file(self, path: Path) -> None:
+        previous = self._by_file.get(path)
+        self._building = _FileGraphs(keep=previous.models() if previous is not None else set())
+        try:
+            resources = read_resources(path)
+        except ValueError as exc:
+            log.error("%s", exc)
+            resources = []
+        for resource in resources:
+            self.load_resource(resource, path.parent, path.name)
+        self._replace(path, self._building)
+
+    def _replace(self, path: Path, built: _FileGraphs) -> None:
+        """What a file's previous build served and this one does not is unloaded; its classes are released at
+        close (requests in flight on the replaced versions may still use them)."""
+        previous = self._by_file.pop(path, None)
+        if built.graphs or built.held:
+            self._by_file[path] = built
+        if previous is None:
+            return
+        for name in [*(g for g in previous.graphs if g not in built.graphs),
+                     *(m for m in previous.models() if m not in built.models())]:
+            try:
+                self.manager.unload(name)
+            except InferError:
+                pass
+        self.graphs = [g for g in self.graphs if g not in previous.graphs or g in built.graphs]
+        for name in [n for n, served in self.predictors.items() if not any(p.served_as in built.graphs
+                                                                           for p in served)]:
+            if any(p.served_as in previous.graphs for p in self.predictors[name]):
+                del self.predictors[name]
 
     def load_resource(self, resource: Any, base: Path, source: str = "") -> None:
         kind = resource.get("kind") if isinstance(resource, dict) else None
@@ -122,13 +167,21 @@ class Deployments:
             try:
                 self._serve(build_inference_graph(resource, self.manager))
             except (ValueError, InferError) as exc:
-                self.manager.graph_failed(name, _reason(exc))  # type: ignore[attr-defined]
+                self._failed(name, _reason(exc))
             return
         self._seldon(name, resource, base)
 
+    def _failed(self, name: str, reason: str) -> None:
+        """A graph that could not be built: listed with the reason; one that served from an earlier build of its
+        file keeps serving (as a failed reload of a model does)."""
+        self.manager.graph_failed(name, reason)  # type: ignore[attr-defined]
+        self._building.graphs.append(name)
+
     def _serve(self, served: GraphModel) -> None:
         self.manager.serve_graph(served)  # type: ignore[attr-defined]
-        self.graphs.append(served.name)
+        if served.name not in self.graphs:
+            self.graphs.append(served.name)
+        self._building.graphs.append(served.name)
         log.info("serving %s '%s'", "Seldon graph" if served.platform == GRAPH_PLATFORM else "InferenceGraph",
                  served.name)
 
@@ -136,11 +189,11 @@ class Deployments:
         spec = resource.get("spec")
         predictors = spec.get("predictors") if isinstance(spec, dict) else None
         if not isinstance(predictors, list) or not predictors or not all(isinstance(p, dict) for p in predictors):
-            self.manager.graph_failed(name, "spec.predictors must be a non-empty list")  # type: ignore[attr-defined]
+            self._failed(name, "spec.predictors must be a non-empty list")
             return
         names = [str(p.get("name") or f"predictor-{i}") for i, p in enumerate(predictors)]
         if len(set(names)) != len(names):
-            self.manager.graph_failed(name, "predictor names must differ")  # type: ignore[attr-defined]
+            self._failed(name, "predictor names must differ")
             return
         served: list[SeldonPredictor] = []
         for predictor, predictor_name in zip(predictors, names, strict=True):
@@ -155,7 +208,7 @@ class Deployments:
             if main:
                 self._serve(_seldon_model(name, main[0].graph, self.manager))
             else:
-                self.manager.graph_failed(name, "no predictor could be served")  # type: ignore[attr-defined]
+                self._failed(name, "no predictor could be served")
 
     def _predictor(self, served_as: str, predictor: dict[str, Any], base: Path) -> SeldonGraph | None:
         held = NodeModels()
@@ -164,10 +217,11 @@ class Deployments:
             graph = SeldonGraph(served_as, root)
             self._serve(_seldon_model(served_as, graph, self.manager))
         except (ValueError, InferError) as exc:
-            held.release(self.manager)
-            self.manager.graph_failed(served_as, _reason(exc))  # type: ignore[attr-defined]
+            held.release(self.manager, keep=self._building.keep)  # what an earlier build serves stays
+            self._failed(served_as, _reason(exc))
             return None
         self._held.append(held)
+        self._building.held.append(held)
         return graph
 
     def close(self) -> None:
@@ -180,6 +234,18 @@ class Deployments:
                     log.exception("releasing a graph node failed")
             held.cleanups.clear()
         self._held.clear()
+
+
+@dataclass(slots=True)
+class _FileGraphs:
+    """What one deployment file's build serves: its graphs and what their nodes hold."""
+
+    graphs: list[str] = field(default_factory=list)
+    held: list[NodeModels] = field(default_factory=list)
+    keep: set[str] = field(default_factory=set)  # the node models of the build it replaces
+
+    def models(self) -> set[str]:
+        return {m for h in self.held for m in h.models}
 
 
 def _traffic(predictor: dict[str, Any]) -> int:

@@ -24,6 +24,7 @@ The models a deployment loads for its nodes are named `{graph}.{node}` ({graph}:
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import sys
@@ -44,6 +45,7 @@ from .seldon_graph import AverageCombiner, Node, RemoteNode, RouterNode, ServedN
 
 __all__ = ["NodeModels", "build_units"]
 
+_BUILDS = itertools.count(1)
 PREPACKAGED = {"SKLEARN_SERVER": "sklearn", "XGBOOST_SERVER": "xgboost", "TENSORFLOW_SERVER": "tensorflow",
                "MLFLOW_SERVER": "mlflow", "TRITON_SERVER": ""}
 _BUILTIN_TYPES = {**dict.fromkeys(BUILTIN_ROUTERS, "ROUTER"), "AVERAGE_COMBINER": "COMBINER",
@@ -75,8 +77,11 @@ class NodeModels:
     models: list[str] = field(default_factory=list)
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 
-    def release(self, manager: Manager) -> None:
+    def release(self, manager: Manager, keep: set[str] | frozenset[str] = frozenset()) -> None:
+        """Unload the models loaded for the nodes (but those in `keep`) and undo the rest."""
         for name in self.models:
+            if name in keep:
+                continue
             try:
                 manager.unload(name)
             except InferError:
@@ -286,10 +291,11 @@ class _Builder:
 
         model = self._model_name(name)
         component = SeldonComponent(user, class_name, service_type)
-        register_component(model, component)
+        key = f"{model}#{next(_BUILDS)}"  # a rebuilt graph's class never takes the place of the one serving
+        register_component(key, component)
 
         def forget() -> None:
-            unregister_component(model)
+            unregister_component(key)
             component.close()
 
         self.held.cleanups.append(forget)
@@ -297,7 +303,7 @@ class _Builder:
         (folder / "1").mkdir()
         (folder / "config.pbtxt").write_text(
             f'backend: "seldon"\nmax_batch_size: 0\ninstance_group [{{ count: 1 kind: KIND_CPU }}]\n'
-            f'parameters {{ key: "{COMPONENT_PARAMETER}" value {{ string_value: "{model}" }} }}\n')
+            f'parameters {{ key: "{COMPONENT_PARAMETER}" value {{ string_value: "{key}" }} }}\n')
         self._load(model, folder)
         return kind, ServedNode(self.manager, model), str(container.get("image") or interface)
 
