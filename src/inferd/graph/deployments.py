@@ -4,6 +4,8 @@ Read from each local model repository's `deployments/` folder (its `*.yaml`, `*.
 order) and from `inferd serve --deployment FILE` (repeatable). A file holds one resource or several (YAML
 documents separated by `---`, or a `kind: List` with `items`); resources of other kinds are skipped with a log
 line. A resource that cannot be served leaves its graph UNAVAILABLE in the repository index, with the reason.
+`load_files` again (the server's poll) rebuilds the graphs of the files that changed and unloads those of the files
+that are gone.
 
 Names:
 - a SeldonDeployment with one predictor is served as the model `{metadata.name}`;
