@@ -20,12 +20,15 @@ started once the page's setup blocks have run. `<!-- runnable: seldon -->` marks
 `inferd microservice`, started in the folder of the page that holds the first `inferd microservice ...` line of
 those blocks, with that line's arguments (the blocks then run without it), `localhost:9000` being its HTTP port.
 
-Each block must exit 0 (within BLOCK_TIMEOUT_S). docs/contributing.md says the same to the people who write the docs.
+A ```json block right after a runnable block, marked `<!-- answer -->`, is the answer the page promises: the block
+must print that JSON document (among whatever else it prints). Each block must exit 0 (within BLOCK_TIMEOUT_S).
+docs/contributing.md says the same to the people who write the docs.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -44,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 MARKER = re.compile(r"^<!-- runnable(?::\s*(?P<mode>[\w-]+)(?:=(?P<arg>\S+))?)? -->\s*$")
 FENCE = re.compile(r"^```(?P<lang>\w*)\s*$")
+ANSWER = "<!-- answer -->"
 MODES = {None, "error", "setup", "file", "models", "seldon"}
 LANGUAGES = {"bash", "python"}
 BLOCK_TIMEOUT_S = 180
@@ -56,6 +60,7 @@ class Block(NamedTuple):
     mode: str | None
     code: str
     arg: str | None = None  # the path of a `file=PATH` block
+    answer: str | None = None  # the JSON shown after it under `<!-- answer -->`: what the block must print
 
 
 def runnable_blocks(path: Path) -> list[Block]:
@@ -81,8 +86,41 @@ def runnable_blocks(path: Path) -> list[Block]:
         if end is None:
             raise ValueError(f"{name}:{j + 1}: the fenced block is not closed")
         blocks.append(Block(name, j + 1, fence["lang"], marker["mode"], "\n".join(lines[j + 1:end]) + "\n",
-                            marker["arg"]))
+                            marker["arg"], _answer(lines, end + 1, name)))
     return blocks
+
+
+def _answer(lines: list[str], start: int, name: str) -> str | None:
+    """The text of a ```json block marked `<!-- answer -->` right after a runnable block (blank lines between)."""
+    k = start
+    while k < len(lines) and not lines[k].strip():
+        k += 1
+    if k >= len(lines) or lines[k].strip() != ANSWER:
+        return None
+    if k + 1 >= len(lines) or lines[k + 1].strip() != "```json":
+        raise ValueError(f"{name}:{k + 1}: '{ANSWER}' must be followed by a ```json block")
+    end = next((e for e in range(k + 2, len(lines)) if lines[e].startswith("```")), None)
+    if end is None:
+        raise ValueError(f"{name}:{k + 2}: the fenced block is not closed")
+    return "\n".join(lines[k + 2:end])
+
+
+def _printed_json(text: str) -> list[object]:
+    """Every JSON document printed in the text, wherever an object or array starts."""
+    decoder = json.JSONDecoder()
+    found = []
+    for match in re.finditer(r"[{\[]", text):
+        try:
+            found.append(decoder.raw_decode(text, match.start())[0])
+        except ValueError:
+            continue
+    return found
+
+
+def _check_answer(block: Block, stdout: str, where: str) -> None:
+    if block.answer is not None:
+        expected = json.loads(block.answer)
+        assert expected in _printed_json(stdout), "the page shows another answer than the one given:\n" + where
 
 
 ALL_BLOCKS = [block for path in DOCUMENTS for block in runnable_blocks(path)]
@@ -220,6 +258,7 @@ def test_runnable_example(block: Block, example_server: ServerProcess, example_r
     done = _run(block, _localize(block.code, example_server, example_repository), tmp_path)
     where = f"{block.document}:{block.line}\n--- stdout\n{done.stdout[-4000:]}\n--- stderr\n{done.stderr[-4000:]}"
     assert done.returncode == 0, where
+    _check_answer(block, done.stdout, where)
     if block.mode == "error":
         assert '{"error":' in done.stdout, where
     else:
@@ -233,6 +272,7 @@ def test_bring_your_own_model_example(block: Block, page_models: PageModels, tmp
     done = _run(block, _localize(block.code, server, tmp_path), tmp_path)
     where = f"{block.document}:{block.line}\n--- stdout\n{done.stdout[-4000:]}\n--- stderr\n{done.stderr[-4000:]}"
     assert done.returncode == 0, where
+    _check_answer(block, done.stdout, where)
     assert '{"error":' not in done.stdout, where
     assert server.process.poll() is None, "the server exited while running " + where
 
@@ -243,6 +283,7 @@ def test_seldon_example(block: Block, seldon_microservice: Microservice, tmp_pat
     done = _run(block, code, tmp_path)
     where = f"{block.document}:{block.line}\n--- stdout\n{done.stdout[-4000:]}\n--- stderr\n{done.stderr[-4000:]}"
     assert done.returncode == 0, where
+    _check_answer(block, done.stdout, where)
     assert '"status":' not in done.stdout and '{"error":' not in done.stdout, where  # Seldon's and V2's errors
     assert seldon_microservice.process.poll() is None, "the microservice exited while running " + where
 
