@@ -1,5 +1,6 @@
 """`inferd quantize`: an ONNX model of a repository as INT8 (ONNX Runtime's dynamic or static quantization) or FP16
-(onnxconverter-common), written as a new version of the same model.
+(ONNX Runtime's float16 converter: onnxconverter-common's, which it grew from, mis-wires a graph input that feeds
+several nodes, as skl2onnx's MLP graphs do), written as a new version of the same model.
 
 It runs the source and the new version on the same inputs with ONNX Runtime on the CPU and prints the median run
 time of each (the speed-up) and the largest output deviation, so the user decides whether the new version ships.
@@ -25,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,8 +133,10 @@ def _quantize(mode: str, source: Path, target: Path, sets: Sequence[dict[str, An
 def _convert(mode: str, source: Path, target: Path, sets: Sequence[dict[str, Any]]) -> None:
     if mode == "fp16":
         onnx = need("onnx", "onnx")
-        float16 = need("onnxconverter_common.float16", "onnxconverter-common")
-        model = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+        float16 = need("onnxruntime.transformers.float16", "onnxruntime", "onnx")
+        with warnings.catch_warnings():  # one warning per weight below float16's smallest, rounded to it
+            warnings.simplefilter("ignore", UserWarning)
+            model = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
         onnx.save_model(model, str(target))
         return
     quantization = need("onnxruntime.quantization", "onnxruntime", "onnx")
