@@ -386,6 +386,8 @@ class Server:
         """Load or reload a model; `config` overrides its config.pbtxt (a ModelConfig, or JSON text/dict);
         `files` (path relative to the model folder, e.g. "1/model.onnx" -> content) replace the model's folder."""
         self._check_explicit()
+        if self.graphs is not None and not config and not files and self.graphs.reload(name):
+            return  # a graph of a deployment file: built again from its file
         if config is not None and not isinstance(config, ModelConfig):
             try:
                 config = config_from_json(dict(config) if isinstance(config, Mapping) else config)

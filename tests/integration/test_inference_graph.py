@@ -311,5 +311,9 @@ spec:
         assert index["idle"].get("state") != "READY"  # explicit mode: what no graph needs stays unloaded
         with httpclient.InferenceServerClient(second.http_url) as other:
             assert np.array_equal(infer(other, "remote-seq").as_numpy("OUTPUT0"), (X + 1) * 2)
+            other.unload_model("remote-seq")  # the repository API unloads a graph, and loads it from its file
+            assert not other.is_model_ready("remote-seq")
+            other.load_model("remote-seq")
+            assert np.array_equal(infer(other, "remote-seq").as_numpy("OUTPUT0"), (X + 1) * 2)
     finally:
         second.stop()

@@ -124,6 +124,18 @@ class Deployments:
             log.info("deployment file %s is gone: unloading its graphs", key.name)
             self._replace(key, _FileGraphs())
 
+    def reload(self, name: str) -> bool:
+        """Build the graphs of the file that serves graph `name` again (a load request for it); False when no
+        deployment file has a graph of that name. Raises the graph's reason when it cannot be served."""
+        path = next((p for p, built in self._by_file.items() if name in built.graphs), None)
+        if path is None:
+            return False
+        self._load_file(path)
+        entry = self.manager.entry(name)  # type: ignore[attr-defined]
+        if entry is not None and not entry.ready:
+            raise InferError.invalid(f"failed to load '{name}': {entry.reason or 'the graph is not served'}")
+        return True
+
     def _load_file(self, path: Path) -> None:
         previous = self._by_file.get(path)
         self._building = _FileGraphs(keep=previous.models() if previous is not None else set())
