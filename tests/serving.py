@@ -28,8 +28,9 @@ STOP_TIMEOUT_S = 30.0
 
 # The lines `inferd serve` logs once a front door listens, and the one once all of them do.
 # `inferd serve` logs "started HTTPService at ...", `inferd microservice` "started Seldon + V2 HTTPService at ...".
-_STARTED = re.compile(r"started (?:Seldon \+ V2 )?(HTTPService|GRPCInferenceService|Metrics Service) at \S+:(\d+)\s*$",
-                      re.MULTILINE)
+# (`"}` may end the line: a server started with --log-format json writes JSON lines.)
+_STARTED = re.compile(r"started (?:Seldon \+ V2 )?(HTTPService|GRPCInferenceService|Metrics Service) at \S+:(\d+)"
+                      r'"?}?\s*$', re.MULTILINE)
 _READY = re.compile(r"inferd \S+ (?:microservice )?ready\b")
 _SERVICES = {"HTTPService": "http", "GRPCInferenceService": "grpc", "Metrics Service": "metrics"}
 

@@ -350,8 +350,10 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     _bool_flag(serve, "--log-warning", True, "log warnings")
     _bool_flag(serve, "--log-error", True, "log errors")
     serve.add_argument("--log-file", default="", metavar="PATH", help="write the log to this file (default: stderr)")
-    serve.add_argument("--log-format", choices=["default", "ISO8601"], default="default",
-                       help="timestamps of log lines: Triton's default form or ISO8601 (default: default)")
+    serve.add_argument("--log-format", choices=["default", "ISO8601", "json"], default="default",
+                       help="log lines in Triton's default form, with ISO8601 timestamps, or as JSON objects (json "
+                       "also writes an access line per request: model, version, protocol, status, latency, batch "
+                       "size, tenant) (default: default)")
     serve.add_argument("--model-env-dir", default=None, metavar="PATH",
                        help="cache folder of the Python environments built from models' requirements.txt "
                        "(default: $INFERD_CACHE_DIR/envs, else ~/.cache/inferd/envs)")
@@ -579,6 +581,7 @@ def serve_command(args: argparse.Namespace) -> int:
             backend_settings=args.backend_settings,
             response_cache_size=args.cache.size if args.cache is not None else 0,
             payload_log=payload_log,
+            access_log=args.log_format == "json",
         )
     except (OSError, ValueError, ImportError) as exc:  # a missing or unreachable repository
         log.error("%s", exc)

@@ -223,7 +223,8 @@ def test_log_switches_are_independent(control: LogControl) -> None:
     ({"log_file": "/tmp/x.log"}, "can not be updated through network protocol"),
     ({"log_error": 1}, "expect boolean"),
     ({"log_verbose_level": True}, "unsigned integer"),
-    ({"log_format": "json"}, "invalid argument for log_format"),
+    ({"log_format": "yaml"}, "invalid argument for log_format"),
+    ({"log_format": "json"}, "chosen where the server starts"),
     ({"log_verbose_level": 1, "verbose": 1}, "unknown log setting 'verbose'"),
 ])
 def test_bad_log_settings_change_nothing(control: LogControl, values: dict[str, Any], message: str) -> None:

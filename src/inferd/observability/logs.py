@@ -4,10 +4,15 @@ Triton's switches are independent (INFO off but WARNING on, or the reverse), whi
 so the switches live in a filter on the handler this module installs; the `inferd` logger's level follows the
 lowest enabled kind so that disabled debug calls stay cheap. `log_verbose_level` > 0 turns on the `inferd`
 debug messages (per-request lines among them).
+
+Besides Triton's two formats, `json` writes every line as one JSON object (time, level, logger, message, and the
+fields a record carries in its `fields` extra); a server started with it also writes an access line per request
+(the `access_log` stage). It is chosen where the server starts: the logging API changes only Triton's formats.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import sys
 import threading
@@ -15,15 +20,35 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from ..types import ErrorKind, InferError
 
 LOGGER = "inferd"
-FORMATS = ("default", "ISO8601")
+FORMATS = ("default", "ISO8601", "json")
 _MESSAGE = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _UINT32_MAX = 2**32 - 1
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: `time` (ISO 8601, UTC, milliseconds), `level`, `logger`, `message`, the record's
+    `fields` (a dict given as `extra={"fields": {...}}`), and `exception` when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.datetime.fromtimestamp(record.created, tz=datetime.timezone.utc)
+        line: dict[str, Any] = {"time": stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z",
+                                "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            line.update(fields)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(line, default=str).decode()
+
+
 def _formatter(name: str) -> logging.Formatter:
+    if name == "json":
+        return JsonFormatter()
     if name == "ISO8601":
         formatter = logging.Formatter(_MESSAGE, datefmt="%Y-%m-%dT%H:%M:%SZ")
         formatter.converter = time.gmtime
@@ -49,7 +74,7 @@ class LogControl:
         """Send the process's log records to stderr (or `file`), filtered by these settings. Raises OSError
         when the file cannot be opened, ValueError for an unknown format."""
         if format not in FORMATS:
-            raise ValueError(f"unknown log format '{format}': expect default or ISO8601")
+            raise ValueError(f"unknown log format '{format}': expect default, ISO8601 or json")
         handler: logging.Handler = logging.FileHandler(file) if file else logging.StreamHandler(sys.stderr)
         handler.addFilter(self._wanted)
         handler.setFormatter(_formatter(format))
@@ -110,6 +135,9 @@ class LogControl:
             elif name == "log_format":
                 if value not in FORMATS:
                     raise InferError.invalid(f"invalid argument for log_format, got: {value}")
+                if value != self.format and "json" in (value, self.format):
+                    raise InferError.invalid("log_format json is chosen where the server starts (--log-format "
+                                             "json), as are its access lines: the API switches default / ISO8601")
                 changes["format"] = value
             else:
                 raise InferError.invalid(f"unknown log setting '{name}'")
