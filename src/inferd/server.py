@@ -45,6 +45,7 @@ from .pipeline import (
     ScheduleStage,
     Stage,
 )
+from .pipeline.access_log import AccessLogStage
 from .pipeline.payload import PayloadLogStage
 from .pipeline.plugins import plugin_stages
 from .repository import ModelRepository
@@ -113,6 +114,7 @@ class Server:
         model_memory_limit: int = 0,
         response_cache_size: int = 0,
         payload_log: PayloadLogger | None = None,
+        access_log: bool = False,
         start: bool = True,
     ) -> None:
         paths = [model_repository] if isinstance(model_repository, (str, Path)) else list(model_repository)
@@ -145,6 +147,9 @@ class Server:
         self.gateway = gateway
         # The one request pipeline: the core stages, then stages from installed plugins and the caller.
         self.pipeline = Pipeline(core_stages(self))
+        # `--log-format json`: an access line per request, from the first stage (so refused requests have one too).
+        if access_log:
+            self.pipeline.insert(AccessLogStage(), before="resolve")
         # `--host-routing PATTERN`: the HTTP route table reads the Host, the `route` stage gRPC's :authority (first:
         # the stages after it see the model the request means).
         self.host_routing = HostRouting(host_routing) if host_routing else None
