@@ -431,7 +431,7 @@ class InferenceGraph:
 
 
 def _post_json(url: str, doc: Any) -> Any:
-    body = json.dumps(doc).encode("utf-8")
+    body = json.dumps(doc, default=_json_value).encode("utf-8")
     request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
     try:
         with _NO_PROXY.open(request, timeout=URL_TIMEOUT_S) as reply:
@@ -485,3 +485,12 @@ def build_inference_graph(doc: Any, models: Any, seed: int | None = None) -> Gra
         config.input.extend(entry.config.input)
         config.max_batch_size = entry.config.max_batch_size
     return graph_model(name, config, GRAPH_PLATFORM, graph.run, takes_messages=True, wants_request=True)
+
+
+def _json_value(value: Any) -> Any:
+    """What JSON lacks in a document (a gRPC request's bytes parameter): as text."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)

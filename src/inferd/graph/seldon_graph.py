@@ -300,7 +300,7 @@ def _json_default(value: Any) -> Any:
         return value.item()
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).decode("utf-8", errors="replace")
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    return str(value)  # whatever else a class put in a message: as text, rather than fail the call
 
 
 @dataclass(slots=True)
