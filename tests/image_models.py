@@ -33,7 +33,7 @@ def classifier_model(layout: str, batching: bool, seed: int = 7) -> bytes:
         nodes.append(helper.make_node("Unsqueeze", [x, "zero"], ["batched"]))
         x = "batched"
     if layout == "NHWC":
-        nodes.append(helper.make_node("Transpose", [x, ], ["nchw"], perm=[0, 3, 1, 2]))
+        nodes.append(helper.make_node("Transpose", [x], ["nchw"], perm=[0, 3, 1, 2]))
         x = "nchw"
     nodes.append(helper.make_node("Conv", [x, "w", "b"], ["conv"]))
     nodes.append(helper.make_node("Flatten", ["conv"], ["flat"], axis=1))
@@ -45,7 +45,8 @@ def classifier_model(layout: str, batching: bool, seed: int = 7) -> bytes:
     zero = numpy_helper.from_array(np.array([0], dtype=np.int64), "zero")
     inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape_in)]
     outputs = [helper.make_tensor_value_info(out, TensorProto.FLOAT, (["batch"] if batching else []) + [CLASSES])]
-    return make_model(nodes, inputs, outputs, [weight, bias, zero], name=f"classifier_{layout}")
+    constants = [weight, bias] if batching else [weight, bias, zero]
+    return make_model(nodes, inputs, outputs, constants, name=f"classifier_{layout}")
 
 
 def classifier_config(name: str, layout: str, batching: bool) -> str:

@@ -48,7 +48,8 @@ HTTP_SOURCES = Path(http_frontend.__file__).parent
 DOCUMENT = json.loads((HTTP_SOURCES / "openapi.json").read_text())
 METHODS = ("get", "post", "put", "delete", "patch")
 # Values for the path parameters when probing the app (a model that exists, its version, a shm region name).
-PLACEHOLDERS = {"model_name": SIMPLE, "model_version": "1", "region_name": "region0", "namespace": "default"}
+PLACEHOLDERS = {"model_name": SIMPLE, "model_version": "1", "region_name": "region0", "namespace": "default",
+                "asset": "dashboard.js"}
 NOT_FOUND = (404, b'{"error":"Not Found"}')
 
 

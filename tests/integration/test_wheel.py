@@ -72,6 +72,7 @@ def test_wheel_holds_the_package_data(wheel: Path) -> None:
             if path.is_file() and path.suffix not in (".py", ".pyc") and "__pycache__" not in path.parts
             and not any(part.endswith(".egg-info") for part in path.parts)]
     assert "inferd/frontends/http/openapi.json" in data and "inferd/frontends/http/docs.html" in data
+    assert {"inferd/ui/dashboard.html", "inferd/ui/dashboard.js", "inferd/ui/dashboard.css"} <= set(data)
     assert [name for name in data if name not in names] == []
     assert {"inferd/__init__.py", "inferd/cli.py", "triton_python_backend_utils/__init__.py"} <= names
     metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))

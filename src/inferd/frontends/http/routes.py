@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import docs, seldon, shm, torchserve, v1, v2_api
+from . import dashboard, docs, seldon, shm, torchserve, v1, v2_api
 from .messages import HttpRequest, Params, Reply
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ class Route:
     method: str  # GET routes answer HEAD as well
     path: str  # "/v2/models/{model_name}/infer"
     handler: Handler
-    protocol: str  # which API it belongs to: "v2", "v1", "torchserve", "seldon", "docs"
+    protocol: str  # which API it belongs to: "v2", "v1", "torchserve", "seldon", "docs", "dashboard"
     api: str = ""  # its API group (one of API_GROUPS), what a restriction names
     # The path names no model: the request's routing does (the host, a /serving/ prefix, the Seldon-Model header;
     # see gateway/routing.py), and the handler finds it as the `model_name` parameter.
@@ -54,6 +54,7 @@ class Route:
 
 
 V2, V1, TS, SELDON, DOCS = "v2", "v1", "torchserve", "seldon", "docs"
+DASHBOARD = "dashboard"
 
 _MODEL = "/v2/models/{model_name}"
 _VERSION = "/v2/models/{model_name}/versions/{model_version}"
@@ -110,6 +111,11 @@ SERVE_ROUTES: list[Route] = [
       for call in ("predictions", "feedback")),
     Route("GET", "/openapi.json", docs.openapi_json, DOCS, METADATA),
     Route("GET", "/docs", docs.docs_page, DOCS, METADATA),
+    # The web dashboard (ui/): its page and files, `/` sending browsers there, its latency histogram.
+    Route("GET", "/", dashboard.root, DASHBOARD, METADATA),
+    Route("GET", "/dashboard", dashboard.dashboard_page, DASHBOARD, METADATA),
+    Route("GET", "/dashboard/{asset}", dashboard.dashboard_asset, DASHBOARD, METADATA),
+    Route("GET", "/dashboard/api/latency", dashboard.latency, DASHBOARD, STATISTICS),
 ]
 
 # `inferd microservice`: Seldon Core's microservice routes (every route whatever the service type, as Seldon's
