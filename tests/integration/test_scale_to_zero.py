@@ -18,9 +18,9 @@ from observing import metric, scrape
 from scaling_models import add_lookup, add_slow_python, lookup_body, process_rss, slow_body
 from serving import ServerProcess, start_server
 
-BIG = "lookup_big"  # 48 MB of weights, scales to zero after 1 s (its own parameter)
+BIG = "lookup_big"  # 48 MB of weights, scales to zero after 3 s (its own parameter)
 KEEP = "lookup_keep"  # idle_unload_seconds "0": never, whatever the server's flag says
-IDLE_S = 1.0
+IDLE_S = 3.0
 
 
 def _row(server: ServerProcess, name: str) -> dict[str, object]:
@@ -88,8 +88,10 @@ def test_idle_model_scales_to_zero_and_wakes_for_a_burst(repo: Path, tmp_path: P
         loaded_rss = process_rss(server.process.pid)
         row = _wait_reason(server, BIG, "scaled to zero")
         assert row["state"] == "READY" and row["memory_bytes"] == 0
-        time.sleep(0.3)
-        assert process_rss(server.process.pid) < loaded_rss - 30 * 1024 * 1024  # the 48 MB table went
+        deadline = time.monotonic() + 30  # (ONNX Runtime's optimized graph is saved meanwhile, then freed)
+        while process_rss(server.process.pid) > loaded_rss - 30 * 1024 * 1024:  # the 48 MB table goes
+            assert time.monotonic() < deadline, f"RSS stayed at {process_rss(server.process.pid)}, {loaded_rss} loaded"
+            time.sleep(0.1)
         keep = _row(server, KEEP)  # its own "0" wins over the server's 1 s
         assert keep["state"] == "READY" and keep["reason"] == ""
         samples = scrape(server.metrics_port)

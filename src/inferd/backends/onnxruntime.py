@@ -11,6 +11,7 @@ import onnxruntime as ort
 
 from ..config import ConfigError, DataType, ModelConfig, int_parameter, string_parameter
 from ..types import InferError
+from . import _ort_reload
 from .settings import DEFAULT_MAX_BATCH_SIZE, batch_by_default
 
 log = logging.getLogger("inferd.onnxruntime")
@@ -177,12 +178,17 @@ class OnnxRuntimeBackend:
         self._string_outputs = False
         self._run: Any = None
         self._run_options: ort.RunOptions | None = None
+        self._source: tuple[ModelConfig, Path, str] | None = None  # what `load` loaded (for prepare_reload)
 
     def _open(self, config: ModelConfig, files: Path, device: str) -> ort.InferenceSession:
         path = _model_path(config, files)
         providers, accelerators = _providers(config, device)
+        options = session_options(config)
+        optimized = _ort_reload.find(path, options) if providers == ["CPUExecutionProvider"] else None
+        if optimized is not None:  # saved when the model last scaled to zero: no need to optimize it again
+            path, options.graph_optimization_level = optimized, ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
-            session = ort.InferenceSession(str(path), session_options(config), providers=providers)
+            session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types for corrupt or unsupported models
             raise ConfigError(f"onnxruntime failed to load {path.name}: {' '.join(str(exc).split())}") from None
         # ORT falls back to the next provider when one cannot start (its libraries missing): a named accelerator
@@ -222,7 +228,17 @@ class OnnxRuntimeBackend:
                         entry.reshape.SetInParent()
         return config
 
+    def prepare_reload(self) -> None:
+        """This model is unloaded to be loaded again later (scaled to zero, scaling/): keep ORT's optimized graph
+        of it, so that load skips the optimizations (see _ort_reload)."""
+        if self._source is None:
+            return
+        config, files, device = self._source
+        providers, _ = _providers(config, device)
+        _ort_reload.save(_model_path(config, files), session_options(config), providers)
+
     def load(self, config: ModelConfig, files: Path, device: str) -> None:
+        self._source = (config, files, device)
         if self._probe is not None and device == "cpu":
             self._session, self._probe = self._probe, None
         else:
