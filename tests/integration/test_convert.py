@@ -214,3 +214,20 @@ def test_torchscript_without_a_sample_asks_for_one(converted: dict[str, Converte
                           str(tmp_path), "--name", "m"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert "give --sample-input" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_program_with_a_fixed_batch_needs_max_batch_size_0(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A torch.export program exported without torch.export.Dim fixes its first dimension: the batched default
+    is refused in one line, and --max-batch-size 0 converts it with its shapes as they are."""
+    import torch
+
+    program = torch.export.export(torch.nn.Linear(3, 2).eval(), (torch.randn(4, 3),))
+    torch.export.save(program, str(tmp_path / "fixed.pt2"))
+    argv = ["convert", str(tmp_path / "fixed.pt2"), "--output", str(tmp_path / "models"), "--name", "fixed"]
+    assert main(argv) == 2
+    assert "--max-batch-size 8 needs a free first dimension" in capsys.readouterr().err
+    assert not (tmp_path / "models" / "fixed" / "1").exists()
+    assert main([*argv, "--max-batch-size", "0"]) == 0
+    config = (tmp_path / "models" / "fixed" / "config.pbtxt").read_text()
+    assert "max_batch_size" not in config and "dims: 4" in config

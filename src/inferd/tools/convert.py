@@ -13,6 +13,7 @@ differs by whole units: a class label off by one, a missing activation.
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,11 @@ def convert(options: ConvertOptions, out: TextIO | None = None) -> ConvertResult
                         f"{' '.join(str(exc).split())[:400]}") from None
     model_dir = options.output / options.name
     path = onnx_folder.write_model(model_dir, VERSION, model)
-    onnx_folder.write_config(model_dir, options.name, VERSION, options.max_batch_size)
+    try:
+        onnx_folder.write_config(model_dir, options.name, VERSION, options.max_batch_size)
+    except ToolError:
+        shutil.rmtree(path.parent)  # no model folder the server would half-read
+        raise
     print(f"wrote {path} and {model_dir / onnx_folder.CONFIG_FILE}", file=out)
     expected = original.predict(inputs)
     session = onnx_folder.session(path)

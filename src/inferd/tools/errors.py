@@ -23,3 +23,6 @@ def need(module: str, package: str, extra: str = "convert") -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         raise ToolError(f"needs the package {package} ({exc}): pip install 'inferd[{extra}]'") from None
+    except Exception as exc:  # installed, but it does not import with the versions beside it
+        raise ToolError(f"the package {package} is installed but does not import ({type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:200]}); check its version against its framework's") from None
