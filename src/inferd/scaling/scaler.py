@@ -434,12 +434,14 @@ class Scaler:
 
 
 def _prepare_reload(name: str, hooks: list[Callable[[], None]]) -> None:
+    started = time.monotonic()
     for hook in hooks:
         try:
             hook()
         except Exception as exc:  # only the next load's speed is at stake
             log.debug("model '%s': preparing its next load failed: %s", name, describe_error(exc))
     release_freed_memory()
+    log.info("model '%s': its next load prepared in %.3f s", name, time.monotonic() - started)
 
 
 def _pending(versions: list[ServedModel]) -> int:
