@@ -20,7 +20,7 @@ from .gateway.fairness import FairShareStage
 from .gateway.gate import Gateway
 from .gateway.routing import HostRouting, RouteStage
 from .gateway.stages import AuthenticateStage
-from .graph.deployments import Deployments, SeldonPredictor, deployment_files
+from .graph.deployments import Deployments, deployment_files
 from .graph.traffic import TrafficStage, Variant
 from .instances.bls import BlsRequest
 from .instances.environments import EnvironmentCache
@@ -190,6 +190,7 @@ class Server:
         # those of the repositories' deployments/ folders.
         self.deployment_files = [Path(p) for p in deployments]
         self.graphs: Deployments | None = None
+        self._splits: set[str] = set()  # the names the deployments' predictors split (see _split_predictors)
         if start:
             self.start()
 
@@ -223,21 +224,25 @@ class Server:
         if self.graphs is None:
             self.graphs = Deployments(self.manager)
         self.graphs.load_files(files)
-        for name, predictors in self.graphs.predictors.items():
-            self._split_predictors(name, predictors)
+        self._split_predictors()
 
-    def _split_predictors(self, name: str, predictors: list[SeldonPredictor]) -> None:
-        """A SeldonDeployment with several predictors: `name` splits its requests between them by their `traffic`
-        (normalised to 100 %; all alike when none has any) and copies them to its `shadow: true` ones."""
-        if len(predictors) < 2:
-            return
-        main = [p for p in predictors if not p.shadow]
-        total = sum(max(p.traffic, 0) for p in main)
-        variants = [Variant(p.predictor, p.served_as, None,
-                            100.0 * max(p.traffic, 0) / total if total else 100.0 / len(main)) for p in main]
-        shadows = [(p.served_as, "") for p in predictors if p.shadow]
-        if variants:
-            self.traffic.define(name, variants, shadows)
+    def _split_predictors(self) -> None:
+        """Each SeldonDeployment with several predictors splits its name's requests between them by their
+        `traffic` (normalised to 100 %; all alike when none has any) and copies them to its `shadow: true` ones;
+        the split of a deployment that went (its file removed or changed) goes with it."""
+        wanted: set[str] = set()
+        for name, predictors in (self.graphs.predictors.items() if self.graphs is not None else ()):
+            main = [p for p in predictors if not p.shadow]
+            if len(predictors) < 2 or not main:
+                continue
+            total = sum(max(p.traffic, 0) for p in main)
+            variants = [Variant(p.predictor, p.served_as, None,
+                                100.0 * max(p.traffic, 0) / total if total else 100.0 / len(main)) for p in main]
+            self.traffic.define(name, variants, [(p.served_as, "") for p in predictors if p.shadow])
+            wanted.add(name)
+        for name in self._splits - wanted:
+            self.traffic.undefine(name)
+        self._splits = wanted
 
     def _poll(self) -> None:
         while not self._stop_polling.wait(self.repository_poll_secs):
@@ -392,6 +397,7 @@ class Server:
         `files` (path relative to the model folder, e.g. "1/model.onnx" -> content) replace the model's folder."""
         self._check_explicit()
         if self.graphs is not None and not config and not files and self.graphs.reload(name):
+            self._split_predictors()
             return  # a graph of a deployment file: built again from its file
         if config is not None and not isinstance(config, ModelConfig):
             try:

@@ -129,8 +129,14 @@ class TrafficMetrics(Collector):
             self._shadows[key] = self._shadows.get(key, 0) + 1
 
     def counts(self) -> dict[tuple[str, str], int]:
+        """Requests served per (name, variant)."""
         with self._lock:
             return dict(self._served)
+
+    def shadow_counts(self) -> dict[tuple[str, str, str], int]:
+        """Copies per (name, shadow, outcome)."""
+        with self._lock:
+            return dict(self._shadows)
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
@@ -140,13 +146,15 @@ class TrafficMetrics(Collector):
                         "counter")
         for (model, variant), count in served:
             metric.add_sample("inferd_traffic_requests_total", {"model": model, "variant": variant}, float(count))
-        yield metric
+        if served:  # a family is declared only with its samples
+            yield metric
         copies = Metric("inferd_shadow_requests", "Copies of requests sent to shadows, by outcome "
                         "(success, failure, dropped)", "counter")
         for (model, shadow, outcome), count in shadows:
             copies.add_sample("inferd_shadow_requests_total", {"model": model, "shadow": shadow,
                                                                "outcome": outcome}, float(count))
-        yield copies
+        if shadows:
+            yield copies
 
 
 _SHADOW_CONTEXT = RequestContext(SHADOW_PROTOCOL)
