@@ -12,6 +12,7 @@ fails the test).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -226,3 +227,56 @@ def test_dashboard_in_a_browser(server: ServerProcess, browser: Any, tmp_path: P
     driver.save_screenshot(str(ARTIFACTS / "dashboard.png"))
     errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, errors
+
+
+ADMIN_KEY = "admin-key-for-the-dashboard-0123"
+TENANT_KEY = "tenant-key-for-the-dashboard-0123"
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with API keys: an admin, and a tenant granted `simple` only."""
+    root = tmp_path_factory.mktemp("dashboard-auth")
+    repo = root / "models"
+    add_simple(repo)
+    add_classifier(repo, "classifier", "NCHW", batching=True)
+    auth = root / "auth.json"
+    auth.write_text(json.dumps({"admin_keys": [ADMIN_KEY],
+                                "tenants": [{"name": "acme", "keys": [TENANT_KEY], "models": [SIMPLE]}]}))
+    process = start_server(repo, root / "inferd.log", "--auth-config", str(auth), "--state-dir", str(root / "state"))
+    yield process
+    process.stop()
+
+
+def test_dashboard_with_api_keys(guarded: ServerProcess, browser: Any) -> None:
+    """With keys on, the page itself is open but shows nothing until a key is given, and then only what that key
+    sees through the API: a tenant its own model (and no load / unload), the admin everything."""
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    assert httpx.post(f"{guarded.base_url}/v2/repository/index", timeout=10).status_code == 401
+    driver.get(f"{guarded.base_url}/dashboard")
+    key = wait_for("the key form", lambda: (lambda e: e if e.is_displayed() else None)(
+        driver.find_element(By.ID, "api-key")))
+    assert driver.switch_to.active_element == key  # focused, ready to type into
+    assert model_rows(driver) == {}
+    assert "needs an API key" in text_of(driver, "status")
+
+    key.send_keys(TENANT_KEY)
+    driver.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
+    assert wait_for("the tenant's model", lambda: model_rows(driver)) == {SIMPLE: ["1", "READY", ""]}
+    press(driver, f"unload-{SIMPLE}")
+    wait_for("the refusal", lambda: "needs an admin key" in text_of(driver, "status"))
+    assert model_rows(driver)[SIMPLE][1] == "READY"
+
+    driver.execute_script("sessionStorage.clear()")
+    driver.refresh()
+    key = wait_for("the key form again", lambda: (lambda e: e if e.is_displayed() else None)(
+        driver.find_element(By.ID, "api-key")))
+    key.send_keys(ADMIN_KEY)
+    key.submit()
+    rows = wait_for("every model", lambda: (lambda r: r if len(r) == 2 else None)(model_rows(driver)))
+    assert rows == {"classifier": ["1", "READY", ""], SIMPLE: ["1", "READY", ""]}
+    # The only errors the browser saw are the API's 401s and the tenant's 403, which the page showed.
+    errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors and all("401" in m or "403" in m for m in errors), errors

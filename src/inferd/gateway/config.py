@@ -18,7 +18,9 @@ from .keys import digest_of, key_id, normalize_key
 __all__ = ["ADMIN", "DEFAULT_OPEN_PATHS", "ApiKey", "AuthConfig", "AuthConfigError", "Grant", "Principal",
            "RateLimit", "load_auth_config", "parse_auth_config", "read_auth_file"]
 
-DEFAULT_OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/metrics")
+# The dashboard's page and files are open too: they hold no data (the page asks for a key for the API calls it makes).
+DEFAULT_OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/metrics", "/", "/dashboard", "/dashboard/dashboard.js",
+                      "/dashboard/dashboard.css")
 _GRANT_CACHE_SIZE = 4096  # model names whose grant answer a principal keeps
 KEY_CACHE_SIZE = 4096  # presented keys whose principal a configuration keeps
 ADMIN = "admin"  # the principal name of admin keys in audit records and metrics (no tenant may take it)

@@ -30,8 +30,12 @@
     let body = null;
     try { body = text ? JSON.parse(text) : null; } catch (error) { body = text; }
     if (response.status === 401) {
-      $("key-form").hidden = false;
-      throw new Error("This server needs an API key (401).");
+      const form = $("key-form");
+      if (form.hidden) {
+        form.hidden = false;
+        $("api-key").focus();
+      }
+      throw new Error(state.key ? "The API key was not accepted (401)." : "This server needs an API key (401).");
     }
     if (!response.ok) {
       throw new Error((body && body.error) || `${response.status} ${response.statusText}`);
@@ -58,9 +62,11 @@
       record(stats.model_stats || [], latency);
       renderModels();
       renderCharts();
-      if ($("status").classList.contains("error")) setStatus("");
+      if (state.pollFailed) setStatus(""); // the poll's own error is over; an action's result stays shown
+      state.pollFailed = false;
     } catch (error) {
       setStatus(error.message, true);
+      state.pollFailed = true;
     }
     schedule();
   }
