@@ -26,10 +26,7 @@ model of the node's name. Every node that is a model is called through the serve
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import random
-import secrets
 import threading
 import urllib.error
 import urllib.request
@@ -40,6 +37,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..compat.seldon.engine import new_puid
 from ..compat.seldon.protocol import SeldonError, SeldonFailure, extract
 from ..model import ServedModel
 from ..observability.tracing import outgoing_headers
@@ -58,7 +56,6 @@ REMEMBERED_ROUTINGS = 10_000
 REMOTE_TIMEOUT_S = 60.0
 # Request ids need to be unique, not secret: a generator seeded from the system's randomness once (a system call
 # per id costs more than the rest of a graph's bookkeeping).
-_PUIDS = random.Random(secrets.randbits(128))
 
 
 class Models(Protocol):
@@ -373,7 +370,7 @@ class SeldonGraph:
             raise _bad("'meta' must be a JSON object")
         meta = meta or {}
         given = meta.get("puid")
-        puid: str = given if isinstance(given, str) and given else _new_puid()
+        puid: str = given if isinstance(given, str) and given else new_puid()
         tags = meta.get("tags")
         walk = _Walk(puid, dict(tags) if isinstance(tags, dict) else {})
         body = {k: v for k, v in message.items() if k != "meta"}
@@ -466,7 +463,7 @@ class SeldonGraph:
         response = feedback.get("response")
         meta = response.get("meta") if isinstance(response, dict) else None
         puid = meta.get("puid") if isinstance(meta, dict) else None
-        return {"data": {"names": [], "ndarray": []}, "meta": {"puid": puid or _new_puid(), "routing": routing}}
+        return {"data": {"names": [], "ndarray": []}, "meta": {"puid": puid or new_puid(), "routing": routing}}
 
     async def _feedback(self, unit: Unit, feedback: Message, routing: dict[str, int]) -> None:
         branch = routing.get(unit.name)
@@ -476,8 +473,3 @@ class SeldonGraph:
             await asyncio.gather(*(self._feedback(c, feedback, routing) for c in chosen))
         if "SEND_FEEDBACK" in unit.methods:
             await unit.node.feedback(feedback, branch)
-
-
-def _new_puid() -> str:
-    """A request id as Seldon's engine makes them: 130 random bits in base 32 (26 lower-case letters and digits)."""
-    return base64.b32encode(_PUIDS.getrandbits(136).to_bytes(17, "big"))[:26].decode("ascii").lower()
