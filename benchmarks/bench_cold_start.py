@@ -127,6 +127,18 @@ def wait_prepared(server: Served, name: str, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
+def is_onnx(server: Served, name: str) -> bool:
+    return httpx.get(f"{server.base}/v2/models/{name}/config", timeout=30).json().get("backend") == "onnxruntime"
+
+
+def settle(server: Served, models: list[str]) -> None:
+    """Until every ONNX model that scaled to zero has its next load prepared (no preparation competes for the
+    CPU with what is measured next)."""
+    for name in models:
+        if is_onnx(server, name):
+            wait_prepared(server, name)
+
+
 def metric_sum(server: Served, name: str) -> float:
     text = httpx.get(f"http://{HOST}:{server.metrics}/metrics", timeout=30).text
     return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
@@ -180,19 +192,17 @@ def model_bytes(folder: Path) -> int:
 
 def per_model(models: list[str], rounds: int, work: Path) -> list[list[str]]:
     rows = []
+    all_models = sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir())
     with serve(EXAMPLES, work / "per_model.log", "--model-idle-unload-secs", "1") as server:
         for name in models:
             url = f"{server.base}/v2/models/{name}/infer"
             body = body_for(server, name)
-            config = httpx.get(f"{server.base}/v2/models/{name}/config", timeout=30).json()
-            prepared = config.get("backend") == "onnxruntime"  # ORT keeps its optimized graph for the next load
             with httpx.Client(timeout=300) as client:
                 cold = []
                 memory = 0
                 for _ in range(rounds):
                     wait_cold(server, name)
-                    if prepared:
-                        wait_prepared(server, name)
+                    settle(server, all_models)  # ONNX Runtime keeps its optimized graphs for their next loads
                     cold.append(timed_post(client, url, body))
                     memory = max(memory, int(index_row(server, name).get("memory_bytes", 0)))  # measured as it woke
             rows.append([name, f"{model_bytes(EXAMPLES / name) / 1e6:.1f}", f"{memory / 1e6:.0f}", "",
@@ -225,12 +235,14 @@ def process_start(name: str, work: Path) -> tuple[float, float]:
 
 def bursts(models: list[str], count: int, work: Path) -> list[list[str]]:
     rows = []
+    all_models = sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir())
     with serve(EXAMPLES, work / "burst.log", "--model-idle-unload-secs", "1") as server:
         for name in models:
             url = f"{server.base}/v2/models/{name}/infer"
             body = body_for(server, name)
             httpx.post(url, json=body, timeout=300).raise_for_status()
             wait_cold(server, name)
+            settle(server, all_models)
             answers = asyncio.run(burst(url, body, count))
             latencies = [t for status, t in answers if status == 200]
             rows.append([name, str(count), str(count - len(latencies)), ms(percentile(latencies, 50)),
