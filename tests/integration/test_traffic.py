@@ -233,3 +233,21 @@ def test_a_removed_deployment_takes_its_split_along(tmp_path: Path) -> None:
         with pytest.raises(inferd.InferError, match="unknown model"):
             server.infer("abtest-main", {"INPUT0": x})
         assert int(server.infer("plus2", {"INPUT0": x}).outputs["OUTPUT0"].ravel()[0]) == 2
+
+
+def test_every_http_protocol_names_the_variant(served: ServerProcess) -> None:
+    """V1, Seldon and TorchServe answers carry X-Inferd-Variant as V2's do; the sticky header keeps one variant."""
+    with httpx.Client(base_url=served.base_url, timeout=30) as client:
+        headers = {"X-User": "carol"}
+        v2 = client.post("/v2/models/sticky/infer", json=body(0), headers=headers)
+        variant = v2.headers["x-inferd-variant"]
+        v1 = client.post("/v1/models/sticky:predict", json={"instances": [[0]]}, headers=headers)
+        assert v1.status_code == 200, v1.text
+        assert v1.headers["x-inferd-variant"] == variant
+        seldon = client.post("/seldon/default/sticky/api/v1.0/predictions", json={"data": {"ndarray": [[0]]}},
+                             headers=headers)
+        assert seldon.status_code == 200, seldon.text
+        assert seldon.headers["x-inferd-variant"] == variant
+        # A name with no split carries no variant.
+        plain = client.post("/v1/models/watcher:predict", json={"instances": [[0]]})
+        assert plain.status_code == 200 and "x-inferd-variant" not in plain.headers

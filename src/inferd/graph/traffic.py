@@ -282,6 +282,7 @@ class _Served:
 
     def __call__(self, call: Call) -> None:
         self.metrics.served(self.name, self.variant)
+        call.context.variant = self.variant
         response = call.response
         if response is not None:
             response.variant = self.variant

@@ -23,7 +23,7 @@ class RequestContext:
     metadata (gRPC) read by name. Headers are looked up only when a stage asks (authentication, routing by host,
     trace propagation), so a request that no stage asks about pays nothing for them."""
 
-    __slots__ = ("_headers", "_metadata", "endpoint", "peer", "principal", "protocol")
+    __slots__ = ("_headers", "_metadata", "endpoint", "peer", "principal", "protocol", "variant")
 
     def __init__(self, protocol: str, headers: Mapping[bytes, bytes] | None = None,
                  metadata: Callable[[], Iterable[tuple[str, Any]] | None] | None = None, peer: str = "",
@@ -36,6 +36,9 @@ class RequestContext:
         # Who the front door found the caller to be (the gateway's Principal), when it authenticated the request
         # before decoding it; None: the `authenticate` stage looks at the key itself.
         self.principal = principal
+        # The traffic variant that served the request (set by the `traffic` stage when its name is split): the
+        # front door names it in the answer (X-Inferd-Variant).
+        self.variant = ""
 
     def header(self, name: str) -> str | None:
         """An HTTP header or gRPC metadata value by its (case-insensitive) name; None when absent."""

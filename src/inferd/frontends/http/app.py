@@ -17,11 +17,13 @@ from ...gateway.config import Principal
 from ...gateway.gate import ADMIN_GROUPS, Gateway, admin_only
 from ...gateway.routing import SERVING_PREFIX, routed_model, split_serving_path
 from ...server import Server
+from ...types import VARIANT_HEADER as _VARIANT
 from ...types import ErrorKind, InferError, describe_error
 from . import seldon, torchserve, v2_api
 from .messages import PEER_HEADER, QUERY_HEADER, HttpRequest, Params, Reply, error_reply, infer_error_reply
 from .routes import API_GROUPS, INFERENCE, SERVE_ROUTES, Route, RouteTable
 
+VARIANT_HEADER = _VARIANT.encode()
 log = logging.getLogger("inferd.http")
 
 Scope = dict[str, Any]
@@ -148,6 +150,9 @@ class HttpFrontend:
                 body = _decompress(body, encoding, self.max_input_size)
             request = HttpRequest(method, path, headers, body, route.path, principal)
             reply = await route.handler(self, request, params)  # type: ignore[arg-type]
+            context = request.last_context
+            if context is not None and context.variant:  # a split name: the variant that served it
+                reply = (reply[0], reply[1], [*reply[2], (VARIANT_HEADER, context.variant.encode())])
             return reply if principal is None else _with_request_id(reply, headers)
         except InferError as exc:
             reply = infer_error_reply(exc)

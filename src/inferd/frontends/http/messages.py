@@ -28,7 +28,7 @@ PEER_HEADER = b":peer"
 class HttpRequest:
     """The parts of an HTTP request the handlers need. `headers` are keyed by lower-case name."""
 
-    __slots__ = ("body", "headers", "method", "path", "principal", "route")
+    __slots__ = ("body", "headers", "last_context", "method", "path", "principal", "route")
 
     def __init__(self, method: str, path: str, headers: dict[bytes, bytes], body: bytes, route: str = "",
                  principal: Any = None) -> None:
@@ -38,12 +38,15 @@ class HttpRequest:
         self.body = body
         self.route = route  # the route's pattern ("/v2/models/{model_name}/infer")
         self.principal = principal  # who the gateway found the caller to be (None: authentication is off)
+        self.last_context: RequestContext | None = None  # what the pipeline learnt about the call (its variant)
 
     def context(self, protocol: str) -> RequestContext:
         """The pipeline's view of where this request came from."""
         peer = self.headers.get(PEER_HEADER)
-        return RequestContext(protocol, self.headers, peer="" if peer is None else peer.decode("latin-1"),
-                              endpoint=self.route, principal=self.principal)
+        context = self.last_context = RequestContext(protocol, self.headers,
+                                                     peer="" if peer is None else peer.decode("latin-1"),
+                                                     endpoint=self.route, principal=self.principal)
+        return context
 
 
 def json_reply(status: int, value: Any) -> Reply:

@@ -16,7 +16,6 @@ from urllib.parse import parse_qs
 
 from ...config import ConfigError
 from ...gateway.usage import usage_rows
-from ...types import VARIANT_HEADER as _VARIANT
 from ...types import InferError
 from .messages import EMPTY_OK, JSON, QUERY_HEADER, HttpRequest, Params, Reply, error_reply, json_reply
 from .v2 import decode_infer_request, encode_infer_response, load_json_object
@@ -75,9 +74,6 @@ async def usage(app: HttpFrontend, request: HttpRequest, params: Params) -> Repl
     return json_reply(200, rows)
 
 
-VARIANT_HEADER = _VARIANT.encode()
-
-
 async def model_infer(app: HttpFrontend, request: HttpRequest, params: Params) -> Reply:
     server = app.server
     name = params["model_name"]
@@ -117,8 +113,6 @@ async def model_infer(app: HttpFrontend, request: HttpRequest, params: Params) -
         body, encoding = _compress(body, accept)
         if encoding:
             reply_headers = [*reply_headers, (b"content-encoding", encoding)]
-    if response.variant:  # a split model: which variant served it
-        reply_headers = [*reply_headers, (VARIANT_HEADER, response.variant.encode())]
     return 200, body, reply_headers
 
 
