@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
@@ -96,17 +97,29 @@ class PayloadLogger:
 
     # ---- the request path ----
 
-    def put(self, record: PayloadRecord) -> None:
-        """Queue a request's record; never waits. A full queue drops it (its events counted); so does a sink that
-        is down, beyond the one record the writer tries it with next (no request's tensors are held for nothing)."""
+    def refusal(self) -> str:
+        """Why a record would be dropped now ("" when it would be queued): the queue is full, or the sink is down
+        and the writer already holds the one record it tries the sink with next (no request's tensors are held
+        for nothing). The stage asks before it builds a record, so a dropped request costs only this."""
         queue = self._queue
         if self._down and queue:
-            self._count("sink_unreachable", 2 if record.mode == "all" else 1)
-            return
+            return "sink_unreachable"
         if len(queue) >= self.queue_size:
-            self._count("queue_full", 2 if record.mode == "all" else 1)
-            return
-        queue.append(record)
+            return "queue_full"
+        return ""
+
+    def drop(self, reason: str, mode: str) -> None:
+        """Count a request's events as dropped for `reason` (see `refusal`)."""
+        self._count(reason, 2 if mode == "all" else 1)
+
+    def put(self, record: PayloadRecord) -> None:
+        """Queue a request's record; never waits. A full queue drops it (its events counted); so does a sink that
+        is down (see `refusal`)."""
+        reason = self.refusal()
+        if reason:
+            self.drop(reason, record.mode)
+        else:
+            self._queue.append(record)
 
     def _count(self, reason: str, events: int) -> None:
         with self._lock:
@@ -169,6 +182,8 @@ class PayloadLogger:
             self._count(reason, count)
 
     def _events(self, record: PayloadRecord) -> Iterator[_Event]:
+        if not record.id:  # made here, off the request's path: the same on both events
+            record.id = uuid.uuid4().hex
         common = {"id": record.id, "source": self.source, "inferenceservicename": record.model,
                   "namespace": self.namespace, "component": self.component, "endpoint": record.endpoint}
         if record.traceparent:

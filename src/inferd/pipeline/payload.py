@@ -5,9 +5,10 @@ without one, all is."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-import uuid
+from typing import Any
 
 import numpy as np
 
@@ -27,10 +28,19 @@ class PayloadLogStage:
         self._logger = logger
         self._default = default
         self._warned: set[str] = set()
+        # One finish callback per mode, made once (no closure per request); a model's mode is read from its config
+        # once per loaded config.
+        self._finishers = {mode: functools.partial(self._record, mode) for mode in MODES}
+        self._modes: dict[int, tuple[Any, str]] = {}
 
     def __call__(self, call: Call) -> None:
-        if self._mode(call) != "none":
-            call.on_finish(self._record)
+        config = call.model.config
+        cached = self._modes.get(id(config))
+        if cached is None or cached[0] is not config:
+            cached = self._modes[id(config)] = (config, self._mode(call))
+        mode = cached[1]
+        if mode != "none":
+            call.on_finish(self._finishers[mode])
 
     def _mode(self, call: Call) -> str:
         parameters = call.model.config.parameters
@@ -46,7 +56,12 @@ class PayloadLogStage:
                         ", ".join(MODES), self._default)
         return self._default
 
-    def _record(self, call: Call) -> None:
+    def _record(self, mode: str, call: Call) -> None:
+        logger = self._logger
+        reason = logger.refusal()
+        if reason:  # the queue is full or the sink down: counted, nothing built
+            logger.drop(reason, mode)
+            return
         request = call.request
         model = call.model
         response = call.response
@@ -54,8 +69,8 @@ class PayloadLogStage:
         if request.shared_inputs:  # the client may overwrite its shared memory once answered: log a copy
             request.inputs = {name: np.array(array) for name, array in request.inputs.items()}
         trace = call.trace
-        self._logger.put(PayloadRecord(
-            self._mode(call), request.id or uuid.uuid4().hex, model.name, model.version_str, request, response,
+        logger.put(PayloadRecord(
+            mode, request.id, model.name, model.version_str, request, response,
             None if error is None else (getattr(error, "message", None) or str(error) or type(error).__name__),
             response.variant if response is not None else "", trace.traceparent if trace is not None else "",
             call.start_ns, time.perf_counter_ns()))
