@@ -321,8 +321,9 @@ def _newest_version(folder: Path) -> Path:
 
 
 def validate_repository(repository: Path) -> list[Problem]:
-    """Every problem of the repository, in the order found (models in name order)."""
+    """Every problem of the repository, by file and line."""
     if not repository.is_dir():
         return [Problem(repository, "the model repository is not a folder")]
-    return _Validator(repository).run()
+    problems = _Validator(repository).run()
+    return sorted(problems, key=lambda p: (str(p.path), p.line or 0, p.column or 0))
 
