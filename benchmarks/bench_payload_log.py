@@ -47,6 +47,7 @@ from bench_core import (
     machine_info,
     model_inputs,
     percentiles,
+    process_cpu_s,
     python_load,
 )
 
@@ -92,6 +93,7 @@ class Point:
     errors: int
     events: int = 0  # received by the live sink
     dropped: float = 0.0  # counted by the server
+    cpu_us: float = float("nan")  # the server's CPU per answered request (steadier than req/s on a busy machine)
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -103,8 +105,8 @@ def _get(url: str) -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def run_server(repo: Path, extra: Sequence[str], log: Path) -> Iterator[tuple[str, str]]:
-    """``inferd serve`` with only mlp loaded: yields (HTTP base URL, metrics URL) once mlp is ready."""
+def run_server(repo: Path, extra: Sequence[str], log: Path) -> Iterator[tuple[str, str, int]]:
+    """``inferd serve`` with only mlp loaded: yields (HTTP base URL, metrics URL, PID) once mlp is ready."""
     http, grpc_port, metrics = free_port(), free_port(), free_port()
     cmd = [*inferd_command(), "serve", "--model-repository", str(repo), "--model-control-mode", "explicit",
            "--load-model", MODEL, "--http-port", str(http), "--grpc-port", str(grpc_port),
@@ -119,7 +121,7 @@ def run_server(repo: Path, extra: Sequence[str], log: Path) -> Iterator[tuple[st
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"inferd did not get ready:\n{log.read_text()[-3000:]}")
             time.sleep(0.25)
-        yield base, f"http://{HOST}:{metrics}/metrics"
+        yield base, f"http://{HOST}:{metrics}/metrics", proc.pid
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -139,38 +141,44 @@ def measure(config: str, round_no: int, repo: Path, tmp: Path, sink: Sink, args:
         extra = ["--payload-log", f"http://{HOST}:{free_port()}/"]  # nothing listens there
     headers = {"Content-Type": "application/json"}
     body_path = tmp / "mlp.json"
-    with run_server(repo, extra, tmp / f"server-{config}-{round_no}.log") as (base, metrics_url):
+    with run_server(repo, extra, tmp / f"server-{config}-{round_no}.log") as (base, metrics_url, pid):
         url = f"{base}/v2/models/{MODEL}/infer"
         if not body_path.exists():
             body_path.write_bytes(json_body(model_inputs(base, MODEL)))
         before = sink.events
+        cpu0 = process_cpu_s(pid)
         if use_hey:
             lats, errors, wall, _cpu, _note = hey_load(url, body_path, headers, args.concurrency, args.duration)
         else:
             lats, errors, wall, _cpu, _note = python_load("http", url, body_path.read_bytes(), headers,
                                                           args.concurrency, args.duration, 2)
+        cpu1 = process_cpu_s(pid)
         time.sleep(1.5)  # the writer catches up (live sink) or counts what it dropped (sink down)
         text = _get(metrics_url)[1]
         dropped = sum(float(v) for v in re.findall(r"^inferd_payload_log_dropped_total\{[^}]*\} (\S+)$", text,
                                                    re.MULTILINE))
     p50, p99 = percentiles(lats)
     point = Point(config, round_no, lats.size / wall, p50, p99, errors, sink.events - before, dropped)
+    if cpu0 is not None and cpu1 is not None and lats.size:
+        point.cpu_us = (cpu1 - cpu0) / lats.size * 1e6
     print(f"round {round_no} {config}: {point.rps:.0f} req/s p50 {p50:.2f} ms p99 {p99:.2f} ms errors {errors} "
-          f"sink events {point.events} dropped {dropped:.0f}", file=sys.stderr, flush=True)
+          f"server {point.cpu_us:.0f} µs CPU/request sink events {point.events} dropped {dropped:.0f}",
+          file=sys.stderr, flush=True)
     return point
 
 
 def table(points: Sequence[Point]) -> str:
     off = statistics.median([p.rps for p in points if p.config == "off"])
-    rows = ["| payload log | req/s (median) | vs off | p50 ms | p99 ms | errors | events at sink | dropped |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| payload log | req/s (median) | vs off | p50 ms | p99 ms | server CPU µs/req | errors | events at sink "
+            "| dropped |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     labels = {"off": "off", "sink": "on, live sink", "down": "on, sink down"}
     for config in CONFIGS:
         mine = [p for p in points if p.config == config]
         rps = statistics.median([p.rps for p in mine])
         rows.append(f"| {labels[config]} | {rps:.0f} | {rps / off:.1%} | "
                     f"{statistics.median([p.p50_ms for p in mine]):.2f} | "
-                    f"{statistics.median([p.p99_ms for p in mine]):.2f} | {sum(p.errors for p in mine)} | "
+                    f"{statistics.median([p.p99_ms for p in mine]):.2f} | "
+                    f"{statistics.median([p.cpu_us for p in mine]):.0f} | {sum(p.errors for p in mine)} | "
                     f"{sum(p.events for p in mine)} | {sum(p.dropped for p in mine):.0f} |")
     return "\n".join(rows)
 
