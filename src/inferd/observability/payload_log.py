@@ -44,6 +44,7 @@ MODES = ("all", "request", "response", "none")
 DEFAULT_QUEUE_SIZE = 10_000
 RETRY_AFTER_S = 1.0  # after a failed delivery, how long the writer drops events before it tries the sink again
 SEND_TIMEOUT_S = 5.0
+BATCH_EVENTS = 64  # events the writer sends together (pipelined) when the queue holds that many
 _IDLE_WAIT_S = 0.01
 _REASONS = ("queue_full", "sink_unreachable", "sink_error", "shutdown")
 
@@ -145,19 +146,19 @@ class PayloadLogger:
                     return
                 self._drop_queued("sink_unreachable")  # what piled up meanwhile cannot go out in time
                 continue
-            record = queue.popleft()
-            for event in self._events(record):
-                self._deliver(event)
+            events: list[_Event] = []
+            while queue and len(events) < BATCH_EVENTS:
+                events += self._events(queue.popleft())
+            self._deliver(events)
         self.sink.flush()
 
-    def _deliver(self, event: _Event) -> None:
-        if time.monotonic() < self._retry_at:
-            self._count("sink_unreachable", 1)
-            return
+    def _deliver(self, events: list[_Event]) -> None:
+        """Send what the queue held (up to BATCH_EVENTS): to an HTTP sink, pipelined on one connection (one
+        write for all, then their answers in order), one POST per event as KServe's logger sends them."""
         try:
-            ok = self.sink.send(event)
-        except (OSError, http.client.HTTPException) as exc:
-            self._count("sink_unreachable", 1)
+            results = self.sink.send_all(events)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            self._count("sink_unreachable", len(events))  # not known to have arrived
             if not self._down:
                 log.warning("payload log: %s cannot be reached (%s); events are dropped until it can",
                             self.target, exc)
@@ -167,10 +168,10 @@ class PayloadLogger:
         if self._down:
             log.info("payload log: %s can be reached again", self.target)
         self._down = False
-        if ok:
-            self.sent += 1
-        else:
-            self._count("sink_error", 1)
+        delivered = sum(results)
+        self.sent += delivered
+        if delivered < len(results):
+            self._count("sink_error", len(results) - delivered)
 
     def _drop_queued(self, reason: str) -> None:
         queue = self._queue
@@ -239,23 +240,34 @@ class _HttpSink:
         self._socket: socket.socket | None = None
         self._pending = b""  # bytes read past the last answer (none, from a well-behaved sink)
 
-    def send(self, event: _Event) -> bool:
+    def send_all(self, events: list[_Event]) -> list[bool]:
+        """POST each event; whether each was taken (2xx). Pipelined: all written at once, then the answers read
+        in order; a sink that closes the connection after an answer gets the rest on a new one."""
+        results: list[bool] = []
+        while len(results) < len(events):
+            sock = self._socket
+            if sock is None:
+                sock = self._socket = self._connect()
+            pending = events[len(results):]
+            try:
+                sock.sendall(b"".join(self._request(event) for event in pending))
+                for _ in pending:
+                    status, keep = self._answer(sock)
+                    results.append(200 <= status < 300)
+                    if not keep:
+                        self.close()
+                        break
+            except BaseException:
+                self.close()
+                raise
+        return results
+
+    def _request(self, event: _Event) -> bytes:
         lines = [self._head, b"ce-type: ", event.type.encode(), b"\r\nce-time: ", event.time.encode()]
         for key, value in event.attributes.items():
             lines += [b"\r\nce-", key.encode(), b": ", _header_value(value)]
         lines += [b"\r\nContent-Length: ", str(len(event.body)).encode(), b"\r\n\r\n", event.body]
-        sock = self._socket
-        if sock is None:
-            sock = self._socket = self._connect()
-        try:
-            sock.sendall(b"".join(lines))
-            status, keep = self._answer(sock)
-        except BaseException:
-            self.close()
-            raise
-        if not keep:
-            self.close()
-        return 200 <= status < 300
+        return b"".join(lines)
 
     def _connect(self) -> socket.socket:
         sock = socket.create_connection((self.host, self.port), timeout=SEND_TIMEOUT_S)
@@ -341,11 +353,11 @@ class _FileSink:
         self.path = path
         self._file: IO[bytes] = open(path, "ab")  # closed in close()
 
-    def send(self, event: _Event) -> bool:
-        line = {"specversion": "1.0", "type": event.type, "time": event.time, **event.attributes,
-                "datacontenttype": "application/json", "data": orjson.Fragment(event.body)}
-        self._file.write(orjson.dumps(line) + b"\n")
-        return True
+    def send_all(self, events: list[_Event]) -> list[bool]:
+        self._file.write(b"".join(orjson.dumps({
+            "specversion": "1.0", "type": event.type, "time": event.time, **event.attributes,
+            "datacontenttype": "application/json", "data": orjson.Fragment(event.body)}) + b"\n" for event in events))
+        return [True] * len(events)
 
     def flush(self) -> None:
         self._file.flush()
