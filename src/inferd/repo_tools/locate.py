@@ -37,12 +37,12 @@ class _Walker:
             tok.NextToken()
             tok.TryConsume(":")
             if tok.token == "[":
-                self.record(f"{prefix}{name}[0]", line)
                 tok.NextToken()
                 while not tok.AtEnd() and tok.token != "]":
                     self.value(prefix, name, tok._line + 1, counts)
                     tok.TryConsume(",")
                 tok.NextToken()
+                self.record(f"{prefix}{name}[0]", line)  # an empty list: its own line
             else:
                 found = self.value(prefix, name, line, counts)
                 if name == "key" and found is not None:
