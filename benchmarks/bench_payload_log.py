@@ -155,14 +155,15 @@ def measure(config: str, round_no: int, repo: Path, tmp: Path, sink: Sink, args:
         cpu1 = process_cpu_s(pid)
         time.sleep(1.5)  # the writer catches up (live sink) or counts what it dropped (sink down)
         text = _get(metrics_url)[1]
-        dropped = sum(float(v) for v in re.findall(r"^inferd_payload_log_dropped_total\{[^}]*\} (\S+)$", text,
-                                                   re.MULTILINE))
+        reasons = {reason: float(value) for reason, value in re.findall(
+            r'^inferd_payload_log_dropped_total\{reason="(\w+)"\} (\S+)$', text, re.MULTILINE) if float(value)}
+        dropped = sum(reasons.values())
     p50, p99 = percentiles(lats)
     point = Point(config, round_no, lats.size / wall, p50, p99, errors, sink.events - before, dropped)
     if cpu0 is not None and cpu1 is not None and lats.size:
         point.cpu_us = (cpu1 - cpu0) / lats.size * 1e6
     print(f"round {round_no} {config}: {point.rps:.0f} req/s p50 {p50:.2f} ms p99 {p99:.2f} ms errors {errors} "
-          f"server {point.cpu_us:.0f} µs CPU/request sink events {point.events} dropped {dropped:.0f}",
+          f"server {point.cpu_us:.0f} µs CPU/request sink events {point.events} dropped {dropped:.0f} {reasons}",
           file=sys.stderr, flush=True)
     return point
 
