@@ -118,7 +118,7 @@ def test_document_is_served_as_packaged(api_server: ServerProcess) -> None:
 
 def _templates() -> dict[tuple[str, ...], set[str]]:
     """Documented path templates (as segments) and their methods."""
-    return {tuple(path.strip("/").split("/")): {m for m in item if m in METHODS}
+    return {tuple(filter(None, path.strip("/").split("/"))): {m for m in item if m in METHODS}
             for path, item in DOCUMENT["paths"].items()}
 
 
