@@ -281,8 +281,8 @@
     $("value-queue").textContent = latest ? fmt(latest.queue, 3) : "–";
     $("value-latency").textContent = latest ? `${fmt(latest.p50, 2)} / ${fmt(latest.p99, 2)}` : "–";
     lineChart($("chart-rate"), [{ values: series.map((p) => p.rate), color: COLORS.rate }]);
-    lineChart($("chart-latency"), [{ values: series.map((p) => p.p50), color: COLORS.p50 },
-      { values: series.map((p) => p.p99), color: COLORS.p99 }]);
+    lineChart($("chart-latency"), [{ values: series.map((p) => p.p50), color: COLORS.p50, label: "p50" },
+      { values: series.map((p) => p.p99), color: COLORS.p99, label: "p99" }]);
     lineChart($("chart-queue"), [{ values: series.map((p) => p.queue), color: COLORS.queue }]);
     lineChart($("chart-errors"), [{ values: series.map((p) => p.errors), color: COLORS.errors }]);
     const batches = (name && state.batches.get(name)) || new Map();
@@ -332,6 +332,11 @@
     axes(ctx, width, height, top, (v) => (v >= 100 ? v.toFixed(0) : String(+v.toPrecision(2))));
     const x = (i) => 32 + ((width - 40) * i) / (HISTORY - 1);
     const y = (v) => height - 16 - ((height - 26) * v) / top;
+    lines.forEach((line, i) => { // a legend where a chart has several lines
+      if (!line.label) return;
+      ctx.fillStyle = line.color;
+      ctx.fillText(line.label, 40 + i * 36, 14);
+    });
     for (const line of lines) {
       const offset = HISTORY - line.values.length;
       ctx.strokeStyle = line.color;
