@@ -78,7 +78,13 @@ class Sink:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer((HOST, 0), Handler)
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # a connection the inferd server reset as it stopped: not the benchmark's business
+
+        self.httpd = Server((HOST, 0), Handler)
         self.url = f"http://{HOST}:{self.httpd.server_address[1]}/"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
