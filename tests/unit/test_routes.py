@@ -34,7 +34,10 @@ def test_openapi_document_describes_exactly_the_serve_routes() -> None:
     ("GET", "/v2/models/a:b", "model_metadata", {"model_name": "a:b"}),  # a colon that is no verb
     ("PUT", "/predictions/resnet/1.0", "predict", {"model_name": "resnet", "model_version": "1.0"}),
     ("POST", "/v2/systemsharedmemory/region/r0/register", "register", {"region_name": "r0"}),
-    ("GET", "/", None, None),
+    ("GET", "/", "root", {}),  # browsers are sent to the dashboard from there
+    ("GET", "/dashboard/dashboard.js", "dashboard_asset", {"asset": "dashboard.js"}),
+    ("GET", "/dashboard/api/latency", "latency", {}),
+    ("GET", "/nowhere", None, None),
     ("GET", "/v2/models/mlp/infer/extra", None, None),
     ("POST", "/v1/models/mlp:explain", None, None),
 ])
