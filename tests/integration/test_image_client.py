@@ -116,3 +116,12 @@ def test_tensors_from_npy_printed_as_a_table(server: ServerProcess, tmp_path: Pa
     blocks = dict(block.split("\n", 1) for block in result.stdout.strip().split("\n\n"))
     assert blocks["OUTPUT0  INT32  [2, 16]"] == np.array2string(a + b, threshold=64)
     assert blocks["OUTPUT1  INT32  [2, 16]"] == np.array2string(a - b, threshold=64)
+
+
+def test_a_folder_over_http_async(server: ServerProcess, tmp_path: Path) -> None:
+    """--async over HTTP: both requests sent before either answer is read; printed in request order."""
+    folder = tmp_path / "images"
+    images = [draw_image(folder / f"{i}.jpg", seed=20 + i) for i in range(4)]
+    result = infer(server, "http", "-m", "classifier", "-c", "1", "-s", "INCEPTION", "-b", "2", "-a", folder)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == expected_lines([images[:2], images[2:]], "INCEPTION", "NCHW", 1)
