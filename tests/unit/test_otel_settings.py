@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
@@ -75,3 +76,33 @@ def test_a_traced_request_and_its_graph_step_become_spans(tmp_path: Path) -> Non
     assert spans["remote far"]["parent_id"] == spans["step"]["context"]["span_id"]
     assert spans["compute_infer"]["parent_id"] == spans["compute"]["context"]["span_id"]
     assert spans["graph"]["status"]["status_code"] == "ERROR"
+
+
+def test_otlp_over_grpc_reaches_a_real_receiver() -> None:
+    """protocol=grpc: spans arrive at a gRPC TraceService on 127.0.0.1 (the collector's OTLP/gRPC port)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    names: list[str] = []
+
+    class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:
+            names.extend(s.name for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(ThreadPoolExecutor(2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Collector(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        tracer = Tracer(parse_trace_config(["mode=opentelemetry", "rate=1", "opentelemetry,protocol=grpc",
+                                            f"opentelemetry,url=http://127.0.0.1:{port}"]))
+        trace = tracer.begin("grpc-exported", 1, "g1", time.perf_counter_ns())
+        assert trace is not None
+        tracer.end(trace, time.perf_counter_ns())
+        tracer.close()  # flushes the batch processor
+    finally:
+        server.stop(None)
+    assert names == ["grpc-exported"]
