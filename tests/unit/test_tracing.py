@@ -241,3 +241,18 @@ def test_serve_flags() -> None:
                                       "--log-format", "ISO8601"])
     assert parse_trace_config(args.trace_config).file == "/tmp/t.json"
     assert (args.log_file, args.log_format, args.log_verbose) == ("/tmp/l.log", "ISO8601", 0)
+
+
+def test_a_step_of_a_traced_graph_is_traced_as_its_child() -> None:
+    """While a sampled request runs, the requests it makes (a graph's steps) are traced with it, whatever the rate,
+    and their records name it as `parent_id`; once it ended, requests are sampled by the rate again."""
+    tracer, exporter = _tracer(file="x", level=frozenset({"TIMESTAMPS"}), rate=2)
+    _run(tracer, "graph", "g-0")  # the 1st request: not sampled at rate 2
+    outer = tracer.begin("graph", 1, "g-1", 100)  # the 2nd: sampled
+    assert outer is not None
+    _run(tracer, "step", "s-1")  # runs inside it: traced, though the rate would skip it
+    tracer.end(outer, 300)
+    _run(tracer, "step", "s-2")  # on its own again: the 3rd request at rate 2, not sampled
+    records = {r["request_id"]: r for r in exporter.records}
+    assert set(records) == {"g-1", "s-1"}
+    assert records["s-1"]["parent_id"] == records["g-1"]["id"] and "parent_id" not in records["g-1"]
