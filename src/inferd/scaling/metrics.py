@@ -51,6 +51,10 @@ class ScalingMetrics(Collector):
     # ---- Prometheus ----
 
     def collect(self) -> Iterator[Metric]:
+        """The families that have samples (a family is declared only with its samples, as Triton's are)."""
+        return (family for family in self._families() if family.samples)
+
+    def _families(self) -> Iterator[Metric]:
         with self._lock:
             cold = {m: (list(h.buckets), h.sum) for m, h in self.cold_starts.items()}
             evictions = dict(self.evictions)
