@@ -102,6 +102,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8])
     p.add_argument("--protocols", type=lambda s: s.split(","), default=["http-json", "grpc"])
     p.add_argument("--loader-procs", type=int, default=2, help="processes of the Python loaders (default 2)")
+    p.add_argument("--only", type=lambda s: s.split(","), default=None, help="measure only these targets")
     return p.parse_args(argv)
 
 
@@ -122,8 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         base = f"http://{core.HOST}:{ports[0]}"
         models = [DIRECT, ONE_STEP, THREE_STEP]
         with core.run_server(repo, models, ports, tmp / "server.log") as pid:
-            targets = [DIRECT, ONE_STEP, THREE_STEP]
-            if core.http_get(f"{base}/v2/models/{SELDON}/ready")[0] == 200:
+            targets = [DIRECT, ONE_STEP, THREE_STEP] if not args.only else args.only
+            if args.only is not None:
+                pass
+            elif core.http_get(f"{base}/v2/models/{SELDON}/ready")[0] == 200:
                 targets.append(SELDON)
             else:
                 print(f"{SELDON} is not ready: skipped", file=sys.stderr)
