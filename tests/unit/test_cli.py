@@ -78,7 +78,9 @@ def test_model_repository_is_required(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_ignored_triton_flags_are_accepted() -> None:
-    args = _serve("--backend-config", "onnxruntime,default-max-batch-size=4", "--model-load-thread-count=2")
+    # Flags Triton users pass that mean nothing here are accepted (and ignored with a warning at serve time).
+    args = _serve("--model-load-thread-count=2", "--backend-directory", "/opt/tritonserver/backends",
+                  "--pinned-memory-pool-byte-size=268435456")
     assert args.model_repository == ["/models"]
 
 
