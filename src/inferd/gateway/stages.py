@@ -4,12 +4,12 @@ one metric sample per call, however it ends — refused calls included."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from ..pipeline.account import http_status
 from ..pipeline.call import Call
 from ..types import InferError
 from .audit import AuditRecord
@@ -71,7 +71,7 @@ class AuthenticateStage:
 
     def _record(self, call: Call) -> None:
         error = call.error
-        status = 200 if error is None else _status(error)
+        status = 200 if error is None else http_status(error)
         state = call.state
         principal: Principal | None = state.get(_TENANT)
         request = call.request
@@ -90,14 +90,6 @@ class AuthenticateStage:
             model.version_str if model is not None else request.model_version, context.protocol, context.endpoint,
             status, latency_ns / 1e6, payload_bytes(request.inputs),
             0 if response is None else payload_bytes(response.outputs), request.id, context.peer))
-
-
-def _status(error: BaseException) -> int:
-    if isinstance(error, InferError):
-        return error.kind.http_status
-    if isinstance(error, asyncio.CancelledError):
-        return 499
-    return 500
 
 
 def payload_bytes(tensors: Mapping[str, np.ndarray]) -> int:

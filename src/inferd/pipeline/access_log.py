@@ -5,12 +5,11 @@ the `inferd.access` logger whose `fields` the JSON log format writes as the line
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
 
-from ..types import InferError
+from .account import http_status
 from .call import Call
 
 log = logging.getLogger("inferd.access")
@@ -33,7 +32,7 @@ class AccessLogStage:
         model = call.model
         context = call.context
         error = call.error
-        status = 200 if error is None else _status(error)
+        status = 200 if error is None else http_status(error)
         fields: dict[str, Any] = {
             "request_id": request.id, "model": model.name if model is not None else request.model_name,
             "version": model.version_str if model is not None else request.model_version,
@@ -46,14 +45,6 @@ class AccessLogStage:
             fields["tenant"] = principal.name
         log.info("%s %s %s %d %.3f ms", context.protocol, fields["model"], fields["version"] or "-", status,
                  latency_ms, extra={"fields": fields})
-
-
-def _status(error: BaseException) -> int:
-    if isinstance(error, InferError):
-        return error.kind.http_status
-    if isinstance(error, asyncio.CancelledError):
-        return 499
-    return 500
 
 
 def _batch_size(call: Call) -> int:

@@ -37,6 +37,16 @@ class AccountStage:
             self._tracer.end(call.trace, now, call.error)
 
 
+def http_status(error: BaseException) -> int:
+    """The HTTP status a failed request's answer has (499, nginx's "client closed request", for a cancelled one):
+    what the audit trail and the access log record, whatever the protocol."""
+    if isinstance(error, InferError):
+        return error.kind.http_status
+    if isinstance(error, asyncio.CancelledError):
+        return 499
+    return 500
+
+
 def failure_reason(exc: BaseException | None) -> FailureReason:
     """The reason a failed request counts under in statistics and metrics (Triton's reasons)."""
     if isinstance(exc, asyncio.CancelledError):
