@@ -178,12 +178,17 @@ spec:
 """
 
 
-def test_seldon_predictors_split_by_traffic_and_shadow(tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
+def seldon_split_repository(repo: Path) -> Path:
+    """plus1, plus2 and plus5 (ONNX models adding 1, 2, 5) and deployments/abtest.yaml splitting between them."""
     for name, constant in (("plus1", 1), ("plus2", 2), ("plus5", 5)):
         write_model(repo, name, add_constant_model(constant), config(name))
     (repo / "deployments").mkdir()
     (repo / "deployments" / "abtest.yaml").write_text(SELDON_SPLIT)
+    return repo
+
+
+def test_seldon_predictors_split_by_traffic_and_shadow(tmp_path: Path) -> None:
+    repo = seldon_split_repository(tmp_path / "repo")
     with inferd.Server(model_repository=repo, strict_readiness=False) as server:
         x = np.zeros((1, 1), np.int32)
         served = {"main": 0, "candidate": 0}
@@ -210,11 +215,7 @@ def test_seldon_predictors_split_by_traffic_and_shadow(tmp_path: Path) -> None:
 
 
 def test_a_removed_deployment_takes_its_split_along(tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    for name, constant in (("plus1", 1), ("plus2", 2), ("plus5", 5)):
-        write_model(repo, name, add_constant_model(constant), config(name))
-    (repo / "deployments").mkdir()
-    (repo / "deployments" / "abtest.yaml").write_text(SELDON_SPLIT)
+    repo = seldon_split_repository(tmp_path / "repo")
     with inferd.Server(model_repository=repo, strict_readiness=False, model_control_mode="poll",
                        repository_poll_secs=0.2) as server:
         x = np.zeros((1, 1), np.int32)

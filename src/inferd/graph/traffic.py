@@ -248,25 +248,26 @@ class TrafficStage:
         try:
             await self._infer.infer_request(copy, _SHADOW_CONTEXT)
         except Exception as exc:
-            self._shadow_failed(copy, name, exc)
+            self._settled(copy, name, key, exc)
         else:
-            self.metrics.shadow(name, copy.model_name, "success")
-        finally:
-            self._in_flight[key] -= 1
+            self._settled(copy, name, key, None)
 
     def _run_sync(self, copy: InferenceRequest, name: str, key: str) -> None:
         try:
             self._infer.infer_request_sync(copy, _SHADOW_CONTEXT)
         except Exception as exc:
-            self._shadow_failed(copy, name, exc)
+            self._settled(copy, name, key, exc)
         else:
-            self.metrics.shadow(name, copy.model_name, "success")
-        finally:
-            self._in_flight[key] -= 1
+            self._settled(copy, name, key, None)
 
-    def _shadow_failed(self, copy: InferenceRequest, name: str, exc: Exception) -> None:
+    def _settled(self, copy: InferenceRequest, name: str, key: str, error: Exception | None) -> None:
+        """A copy ended: counted by outcome, its in-flight place given back."""
+        self._in_flight[key] -= 1
+        if error is None:
+            self.metrics.shadow(name, copy.model_name, "success")
+            return
         self.metrics.shadow(name, copy.model_name, "failure")
-        text = exc.message if isinstance(exc, InferError) else str(exc)
+        text = error.message if isinstance(error, InferError) else str(error)
         log.debug("shadow '%s' of '%s' failed: %s", copy.model_name, name, text)
 
 
