@@ -35,7 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..compat.seldon.component import SERVICE_TYPES, SeldonComponent, import_interface, parse_parameters
+from ..compat.seldon.component import (
+    SERVICE_TYPES,
+    SeldonComponent,
+    import_interface,
+    parse_parameters,
+    split_interface,
+)
 from ..config import ConfigError, ModelConfig, read_config
 from ..model import ServedModel
 from ..types import InferError
@@ -311,12 +317,7 @@ class _Builder:
 def _import_class(working: Path, interface: str) -> tuple[type, str]:
     """The class MODEL_NAME names, from its module in `working` (which also goes on sys.path, for the module's own
     imports); a module not found there is imported as an installed one."""
-    if ":" in interface:
-        module_name, _, class_name = interface.partition(":")
-    elif "." in interface:
-        module_name, _, class_name = interface.rpartition(".")
-    else:
-        module_name = class_name = interface
+    module_name, class_name = split_interface(interface)
     source = working / (module_name.replace(".", os.sep) + ".py")
     if not source.is_file():
         return import_interface(interface)

@@ -91,12 +91,9 @@ def parse_parameters(text: str) -> dict[str, Any]:
     return parsed
 
 
-def import_interface(interface: str) -> tuple[type, str]:
-    """The user class and its name, from `MODULE:CLASS`, Seldon's `MODULE.CLASS`, or Seldon's `NAME` (a module
-    NAME holding a class NAME). The module is imported from the current directory first, then PYTHONPATH."""
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
+def split_interface(interface: str) -> tuple[str, str]:
+    """(module, class) of `MODULE:CLASS`, Seldon's `MODULE.CLASS`, or Seldon's `NAME` (a module NAME holding a
+    class NAME)."""
     if ":" in interface:
         module_name, _, class_name = interface.partition(":")
     elif "." in interface:
@@ -105,6 +102,16 @@ def import_interface(interface: str) -> tuple[type, str]:
         module_name = class_name = interface
     if not module_name or not class_name:
         raise ValueError(f"interface '{interface}' must be MODULE:CLASS, MODULE.CLASS or NAME")
+    return module_name, class_name
+
+
+def import_interface(interface: str) -> tuple[type, str]:
+    """The user class and its name, from `MODULE:CLASS`, Seldon's `MODULE.CLASS`, or Seldon's `NAME` (a module
+    NAME holding a class NAME). The module is imported from the current directory first, then PYTHONPATH."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    module_name, class_name = split_interface(interface)
     module = importlib.import_module(module_name)
     user_class = getattr(module, class_name, None)
     if not isinstance(user_class, type):
