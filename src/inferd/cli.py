@@ -312,6 +312,11 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--http-body-timeout-secs", type=float, default=60.0, metavar="SECONDS",
                        help="a request's body must arrive within this (from the end of its headers), else 408 and "
                        "close (default 60)")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="HTTP front-end processes: with 2 or more, N worker processes accept on --http-port "
+                       "(SO_REUSEPORT), parse, decode and encode, while the models, the pipeline, statistics, metrics "
+                       "and gRPC stay in this process, tensors crossing through shared memory (default 1: this "
+                       "process serves HTTP itself)")
     serve.add_argument("--http-max-connections", type=int, default=0, metavar="N",
                        help="HTTP connections open at once; past it the oldest with no request in progress is "
                        "closed, else the new one gets 503 (default 0: 10,000, or half the open-files limit if lower)")
@@ -538,6 +543,9 @@ def serve_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         log.error("%s", exc)
         return 1
+    if args.workers < 1:
+        log.error("--workers must be at least 1 (got %d)", args.workers)
+        return 1
     for setting in args.backend_settings.unused():
         log.warning("--backend-config %s is accepted for Triton compatibility and ignored", setting)
     if not _ports_free(args):
@@ -674,7 +682,8 @@ async def _serve(server: Server, args: argparse.Namespace, started: float) -> No
         exit_timeout=args.exit_timeout_secs, drain_delay=args.drain_delay_secs,
         grpc_max_message_bytes=args.grpc_max_message_size, http_tls=args.http_tls, grpc_tls=args.grpc_tls,
         metrics_collectors=[*server.metrics_collectors, frontend.seldon_feedback],
-        management=_management_door(server, args), ready_message=f"inferd {__version__} ready", started=started)
+        management=_management_door(server, args), ready_message=f"inferd {__version__} ready", started=started,
+        http_workers=args.workers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from inferd.cli import build_parser
-from inferd.instances.arenas import SHM_PREFIX, ServerArena, is_server_segment
 from inferd.memory import SystemSharedMemory
+from inferd.memory.arenas import SHM_PREFIX, ServerArena, is_server_segment
 from inferd.memory.system import DEFAULT_MAX_SHM_REGIONS
 from inferd.server import Server
 from inferd.types import ErrorKind, InferError

@@ -35,6 +35,7 @@ from .tls import TlsSettings
 
 if TYPE_CHECKING:
     from .grpc import GrpcFrontend
+    from .workers import WorkerPool
 
 log = logging.getLogger("inferd")
 
@@ -155,7 +156,8 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
                              metrics_collectors: Sequence[Any] = (), drain_delay: float | None = None,
                              close_server: bool = True, http_tls: TlsSettings | None = None,
                              grpc_tls: TlsSettings | None = None,
-                             management: tuple[HttpFrontend, Endpoint] | None = None) -> None:
+                             management: tuple[HttpFrontend, Endpoint] | None = None,
+                             http_workers: int = 1) -> None:
     """Start the front doors that are given, log `ready_message`, and serve until SIGINT or SIGTERM; then shut down
     within `exit_timeout` seconds (see the module docstring).
 
@@ -167,7 +169,8 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
     `grpc_restricted`: API group -> (metadata key, value) that gRPC calls of the group must carry (Triton's
     `--grpc-restricted-protocol`; the HTTP frontend carries its own). `http_tls` / `grpc_tls`: serve that door over
     TLS only (None: plain); the metrics endpoint stays plain HTTP, as in Triton. `management`: TorchServe's
-    management API, a second HTTP door (with the HTTP limits and TLS) on its own port."""
+    management API, a second HTTP door (with the HTTP limits and TLS) on its own port. `http_workers`: with 2 or
+    more, that many worker processes serve the HTTP port instead of this one (`frontends/workers.py`)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -180,7 +183,7 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
                  "torchserve-management": management[1] if management else None})
     grpc_frontend: GrpcFrontend | None = None
     metrics_server: Any = None
-    http_server: HttpServer | None = None
+    http_server: HttpServer | WorkerPool | None = None
     management_server: HttpServer | None = None
     try:
         if grpc is not None:
@@ -194,7 +197,13 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
             log.info("started Metrics Service at %s:%d", metrics.address, metrics_server.server_address[1])
         if http is not None:
             frontend, endpoint = http
-            http_server = HttpServer(frontend, endpoint.address, endpoint.port, limits=http_limits, tls=http_tls)
+            if http_workers > 1:
+                from .workers import WorkerPool
+
+                http_server = WorkerPool(frontend, endpoint.address, endpoint.port, http_workers,
+                                         limits=http_limits or HttpLimits(), tls=http_tls)
+            else:
+                http_server = HttpServer(frontend, endpoint.address, endpoint.port, limits=http_limits, tls=http_tls)
             try:
                 await http_server.start()
             except OSError as exc:

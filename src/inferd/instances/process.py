@@ -9,7 +9,7 @@ waits on a pipe, so the schedulers treat it like any other thread-friendly insta
   model once and then serves `execute` calls one at a time. One process per instance: a model is never loaded into
   a process that does not serve it. Unlike multiprocessing's spawn, the child never imports the server's
   `__main__` module, so a script, a notebook or `python -c` embeds `inferd.Server` with no `__main__` guard.
-* Tensors cross through shared memory, not pickles (see arenas.py): the server writes a call's inputs into the
+* Tensors cross through shared memory, not pickles (see memory/arenas.py): the server writes a call's inputs into the
   instance's request arena and copies its outputs out of the response arena once (the arena is reused by the next
   call). BYTES (object) tensors have no fixed size and travel pickled in the pipe message instead.
 * During a call the child may send BLS requests (a model calling another model, see bls.py): `_call` hands each
@@ -48,9 +48,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, ModelConfig
+from ..memory.arenas import SHM_PREFIX, Header, ServerArena, Tensors, layout, view, write
 from ..model_limits import memory_limit_bytes, memory_limit_text
 from ..types import ErrorKind, InferError, describe_error
-from .arenas import SHM_PREFIX, Header, ServerArena, Tensors, layout, view, write
 from .bls import BlsHandler, BlsRequest
 from .environments import PythonEnvironment
 from .worker import command as worker_command

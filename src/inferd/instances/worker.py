@@ -15,7 +15,7 @@ folder, device, environment site dirs).
 * The backend class is imported by its registry target; with a `PythonEnvironment`, its site-packages go first on
   `sys.path` before that (see environments.py).
 * Inputs are numpy views of the server's request arena; outputs are written into its response arena, which the
-  server grows on request ("grow" / "arena"), see arenas.py. BYTES tensors travel pickled.
+  server grows on request ("grow" / "arena"), see memory/arenas.py. BYTES tensors travel pickled.
 * During a call the model may send BLS requests (see bls.py): `Channel` is the pipe's only reader from then on.
 * The process dies with the server: a thread reads the watch pipe, whose only write end the server holds, and ends
   the process at its end-of-file (the server has exited, however: also SIGKILL), even while the model is busy.
@@ -40,9 +40,9 @@ from typing import Any
 import numpy as np
 
 from ..config import ModelConfig
+from ..memory.arenas import ChildArenas, Tensors, layout, view, write
 from ..model_limits import memory_limit_bytes
 from ..types import InferError
-from .arenas import ChildArenas, Tensors, layout, view, write
 from .bls import Channel, set_channel
 from .environments import enter_environment
 

@@ -491,14 +491,16 @@ class HttpServer:
     """Listens on host:port and serves `frontend` until `stop`.
 
     `limits`: what a client may make the server hold (default HttpLimits()); `keep_alive_timeout`, when given,
-    replaces theirs. `tls`: serve HTTPS only, with these files (default: plain HTTP).
+    replaces theirs. `tls`: serve HTTPS only, with these files (default: plain HTTP). `reuse_port`: listen with
+    SO_REUSEPORT, so several processes share the port (the HTTP workers of `--workers`, frontends/workers.py).
     """
 
     def __init__(self, frontend: HttpFrontend, host: str, port: int, *,
                  keep_alive_timeout: float | None = None, limits: HttpLimits | None = None,
-                 tls: TlsSettings | None = None) -> None:
+                 tls: TlsSettings | None = None, reuse_port: bool = False) -> None:
         self.frontend = frontend
         self.tls = tls
+        self.reuse_port = reuse_port
         self.host = host
         self.port = port
         self.max_input_size = frontend.max_input_size
@@ -528,7 +530,8 @@ class HttpServer:
             secure = {"ssl": self.tls.server_context(alpn=("http/1.1",)),
                       "ssl_handshake_timeout": self.limits.header_timeout}
         self._server = await self.loop.create_server(lambda: _Connection(self), self.host, self.port,
-                                                     reuse_address=True, backlog=4096, **secure)
+                                                     reuse_address=True, reuse_port=self.reuse_port or None,
+                                                     backlog=4096, **secure)
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]
         self._checker = self.loop.call_later(self.tick, self._check)

@@ -16,9 +16,9 @@ from urllib.parse import parse_qs
 
 from ...config import ConfigError
 from ...gateway.usage import usage_rows
-from ...types import InferError
+from ...types import InferenceResponse, InferError
 from .messages import EMPTY_OK, JSON, QUERY_HEADER, HttpRequest, Params, Reply, error_reply, json_reply
-from .v2 import decode_infer_request, encode_infer_response, load_json_object
+from .v2 import OutputOptions, decode_infer_request, encode_infer_response, load_json_object
 
 if TYPE_CHECKING:
     from .app import HttpFrontend
@@ -102,13 +102,17 @@ async def model_infer(app: HttpFrontend, request: HttpRequest, params: Params) -
                             version=version, latency_ms=(time.perf_counter() - started) * 1000)
         raise
     response = await server.infer_request(infer_request, request.context("v2-http"))
+    return infer_reply(response, options, headers.get(b"accept-encoding"))
+
+
+def infer_reply(response: InferenceResponse, options: OutputOptions, accept: bytes | None) -> Reply:
+    """The 200 answer to an inference request (also what an HTTP worker process sends, frontends/workers.py)."""
     body, json_length = encode_infer_response(response, options)
     reply_headers = JSON if json_length is None else [
         (b"content-type", b"application/octet-stream"),
         (b"inference-header-content-length", str(json_length).encode())]
     # Like Triton, only inference responses are compressed (clients such as tritonclient's aio client send
     # Accept-Encoding on every call but only decompress inference responses).
-    accept = headers.get(b"accept-encoding")
     if accept and len(body) >= COMPRESS_MIN_SIZE:
         body, encoding = _compress(body, accept)
         if encoding:

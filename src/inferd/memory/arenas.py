@@ -15,8 +15,8 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
-from ..memory.segments import SHM_PREFIX, is_server_segment
 from ..types import ErrorKind, InferError, Tensors
+from .segments import SHM_PREFIX, is_server_segment
 
 __all__ = ["SHM_PREFIX", "ChildArenas", "Header", "ServerArena", "Tensors", "close_mapping", "is_server_segment",
            "layout", "view", "write"]

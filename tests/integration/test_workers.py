@@ -1,0 +1,297 @@
+"""`inferd serve --workers 2`: two HTTP worker processes on the port, one server behind them.
+
+What a user checks: answers equal the model run by hand (JSON and binary data, small tensors and ones that cross
+through shared memory), from many connections at once, served by both workers; statistics, metrics, the
+repository API and system shared memory answer as one server; errors are the single process's, byte for byte;
+the model is loaded once (only the main process maps ONNX Runtime); SIGTERM ends every process.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+from tritonclient.utils import shared_memory as shm
+
+from clients import make_input, simple_data, simple_inputs
+from models import SIMPLE, SIMPLE_CONFIG, identity_config, identity_model, identity_name, simple_model, write_model
+from observing import metric, model_stats, scrape
+from serving import HOST, ServerProcess, start_server
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="looks at processes through /proc")
+
+IDENTITY = identity_name("FP32")  # FP32 [batch, n] -> the same: big inputs and outputs cross through the arenas
+BIG = 40_000  # FP32 elements: 160 kB, over the 64 KiB that go inline in a message
+CONNECTIONS = 16
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("workers") / "models"
+    write_model(repo, SIMPLE, simple_model(), SIMPLE_CONFIG)
+    write_model(repo, IDENTITY, identity_model("FP32"), identity_config("FP32"))
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = start_server(repo, tmp_path_factory.mktemp("logs") / "inferd-workers.log", "--workers", "2",
+                           "--model-control-mode", "explicit", "--load-model", SIMPLE, "--load-model", IDENTITY,
+                           "--allow-client-shm=true")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def single(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The same repository served by one process, to compare answers with."""
+    process = start_server(repo, tmp_path_factory.mktemp("logs") / "inferd-single.log",
+                           "--model-control-mode", "explicit", "--load-model", SIMPLE, "--load-model", IDENTITY)
+    yield process
+    process.stop()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children")
+        if children.exists():
+            found += [int(c) for c in children.read_text().split()]
+    return found
+
+
+def _workers(server: ServerProcess) -> list[int]:
+    """The server's HTTP worker processes (its children running inferd.frontends.workers)."""
+    pids = []
+    for child in _children(server.process.pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            continue
+        if b"inferd.frontends.workers" in command:
+            pids.append(child)
+    return pids
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _tcp_sockets(port: int) -> dict[int, str]:
+    """inode -> state ("0A" listening, "01" established) of the IPv4 TCP sockets whose local port is `port`."""
+    sockets = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port:
+            sockets[int(fields[9])] = fields[3]
+    return sockets
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_the_workers_listen_and_main_does_not(server: ServerProcess) -> None:
+    workers = _workers(server)
+    assert len(workers) == 2, workers
+    listening = {inode for inode, state in _tcp_sockets(server.http_port).items() if state == "0A"}
+    assert len(listening) == 2  # one socket per worker (SO_REUSEPORT)
+    for pid in workers:
+        assert len(_socket_inodes(pid) & listening) == 1
+    assert not _socket_inodes(server.process.pid) & listening
+
+
+def test_answers_equal_the_model_from_many_connections(server: ServerProcess) -> None:
+    before = {model: model_stats(server.base_url, model)["inference_count"] for model in (SIMPLE, IDENTITY)}
+    sent = {SIMPLE: 0, IDENTITY: 0}
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def run(seed: int) -> None:
+        client = httpclient.InferenceServerClient(server.http_url, network_timeout=60)
+        try:
+            for i in range(6):
+                binary = bool((seed + i) % 2)
+                a, b = simple_data(1 + i % 3, seed=seed * 100 + i)
+                result = client.infer(SIMPLE, simple_inputs(httpclient, a, b, binary), outputs=[
+                    httpclient.InferRequestedOutput("OUTPUT0", binary_data=binary),
+                    httpclient.InferRequestedOutput("OUTPUT1", binary_data=not binary)])
+                np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+                np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+                x = np.random.default_rng(seed * 100 + i).standard_normal((1, BIG)).astype(np.float32)
+                result = client.infer(IDENTITY, [make_input(httpclient, "INPUT0", x, "FP32", binary)],
+                                      outputs=[httpclient.InferRequestedOutput("OUTPUT0", binary_data=binary)])
+                np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), x)
+                with lock:
+                    sent[SIMPLE] += 1 + i % 3  # inference_count counts a batch's rows
+                    sent[IDENTITY] += 1
+        except BaseException as exc:  # reported by the test's thread
+            errors.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    for model in (SIMPLE, IDENTITY):  # one server: every worker's requests in one model's statistics
+        assert model_stats(server.base_url, model)["inference_count"] - before[model] == sent[model]
+    samples = scrape(server.metrics_port)
+    assert metric(samples, "nv_inference_request_success", model=IDENTITY, version="1") >= sent[IDENTITY]
+    assert metric(samples, "nv_inference_count", model=SIMPLE, version="1") >= sent[SIMPLE]
+
+
+def test_connections_are_served_by_both_workers(server: ServerProcess) -> None:
+    body = json.dumps({"inputs": [{"name": n, "datatype": "INT32", "shape": [1, 16], "data": list(range(16))}
+                                  for n in ("INPUT0", "INPUT1")]})
+    connections = [http.client.HTTPConnection(HOST, server.http_port, timeout=30) for _ in range(CONNECTIONS)]
+    try:
+        for connection in connections:  # keep-alive: each stays open, held by the worker that accepted it
+            connection.request("POST", f"/v2/models/{SIMPLE}/infer", body=body)
+            response = connection.getresponse()
+            assert response.status == 200 and json.loads(response.read())["outputs"][0]["data"][1] == 2
+        established = {inode for inode, state in _tcp_sockets(server.http_port).items() if state == "01"}
+        held = {pid: len(_socket_inodes(pid) & established) for pid in _workers(server)}
+        assert sum(held.values()) == CONNECTIONS, held
+        # SO_REUSEPORT spreads connections by their address hash: 16 all landing on one worker is 2 in 65,536.
+        assert all(count > 0 for count in held.values()), held
+    finally:
+        for connection in connections:
+            connection.close()
+
+
+REQUESTS: list[tuple[str, str, dict[str, str], bytes]] = [
+    ("POST", f"/v2/models/{SIMPLE}/infer", {}, json.dumps({"id": "a", "inputs": [
+        {"name": n, "datatype": "INT32", "shape": [1, 16], "data": list(range(16))} for n in ("INPUT0", "INPUT1")],
+        "parameters": {"binary_data_output": False}}).encode()),
+    ("POST", f"/v2/models/{SIMPLE}/versions/1/infer", {"Inference-Header-Content-Length": "0"}, b""),
+    ("POST", f"/v2/models/{SIMPLE}/infer", {}, b'{"inputs": [{"name": "INPUT0", "datatype": "INT32", '
+                                                b'"shape": [1, 3], "data": [1, 2, 3]}]}'),
+    ("POST", f"/v2/models/{SIMPLE}/infer", {}, b'{"inputs": [{"name": "INPUT0", "datatype": "FP32", '
+                                                b'"shape": [1, 16], "data": [1]}]}'),
+    ("POST", f"/v2/models/{SIMPLE}/infer", {}, b"{not json"),
+    ("POST", "/v2/models/nope/infer", {}, b'{"inputs": []}'),
+    ("GET", f"/v2/models/{SIMPLE}/infer", {}, b""),
+    ("GET", f"/v2/models/{SIMPLE}/config", {}, b""),
+    ("GET", "/v2/health/ready", {}, b""),
+]
+
+
+@pytest.mark.parametrize("index", range(len(REQUESTS)))
+def test_answers_are_the_single_process_answers(server: ServerProcess, single: ServerProcess, index: int) -> None:
+    method, path, headers, body = REQUESTS[index]
+    answers = []
+    for target in (server, single):
+        response = httpx.request(method, f"{target.base_url}{path}", headers=headers, content=body, timeout=30)
+        answers.append((response.status_code, response.content,
+                        sorted((k, v) for k, v in response.headers.items() if k != "date")))
+    assert answers[0] == answers[1]
+
+
+def test_binary_answers_are_the_single_process_answers(server: ServerProcess, single: ServerProcess) -> None:
+    x = np.arange(BIG, dtype=np.float32).reshape(1, BIG)
+    header = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, BIG],
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": True}}]}).encode()
+    answers = []
+    for target in (server, single):
+        response = httpx.post(f"{target.base_url}/v2/models/{IDENTITY}/infer", content=header + x.tobytes(),
+                              headers={"Inference-Header-Content-Length": str(len(header))}, timeout=30)
+        assert response.status_code == 200, response.text
+        answers.append((response.content, response.headers["inference-header-content-length"]))
+    assert answers[0] == answers[1]
+    length = int(answers[0][1])
+    np.testing.assert_array_equal(np.frombuffer(answers[0][0][length:], dtype=np.float32), x.ravel())
+
+
+def test_repository_load_and_unload(server: ServerProcess) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    a, b = simple_data(1)
+    try:
+        client.unload_model(SIMPLE)
+        with pytest.raises(InferenceServerException):
+            client.infer(SIMPLE, simple_inputs(httpclient, a, b))
+        assert not client.is_model_ready(SIMPLE)
+        client.load_model(SIMPLE)
+        assert client.is_model_ready(SIMPLE)
+        result = client.infer(SIMPLE, simple_inputs(httpclient, a, b))
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+    finally:
+        client.load_model(SIMPLE)
+        client.close()
+
+
+def test_system_shared_memory(server: ServerProcess) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    tag = f"workers-{os.getpid()}"
+    size = 16 * 4
+    inputs_region = shm.create_shared_memory_region(f"{tag}-in", f"/{tag}-in", 2 * size)
+    outputs_region = shm.create_shared_memory_region(f"{tag}-out", f"/{tag}-out", 2 * size)
+    try:
+        client.register_system_shared_memory(f"{tag}-in", f"/{tag}-in", 2 * size)
+        client.register_system_shared_memory(f"{tag}-out", f"/{tag}-out", 2 * size)
+        a, b = simple_data(1, seed=7)
+        shm.set_shared_memory_region(inputs_region, [a, b])
+        tensors = simple_inputs(httpclient, a, b)
+        tensors[0].set_shared_memory(f"{tag}-in", size)
+        tensors[1].set_shared_memory(f"{tag}-in", size, offset=size)
+        outputs = [httpclient.InferRequestedOutput(name, binary_data=True) for name in ("OUTPUT0", "OUTPUT1")]
+        outputs[0].set_shared_memory(f"{tag}-out", size)
+        outputs[1].set_shared_memory(f"{tag}-out", size, offset=size)
+        client.infer(SIMPLE, tensors, outputs=outputs)
+        np.testing.assert_array_equal(shm.get_contents_as_numpy(outputs_region, np.int32, [1, 16]), a + b)
+        np.testing.assert_array_equal(shm.get_contents_as_numpy(outputs_region, np.int32, [1, 16], offset=size),
+                                      a - b)
+        status = client.get_system_shared_memory_status()
+        assert {region["name"] for region in status} == {f"{tag}-in", f"{tag}-out"}
+    finally:
+        client.unregister_system_shared_memory()
+        shm.destroy_shared_memory_region(inputs_region)
+        shm.destroy_shared_memory_region(outputs_region)
+        client.close()
+
+
+def test_the_model_is_loaded_once(server: ServerProcess) -> None:
+    def maps_onnxruntime(pid: int) -> bool:
+        return "onnxruntime" in Path(f"/proc/{pid}/maps").read_text()
+
+    assert maps_onnxruntime(server.process.pid)
+    for pid in _workers(server):
+        assert not maps_onnxruntime(pid)
+        assert _rss_kb(pid) < _rss_kb(server.process.pid)
+
+
+def test_sigterm_ends_every_process(server: ServerProcess) -> None:
+    """Last: it stops the module's server."""
+    workers = _workers(server)
+    assert workers
+    os.kill(server.process.pid, signal.SIGTERM)
+    assert server.wait_exit() == 0
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
