@@ -25,7 +25,17 @@ from tritonclient.utils import InferenceServerException
 from tritonclient.utils import shared_memory as shm
 
 from clients import make_input, simple_data, simple_inputs
-from models import SIMPLE, SIMPLE_CONFIG, identity_config, identity_model, identity_name, simple_model, write_model
+from models import (
+    SIMPLE,
+    SIMPLE_CONFIG,
+    SLOW,
+    add_slow,
+    identity_config,
+    identity_model,
+    identity_name,
+    simple_model,
+    write_model,
+)
 from observing import metric, model_stats, scrape
 from serving import HOST, ServerProcess, start_server
 
@@ -41,6 +51,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("workers") / "models"
     write_model(repo, SIMPLE, simple_model(), SIMPLE_CONFIG)
     write_model(repo, IDENTITY, identity_model("FP32"), identity_config("FP32"))
+    add_slow(repo)
     return repo
 
 
@@ -48,7 +59,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     process = start_server(repo, tmp_path_factory.mktemp("logs") / "inferd-workers.log", "--workers", "2",
                            "--model-control-mode", "explicit", "--load-model", SIMPLE, "--load-model", IDENTITY,
-                           "--allow-client-shm=true")
+                           "--load-model", SLOW, "--allow-client-shm=true")
     yield process
     process.stop()
 
@@ -285,11 +296,44 @@ def test_the_model_is_loaded_once(server: ServerProcess) -> None:
         assert _rss_kb(pid) < _rss_kb(server.process.pid)
 
 
-def test_sigterm_ends_every_process(server: ServerProcess) -> None:
+def test_a_worker_that_dies_is_replaced(server: ServerProcess) -> None:
+    first, *_ = workers = _workers(server)
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        now = _workers(server)
+        if len(now) == len(workers) and first not in now:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"no worker replaced {first}:\n{server.log()}")
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        for seed in range(8):
+            a, b = simple_data(1, seed=seed)
+            result = client.infer(SIMPLE, simple_inputs(httpclient, a, b))
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+    finally:
+        client.close()
+    assert "ended unexpectedly" in server.log()
+
+
+def test_sigterm_answers_the_request_in_flight_and_ends_every_process(server: ServerProcess) -> None:
     """Last: it stops the module's server."""
     workers = _workers(server)
     assert workers
+    answer: list[httpx.Response] = []
+    body = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [4], "data": [1, 2, 3, 4]},
+                       {"name": "DELAY", "datatype": "INT64", "shape": [1], "data": [3000]}]}
+    caller = threading.Thread(target=lambda: answer.append(
+        httpx.post(f"{server.base_url}/v2/models/{SLOW}/infer", json=body, timeout=60)))
+    caller.start()
+    time.sleep(0.5)  # accepted and running in the main process
+    assert caller.is_alive(), "the slow request ended before the signal"
     os.kill(server.process.pid, signal.SIGTERM)
+    caller.join(60)
+    assert answer and answer[0].status_code == 200, answer
+    assert answer[0].json()["outputs"][0]["data"] == [1, 2, 3, 4]
     assert server.wait_exit() == 0
     deadline = time.monotonic() + 10
     while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:

@@ -278,6 +278,7 @@ class _WorkerLink:
             self.ready.set_exception(OSError(f"HTTP worker {self.index} (pid {self.pid}) ended while starting"))
         if not self.gone.done():
             self.gone.set_result(None)
+        self.pool.ended(self)
 
     def _on_message(self, message: Any) -> None:
         kind = message[0]
@@ -366,6 +367,9 @@ class WorkerPool:
         self.limits = limits
         self.tls = tls
         self.links: list[_WorkerLink] = []
+        self.config: WorkerConfig | None = None
+        self.stopping = False
+        self._replacing: set[asyncio.Task[None]] = set()
 
     @property
     def pids(self) -> list[int]:
@@ -395,7 +399,7 @@ class WorkerPool:
             reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             reserve.bind((self.address, self.port))  # bound, never listening: it takes no connections
             port = reserve.getsockname()[1]
-            config = self._config(port)
+            config = self.config = self._config(port)
             try:
                 for index in range(self.count):
                     link = _WorkerLink(self, index)
@@ -417,6 +421,9 @@ class WorkerPool:
     async def stop(self, timeout: float) -> None:
         """Each worker stops accepting, answers what it accepted (up to `timeout` seconds), and exits; main serves
         their requests until then. A worker still running after that is killed."""
+        self.stopping = True
+        for task in self._replacing:
+            task.cancel()
         for link in self.links:
             link.channel.send(("stop", timeout))
         deadline = time.monotonic() + timeout + 2.0
@@ -432,6 +439,31 @@ class WorkerPool:
                 link.process.kill()
                 await asyncio.to_thread(link.process.wait)
             link.close()
+
+    def ended(self, link: _WorkerLink) -> None:
+        """A worker's channel closed: unless the pool is stopping, a worker that had started is replaced (its
+        connections are lost; the port is served by the others meanwhile)."""
+        if self.stopping or not link.ready.done() or link.ready.exception() is not None:
+            return
+        task = asyncio.get_running_loop().create_task(self._replace(link))
+        self._replacing.add(task)
+        task.add_done_callback(self._replacing.discard)
+
+    async def _replace(self, link: _WorkerLink) -> None:
+        code = await asyncio.to_thread(link.process.wait)
+        log.error("HTTP worker pid %d ended unexpectedly (exit code %d); starting another", link.pid, code)
+        link.close()
+        config = self.config
+        assert config is not None
+        new = _WorkerLink(self, link.index)
+        self.links[self.links.index(link)] = new
+        try:
+            await new.connect(config)
+            await asyncio.wait_for(asyncio.shield(new.ready), START_TIMEOUT_S)
+        except (OSError, asyncio.TimeoutError) as exc:
+            log.error("HTTP worker %d could not be restarted: %s", link.index, exc)
+            return
+        log.info("HTTP worker %d restarted (pid %d)", link.index, new.pid)
 
 
 # ---- the worker process's side ----
