@@ -3,8 +3,10 @@
 Loads mlp and resnet50 V2 JSON with hey at one concurrency (default 32) and prints, per point: req/s, p50 / p99,
 errors, and the server's CPU-seconds per request (utime + stime of the server's whole process tree, from /proc,
 read before and after the load, the server idle at both), split into the main process (pipeline and models) and
-the HTTP workers (HTTP, decode, encode). The split predicts a bigger machine: with enough cores for the workers,
-main's CPU per request bounds the rate at 1 / main-CPU-per-request (the model's own threads are counted in main).
+the HTTP workers (HTTP, decode, encode), and main's event-loop thread alone. The split predicts a bigger machine:
+with enough cores for the workers, the main process bounds the rate, somewhere between 1 / main's CPU per request
+(as if all of it were serial) and 1 / its loop thread's (the model's own threads run beside the loop, on other
+cores, with the GIL released).
 
 Needs the shared harness's models and bodies (`../shared/bench-peers/`, under /tmp/peers) and hey:
 
@@ -53,9 +55,9 @@ def tree(pid: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (its threads included), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+def cpu_seconds(pid: int, thread: str = "") -> float:
+    """utime + stime of one process (its threads included; `task/TID/`: of that thread only), in seconds."""
+    fields = Path(f"/proc/{pid}/{thread}stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
@@ -78,25 +80,27 @@ class Server:
                 raise RuntimeError(f"inferd did not start:\n{text}")
             time.sleep(0.1)
 
-    def cpu(self) -> tuple[float, float]:
-        """(main process, the rest of its tree) CPU-seconds so far."""
-        main = cpu_seconds(self.process.pid)
+    def cpu(self) -> tuple[float, float, float]:
+        """(main's event-loop thread, the main process, the rest of its tree) CPU-seconds so far."""
+        pid = self.process.pid
+        main = cpu_seconds(pid)
+        loop = cpu_seconds(pid, f"task/{pid}/")
         rest = 0.0
-        for pid in tree(self.process.pid)[1:]:
+        for child in tree(pid)[1:]:
             try:
-                rest += cpu_seconds(pid)
+                rest += cpu_seconds(child)
             except FileNotFoundError:
                 pass
-        return main, rest
+        return loop, main, rest
 
     def wait_idle(self, limit: float = 15.0) -> None:
         """Until the tree uses (almost) no CPU: what a previous load left queued has run or been dropped, so the
         CPU read around a point is that point's alone (within one request)."""
         deadline = time.monotonic() + limit
-        last = sum(self.cpu())
+        last = sum(self.cpu()[1:])
         while time.monotonic() < deadline:
             time.sleep(0.25)
-            now = sum(self.cpu())
+            now = sum(self.cpu()[1:])
             if now - last < 0.02:
                 return
             last = now
@@ -140,25 +144,29 @@ def main() -> int:
                 for model in args.models.split(","):
                     hey(server.port, model, args.warmup, args.concurrency)
                     server.wait_idle()
-                    main_before, rest_before = server.cpu()
+                    before = server.cpu()
                     result = hey(server.port, model, args.duration, args.concurrency)
                     server.wait_idle()  # requests still running when hey stopped finish (or leave) first
-                    main_after, rest_after = server.cpu()
+                    after = server.cpu()
                     done = max(1.0, result["ok"] + result["errors"])
-                    rows.append((f"{model} V2 JSON c={args.concurrency}", workers, result,
-                                 (main_after - main_before) / done * 1000, (rest_after - rest_before) / done * 1000))
+                    loop_ms, main_ms, rest_ms = ((a - b) / done * 1000 for a, b in zip(after, before, strict=True))
+                    rows.append((f"{model} V2 JSON c={args.concurrency}", workers, result, loop_ms, main_ms,
+                                 rest_ms))
             finally:
                 server.stop()
-    print(f"{'point':<26} {'workers':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
-          f"{'CPU ms/req':>10} {'main':>7} {'workers':>8} {'16-core bound req/s':>20}")
-    for point, workers, result, main_ms, rest_ms in rows:
-        # With cores enough for the workers, main's CPU per request is what limits the rate (1 / main CPU).
-        bound = f"{1000 / main_ms:,.0f}" if workers > 1 and main_ms > 0 else "-"
-        print(f"{point:<26} {workers:>7} {result['rps']:>9,.0f} {result['p50']:>8.1f} {result['p99']:>8.1f} "
-              f"{int(result['errors']):>6} {main_ms + rest_ms:>10.3f} {main_ms:>7.3f} "
-              f"{rest_ms if workers > 1 else 0:>8.3f} {bound:>20}")
+    print(f"{'point':<24} {'workers':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
+          f"{'CPU ms/req':>10} {'main':>8} {'loop':>8} {'workers':>8}  {'main-bound req/s':>16}")
+    for point, workers, result, loop_ms, main_ms, rest_ms in rows:
+        # With cores enough for the workers, the main process limits the rate: 1 / main CPU (all of it serial)
+        # up to 1 / the loop thread's (the model's threads beside it).
+        bound = f"{1000 / main_ms:,.0f}-{1000 / loop_ms:,.0f}" if workers > 1 and loop_ms > 0 else "-"
+        p99 = f"{result['p99']:.1f}" if result["p99"] == result["p99"] else "-"
+        print(f"{point:<24} {workers:>7} {result['rps']:>8,.1f} {result['p50']:>8.1f} {p99:>8} "
+              f"{int(result['errors']):>6} {main_ms + rest_ms:>10.3f} {main_ms:>8.3f} {loop_ms:>8.3f} "
+              f"{rest_ms if workers > 1 else 0:>8.3f}  {bound:>16}")
     print(f"(CPU ms/req: utime+stime of the server's process tree / requests; main: the main process (pipeline, "
-          f"models); workers: the HTTP worker processes. {os.cpu_count()} cores here.)")
+          f"models), loop: its event-loop thread; workers: the HTTP worker processes. {os.cpu_count()} cores "
+          "here.)")
     return 0
 
 
