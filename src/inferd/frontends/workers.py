@@ -57,8 +57,13 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from ..limits import RequestLimits
+from ..memory import SHM_REGION
 from ..memory.arenas import ChildArenas, Header, ServerArena, layout, view, write
-from ..types import ErrorKind, InferError, Tensors
+from ..types import ErrorKind, InferenceRequest, InferenceResponse, InferError, RequestedOutput, Tensors, describe_error
+from .http.messages import HttpRequest, error_reply, infer_error_reply
+from .http.routes import INFERENCE, SERVE_ROUTES, RouteTable
+from .http.v2 import decode_infer_request
+from .http.v2_api import infer_reply, model_infer
 
 if TYPE_CHECKING:
     from .http.app import HttpFrontend
@@ -298,8 +303,6 @@ class _WorkerLink:
                 self.ready.set_result(message[1])
 
     async def _infer(self, message: Any) -> None:
-        from ..types import InferenceRequest, RequestedOutput
-        from .http.messages import HttpRequest, error_reply
 
         (_, rid, model, version, path, route, headers, inline, ref, datatypes, request_id, outputs,
          parameters) = message
@@ -326,8 +329,6 @@ class _WorkerLink:
             send(("cancelled", rid))
             raise
         except Exception as exc:  # as HttpFrontend.handle: a bug is a 500 for this request, never a dead server
-            from ..types import describe_error
-
             log.exception("unhandled error on POST %s", path)
             send(("reply", rid, *error_reply(500, f"internal error: {describe_error(exc)}")))
         finally:
@@ -376,8 +377,6 @@ class WorkerPool:
         return [link.pid for link in self.links]
 
     def _config(self, port: int) -> WorkerConfig:
-        from .http.routes import INFERENCE
-
         frontend = self.frontend
         server = frontend.server
         root = logging.getLogger("inferd")
@@ -470,11 +469,15 @@ class WorkerPool:
 
 
 class _NoArrivals:
-    def arrived(self, loop: object) -> None:
-        pass
+    """The arrival hints a worker's HttpServer reports (`scheduling.base.Arrivals`' methods, whichever it calls):
+    nothing batches in a worker, so they go nowhere; main reports each request it receives to its own."""
 
-    def started(self, loop: object) -> None:
-        pass
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return _ignore
+
+
+def _ignore(*_: object) -> None:
+    pass
 
 
 class _WorkerApp:
@@ -482,8 +485,6 @@ class _WorkerApp:
     run by main; anything else answered by main as it came."""
 
     def __init__(self, config: WorkerConfig, channel: Channel) -> None:
-        from .http.routes import SERVE_ROUTES, RouteTable
-        from .http.v2_api import model_infer
 
         self.config = config
         self.channel = channel
@@ -510,11 +511,6 @@ class _WorkerApp:
     async def _infer(self, path: str, route: str, params: dict[str, str], headers: dict[bytes, bytes],
                      body: bytes) -> Reply | None:
         """The answer, or None when main must see the request as it came."""
-        from ..memory import SHM_REGION
-        from ..types import InferenceResponse
-        from .http.messages import error_reply, infer_error_reply
-        from .http.v2 import decode_infer_request
-        from .http.v2_api import infer_reply
 
         name = params["model_name"]
         version = params.get("model_version", "")
@@ -541,8 +537,6 @@ class _WorkerApp:
             except InferError as exc:
                 reply = infer_error_reply(exc)
             except Exception as exc:
-                from ..types import describe_error
-
                 log.exception("unhandled error on POST %s", path)
                 reply = error_reply(500, f"internal error: {describe_error(exc)}")
             finally:
