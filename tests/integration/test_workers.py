@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+import yaml
 from tritonclient.utils import InferenceServerException
 from tritonclient.utils import shared_memory as shm
 
@@ -294,6 +295,33 @@ def test_the_model_is_loaded_once(server: ServerProcess) -> None:
     for pid in _workers(server):
         assert not maps_onnxruntime(pid)
         assert _rss_kb(pid) < _rss_kb(server.process.pid)
+
+
+def test_with_tenants_every_request_reaches_the_main_process(repo: Path, tmp_path: Path) -> None:
+    """--auth-config: the workers pass every request on as it came (the gateway reads the key in main)."""
+    key = "workers-key-0123456789abcdef"
+    auth = tmp_path / "auth.yaml"
+    auth.write_text(yaml.safe_dump({"tenants": [{"name": "acme", "keys": [key], "models": [SIMPLE]}]}))
+    process = start_server(repo, tmp_path / "inferd.log", "--workers", "2", "--auth-config", str(auth),
+                           "--state-dir", str(tmp_path / "state"), "--model-control-mode", "explicit",
+                           "--load-model", SIMPLE, "--load-model", IDENTITY)
+    try:
+        body = {"inputs": [{"name": n, "datatype": "INT32", "shape": [1, 16], "data": list(range(16))}
+                           for n in ("INPUT0", "INPUT1")]}
+        url = f"{process.base_url}/v2/models/{SIMPLE}/infer"
+        refused = httpx.post(url, json=body, timeout=30)
+        assert refused.status_code == 401 and "error" in refused.json()
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+        hidden = httpx.post(f"{process.base_url}/v2/models/{IDENTITY}/infer", json=body, timeout=30,
+                            headers={"Authorization": f"Bearer {key}"})
+        assert hidden.status_code == 404, hidden.text
+        answer = httpx.post(url, json=body, timeout=30,
+                            headers={"Authorization": f"Bearer {key}", "X-Request-Id": "r-1"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"][0]["data"] == [2 * i for i in range(16)]
+        assert answer.headers["x-request-id"] == "r-1"
+    finally:
+        process.stop()
 
 
 def test_a_worker_that_dies_is_replaced(server: ServerProcess) -> None:
