@@ -118,6 +118,15 @@ def _tcp_sockets(port: int) -> dict[int, str]:
     return sockets
 
 
+def _running(pid: int) -> bool:
+    """Whether `pid` runs (a zombie has ended: its parent has yet to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def _rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -324,6 +333,19 @@ def test_with_tenants_every_request_reaches_the_main_process(repo: Path, tmp_pat
         process.stop()
 
 
+def test_workers_end_with_a_killed_main_process(repo: Path, tmp_path: Path) -> None:
+    process = start_server(repo, tmp_path / "inferd.log", "--workers", "2", "--model-control-mode", "explicit",
+                           "--load-model", SIMPLE)
+    workers = _workers(process)
+    assert len(workers) == 2
+    os.kill(process.process.pid, signal.SIGKILL)
+    process.wait_exit()
+    deadline = time.monotonic() + 10
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in workers if _running(pid)]
+
+
 def test_a_worker_that_dies_is_replaced(server: ServerProcess) -> None:
     first, *_ = workers = _workers(server)
     os.kill(first, signal.SIGKILL)
@@ -364,6 +386,6 @@ def test_sigterm_answers_the_request_in_flight_and_ends_every_process(server: Se
     assert answer[0].json()["outputs"][0]["data"] == [1, 2, 3, 4]
     assert server.wait_exit() == 0
     deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    assert not [pid for pid in workers if _running(pid)]
