@@ -378,7 +378,12 @@ def test_sigterm_answers_the_request_in_flight_and_ends_every_process(server: Se
     caller = threading.Thread(target=lambda: answer.append(
         httpx.post(f"{server.base_url}/v2/models/{SLOW}/infer", json=body, timeout=60)))
     caller.start()
-    time.sleep(0.5)  # accepted and running in the main process
+    deadline = time.monotonic() + 10  # until a worker holds its connection (a busy machine may take a while)
+    while time.monotonic() < deadline and not any(
+            _socket_inodes(pid) & {i for i, state in _tcp_sockets(server.http_port).items() if state == "01"}
+            for pid in workers):
+        time.sleep(0.02)
+    time.sleep(0.5)  # its request read, decoded and running in the main process
     assert caller.is_alive(), "the slow request ended before the signal"
     os.kill(server.process.pid, signal.SIGTERM)
     caller.join(60)

@@ -253,6 +253,7 @@ class _WorkerLink:
         self.slots = Slots()
         self.arenas = ChildArenas()
         self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.running: set[int] = set()  # the requests whose task has started (the others were only read)
         self.ready: asyncio.Future[int] = self.loop.create_future()
         self.gone: asyncio.Future[None] = self.loop.create_future()
         # A stage that keeps a request's inputs after it ends (the payload log's queue) gets copies, not views of
@@ -277,8 +278,8 @@ class _WorkerLink:
         self.channel.send(("config", config))
 
     def _on_lost(self) -> None:
-        for task in self.tasks.values():
-            task.cancel()  # no one is left to answer
+        for rid, task in list(self.tasks.items()):
+            self._cancel(rid, task)  # no one is left to answer
         if not self.ready.done():
             self.ready.set_exception(OSError(f"HTTP worker {self.index} (pid {self.pid}) ended while starting"))
         if not self.gone.done():
@@ -297,15 +298,23 @@ class _WorkerLink:
         elif kind == "cancel":
             task = self.tasks.get(message[1])
             if task is not None:
-                task.cancel()
+                self._cancel(message[1], task)
         elif kind == "ready":
             if not self.ready.done():
                 self.ready.set_result(message[1])
+
+    def _cancel(self, rid: int, task: asyncio.Task[None]) -> None:
+        if rid not in self.running:  # cancelled before it started: its body never runs, so it is settled here
+            self.tasks.pop(rid, None)
+            self.arrivals.started(self.loop)
+            self.channel.send(("cancelled", rid))
+        task.cancel()
 
     async def _infer(self, message: Any) -> None:
 
         (_, rid, model, version, path, route, headers, inline, ref, datatypes, request_id, outputs,
          parameters) = message
+        self.running.add(rid)
         self.arrivals.started(self.loop)
         send = self.channel.send
         try:
@@ -333,9 +342,11 @@ class _WorkerLink:
             send(("reply", rid, *error_reply(500, f"internal error: {describe_error(exc)}")))
         finally:
             self.tasks.pop(rid, None)
+            self.running.discard(rid)
 
     async def _forward(self, message: Any) -> None:
         _, rid, method, path, headers, body, ref = message
+        self.running.add(rid)
         self.arrivals.started(self.loop)
         try:
             if ref is not None:
@@ -347,6 +358,7 @@ class _WorkerLink:
             raise
         finally:
             self.tasks.pop(rid, None)
+            self.running.discard(rid)
 
     def close(self) -> None:
         if self.channel.transport is not None:
