@@ -60,13 +60,17 @@ def _bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, help: 
                         help=f"{help} (default {str(default).lower()})")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(serve_only: bool = False) -> argparse.ArgumentParser:
+    """The command line's parser; `serve_only`: without the other subcommands, whose parsers import their modules
+    (the deploy manifests and YAML, the tools, the clients), which a server does not need."""
     parser = argparse.ArgumentParser(prog="inferd", description="inferd: a Triton-compatible inference server")
     parser.add_argument("--version", action="version", version=f"inferd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a model repository over HTTP and gRPC")
     add_serve_arguments(serve)
     serve.set_defaults(func=serve_command)
+    if serve_only:
+        return parser
     add_deploy_parsers(commands)
     from .client import add_bench_parser
 
@@ -446,11 +450,11 @@ def add_auth_arguments(serve: argparse.ArgumentParser) -> None:  # `inferd serve
 def gateway_from_args(args: argparse.Namespace) -> Gateway | None:
     """The gateway the auth flags ask for (None without --auth-config and --audit-db); ValueError, one line, when
     the file or the database is wrong."""
-    from .gateway.audit import AuditLog
-    from .gateway.gate import Gateway
-
     if args.auth_config is None and args.audit_db is None:
         return None
+    from .gateway.audit import AuditLog  # SQLAlchemy: only with an audit trail
+    from .gateway.gate import Gateway
+
     url = args.audit_db or f"sqlite:///{state_dir(args.state_dir) / 'audit.db'}"
     if args.auth_config is None:
         raise ValueError("--audit-db needs --auth-config (the audit trail records who called)")
@@ -690,7 +694,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].startswith("--") and argv[0] not in ("--help", "-h", "--version"):
         argv.insert(0, "serve")  # `inferd --model-repository=...` reads like `tritonserver --model-repository=...`
-    parser = build_parser()
+    parser = build_parser(serve_only=argv[:1] == ["serve"])
     args, rest = parser.parse_known_args(argv)
     if getattr(args, "forward_unknown", False):  # `inferd entrypoint`: the flags it does not know go to serve
         args.serve_args = rest

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import FieldDescriptor
-from tritonclient.grpc.model_config_pb2 import DataType, ModelConfig, ModelInstanceGroup
 
+from .protos import model_config_pb2
 from .types import CONFIG_TO_V2, V2_TO_NUMPY
+
+if TYPE_CHECKING:
+    from tritonclient.grpc.model_config_pb2 import DataType, ModelConfig, ModelInstanceGroup
+else:  # Triton's messages, from tritonclient's generated module without the rest of its client (see protos.py)
+    DataType, ModelConfig, ModelInstanceGroup = (model_config_pb2.DataType, model_config_pb2.ModelConfig,
+                                                 model_config_pb2.ModelInstanceGroup)
 
 CONFIG_FILENAME = "config.pbtxt"
 

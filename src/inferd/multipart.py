@@ -5,8 +5,6 @@ The stdlib's email parser does the MIME work; each caller decides what a part me
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 from dataclasses import dataclass
 
 __all__ = ["FormPart", "form_parts"]
@@ -24,6 +22,9 @@ class FormPart:
 
 def form_parts(body: bytes, content_type: str) -> list[FormPart] | None:
     """The named parts of a multipart body with this Content-Type, in order; None if it is not multipart."""
+    import email.parser  # the email package's policies: imported by the first form, not by every server's start
+    import email.policy
+
     head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", errors="replace")
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
     if not message.is_multipart():

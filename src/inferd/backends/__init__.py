@@ -6,7 +6,7 @@ Other packages add backends without touching inferd through the entry-point grou
 point's name is the backend name (what `backend:` in a config says) and its object is either a `BackendSpec` or a
 class that follows the Backend contract, with optional class attributes `default_filename`, `other_filenames`
 (model files that mean this backend when no config names one) and `platforms`. They are read once, when the first
-model is resolved; a plugin cannot replace a built-in backend name.
+model that no built-in backend answers is resolved; a plugin cannot replace a built-in backend name.
 """
 
 from __future__ import annotations
@@ -133,17 +133,26 @@ def _present(folder: Path, filename: str) -> bool:
 def backend_for(config: ModelConfig, has_file: Callable[[str], bool]) -> str:
     """The backend name from `backend`, from `platform`, or from the model files a version folder holds
     (`has_file(name)`: on disk for a repository, among the uploaded names for a load request's files)."""
-    load_plugins()
+    # Built-in backends come first and keep their names, so one they answer is the answer with plugins too: the
+    # installed packages' entry points (a scan of every distribution) are read when a model needs them.
+    try:
+        return _backend_for(config, has_file)
+    except ConfigError:
+        load_plugins()  # once; another thread's scan under way is waited for
+    return _backend_for(config, has_file)
+
+
+def _backend_for(config: ModelConfig, has_file: Callable[[str], bool]) -> str:
     if config.backend:
         if config.backend not in BACKENDS:
             raise ConfigError(f"unknown backend '{config.backend}' (known: {', '.join(sorted(BACKENDS))})")
         return config.backend
     if config.platform:
-        for name, spec in BACKENDS.items():
+        for name, spec in tuple(BACKENDS.items()):  # a copy: plugins may be added meanwhile
             if config.platform in spec.platforms:
                 return name
         raise ConfigError(f"unknown platform '{config.platform}'")
-    for name, spec in BACKENDS.items():
+    for name, spec in tuple(BACKENDS.items()):  # a copy: plugins may be added meanwhile
         filenames = [config.default_model_filename] if config.default_model_filename else spec.filenames
         if any(filename and has_file(filename) for filename in filenames):
             return name
@@ -151,5 +160,6 @@ def backend_for(config: ModelConfig, has_file: Callable[[str], bool]) -> str:
 
 
 def create_backend(name: str) -> Backend:
-    load_plugins()
+    if name not in BACKENDS:
+        load_plugins()
     return BACKENDS[name].load_class()()

@@ -15,7 +15,7 @@ import queue
 import threading
 import time as _time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
+from .audit_record import AuditRecord
 from .audit_writer import WriterProcess, insert_mark, reason, write_batch
 
 __all__ = ["TABLE_NAME", "AuditLog", "AuditRecord", "audit_table"]
@@ -35,24 +36,6 @@ RETRY_DELAYS = (0.2, 1.0, 3.0)  # backoff before each retry of a failed batch; t
 MAX_PENDING = 200_000  # records waiting for the writer; past that record() drops (bounded memory, db down)
 _GROUPS = {"day": 86400, "hour": 3600}
 
-
-
-@dataclass(slots=True)
-class AuditRecord:
-    """One inference call as the audit trail keeps it."""
-
-    time: float  # Unix seconds (UTC) when the call arrived
-    tenant: str | None  # None: not authenticated (unknown / missing key)
-    model: str
-    version: str  # "" when not resolved
-    protocol: str  # "v2-http" | "v2-grpc" | "v1" | "torchserve" | "seldon"
-    endpoint: str  # the route pattern or the gRPC method name
-    status: int  # HTTP status of the answer (gRPC answers mapped to the HTTP equivalent)
-    latency_ms: float
-    bytes_in: int
-    bytes_out: int
-    request_id: str
-    client: str  # client address "ip:port" or ""
 
 
 _FIELDS = tuple(f.name for f in fields(AuditRecord))

@@ -16,12 +16,16 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..types import ErrorKind, InferError
-from .audit import AuditLog, AuditRecord
+from .audit_record import AuditRecord
 from .config import KEY_CACHE_SIZE, AuthConfig, AuthConfigError, Principal, load_auth_config
 from .limits import TenantLimits
 from .metrics import TenantMetrics
+
+if TYPE_CHECKING:
+    from .audit import AuditLog  # SQLAlchemy: imported where an audit trail is made (cli.py)
 
 __all__ = ["ADMIN_GROUPS", "TRUSTED_PROTOCOLS", "Gateway", "admin_only", "unknown_model", "unknown_version"]
 

@@ -12,7 +12,7 @@ import numpy as np
 from ..pipeline.account import http_status
 from ..pipeline.call import Call
 from ..types import InferError
-from .audit import AuditRecord
+from .audit_record import AuditRecord
 from .config import Principal
 from .gate import TRUSTED_PROTOCOLS, Gateway, new_request_id
 

@@ -25,10 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..config import DataType, ModelConfig
-from ..repository.local import DEPLOYMENTS_FOLDER
+from ..repository.local import DEPLOYMENT_SUFFIXES, deployment_files
 from ..types import InferError
 from .graph_model import GraphModel, graph_model
 from .inference_graph import build_inference_graph
@@ -38,8 +36,6 @@ from .seldon_nodes import Manager, NodeModels, build_units
 __all__ = ["DEPLOYMENT_SUFFIXES", "Deployments", "SeldonPredictor", "deployment_files", "read_resources"]
 
 log = logging.getLogger("inferd.graph")
-
-DEPLOYMENT_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 @dataclass(slots=True)
@@ -54,24 +50,14 @@ class SeldonPredictor:
     graph: SeldonGraph
 
 
-def deployment_files(repositories: Iterable[Path], given: Iterable[str | Path] = ()) -> list[Path]:
-    """The files to read: each repository's deployments/ folder (name order), then the files given."""
-    found: list[Path] = []
-    for root in repositories:
-        folder = Path(root) / DEPLOYMENTS_FOLDER
-        if folder.is_dir():
-            found.extend(sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in DEPLOYMENT_SUFFIXES
-                                and not p.name.startswith(".")))
-    found.extend(Path(p) for p in given)
-    return found
-
-
 def read_resources(path: Path) -> list[Any]:
     """The resources a file holds (ValueError when it cannot be read)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"cannot read deployment file {path.name}: {exc}") from None
+    import yaml  # only where a deployment file is read
+
     try:
         docs = [json.loads(text)] if path.suffix == ".json" else list(yaml.safe_load_all(text))
     except (ValueError, yaml.YAMLError) as exc:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import ModelConfig
 from .mar import MAR_SUFFIX, is_bare_mar, mar_model_folder
+
+if TYPE_CHECKING:
+    from .remote import RemoteRepository
 
 
 def version_dirs(model_dir: Path) -> dict[int, Path]:
@@ -48,6 +53,19 @@ def select_versions(config: ModelConfig, available: list[int]) -> list[int]:
 # A repository's folder of deployment files (SeldonDeployments, KServe InferenceGraphs: graph/deployments.py), not
 # a model.
 DEPLOYMENTS_FOLDER = "deployments"
+DEPLOYMENT_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def deployment_files(repositories: Iterable[Path], given: Iterable[str | Path] = ()) -> list[Path]:
+    """The files to read: each repository's deployments/ folder (name order), then the files given."""
+    found: list[Path] = []
+    for root in repositories:
+        folder = Path(root) / DEPLOYMENTS_FOLDER
+        if folder.is_dir():
+            found.extend(sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in DEPLOYMENT_SUFFIXES
+                                and not p.name.startswith(".")))
+    found.extend(Path(p) for p in given)
+    return found
 
 
 class ModelRepository:
@@ -58,11 +76,14 @@ class ModelRepository:
     """
 
     def __init__(self, paths: list[str | Path]) -> None:
-        from .remote import RemoteRepository
         from .uris import is_remote
 
-        self.remotes: dict[int, RemoteRepository] = {
-            i: RemoteRepository(str(p)) for i, p in enumerate(paths) if isinstance(p, str) and is_remote(p)}
+        self.remotes: dict[int, RemoteRepository] = {}
+        for i, p in enumerate(paths):
+            if isinstance(p, str) and is_remote(p):
+                from .remote import RemoteRepository  # the mirrors' stores and archives: only for a remote one
+
+                self.remotes[i] = RemoteRepository(p)
         self.paths = [Path(p) if i not in self.remotes else Path() for i, p in enumerate(paths)]
         self.refresh()
 

@@ -11,10 +11,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
-from tritonclient.grpc import service_pb2 as pb
 
 from ...limits import DEFAULT_LIMITS, RequestLimits
 from ...memory import shared_memory_parameters, shared_memory_ref
+from ...protos import service_pb2 as pb
 from ...types import InferenceRequest, InferenceResponse, InferError, RequestedOutput, SharedMemoryRef, datatype_of
 from ..tensors import check_shape, decode_list, decode_raw, encode_raw
 

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
-from tritonclient.grpc import service_pb2 as pb
 
 from ...gateway.config import Principal
 from ...gateway.gate import ADMIN_GROUPS, Gateway, admin_only
+from ...protos import service_pb2 as pb
 from ...types import InferError
 
 __all__ = ["RESTRICTED_KEY_PREFIX", "RPC_API", "AuthInterceptor", "RestrictedApiInterceptor", "refusal"]

@@ -10,7 +10,8 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
-from tritonclient.grpc import service_pb2 as pb
+
+from ...protos import service_pb2 as pb
 
 __all__ = ["add_inference_servicer"]
 

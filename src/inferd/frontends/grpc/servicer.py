@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from google.protobuf import json_format
-from tritonclient.grpc import service_pb2 as pb
-from tritonclient.grpc import service_pb2_grpc
 
 from ...gateway.routing import AUTHORITY
 from ...pipeline import RequestContext
+from ...protos import service_pb2 as pb
+from ...protos import service_pb2_grpc
 from ...server import Server
 from ...types import VARIANT_HEADER as VARIANT_METADATA
 from ...types import InferenceRequest, InferError, describe_error, public_error_text

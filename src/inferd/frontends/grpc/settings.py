@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tritonclient.grpc import service_pb2 as pb
+from ...protos import service_pb2 as pb
 
 
 def trace_setting_values(request: Any) -> dict[str, list[str]]:
