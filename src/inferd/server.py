@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,7 +20,6 @@ from .gateway.fairness import FairShareStage
 from .gateway.gate import Gateway
 from .gateway.routing import HostRouting, RouteStage
 from .gateway.stages import AuthenticateStage
-from .graph.deployments import Deployments, deployment_files
 from .graph.traffic import TrafficStage, Variant
 from .instances.bls import BlsRequest
 from .instances.environments import EnvironmentCache
@@ -49,9 +48,14 @@ from .pipeline.access_log import AccessLogStage
 from .pipeline.payload import PayloadLogStage
 from .pipeline.plugins import plugin_stages
 from .repository import ModelRepository
+from .repository.local import deployment_files
 from .scaling import Scaler
+from .scaling.memory import release_freed_memory
 from .scheduling import Arrivals
 from .types import ErrorKind, InferenceRequest, InferenceResponse, InferError, RequestedOutput, datatype_of
+
+if TYPE_CHECKING:
+    from .graph.deployments import Deployments
 
 log = logging.getLogger("inferd.server")
 
@@ -222,6 +226,8 @@ class Server:
         if not files and self.graphs is None:
             return
         if self.graphs is None:
+            from .graph.deployments import Deployments  # Seldon and KServe graphs: only when a file names one
+
             self.graphs = Deployments(self.manager)
         self.graphs.load_files(files)
         self._split_predictors()
@@ -411,10 +417,12 @@ class Server:
                                  f"failed to load '{name}': {reason}, which runs code sent with the request; the "
                                  "server refuses uploaded code unless started with --allow-code-upload")
         self.manager.load(name, config, files)
+        release_freed_memory()  # what loading freed again (the model file read, its graph before optimising)
 
     def unload(self, name: str) -> None:
         self._check_explicit()
         self.manager.unload(name)
+        release_freed_memory()  # the C heap keeps what the model freed unless told to give it back
 
     def _check_explicit(self) -> None:
         if self.model_control_mode != "explicit":

@@ -100,6 +100,7 @@ class Scaler:
         loaded idle ones evicted as the limit requires; without one, as the manager loads them."""
         if not self.memory_limit:
             self.manager.load_all(names)
+            release_freed_memory()  # what loading freed again (a model file read, a graph before optimising)
             return
         models, problems = self.manager.repository.scan()
         self.manager.load_all([])  # records the repository's problems
