@@ -42,6 +42,7 @@ class JsonConstant(float):
 
 _NUMBER_TYPES = frozenset((float, int, JsonConstant))
 _UINT64 = np.dtype(np.uint64)
+_sum = np.add.reduce
 # numpy 2 refuses a Python integer out of the target's range (OverflowError); numpy 1 wraps it with a warning.
 _STRICT_INT_CAST = int(np.__version__.split(".")[0]) >= 2
 
@@ -154,7 +155,9 @@ def _floats(name: str, datatype: str, dtype: np.dtype[Any], leaves: list[Any], t
         array = np.array(leaves, dtype=dtype)  # an overflow becomes inf (its warning is filtered, see above)
     except OverflowError:  # an integer beyond any float
         raise _out_of_range(name, datatype, leaves, what) from None
-    if not np.isfinite(array).all():
+    # One reduction in C (a sum is finite only when every element is); `isfinite(...).all()` costs twice as much.
+    # A sum of finite values that overflows only sends the request through the element-wise check below.
+    if not math.isfinite(_sum(array)):
         # NaN and Infinity given as such stay (JSON's tokens; binary floats); a number that became infinite did
         # not fit: in the datatype, or already in FP64 when parsed from JSON (a literal such as 1e400 reads as inf).
         for index in np.flatnonzero(~np.isfinite(array)):

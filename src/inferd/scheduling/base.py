@@ -49,6 +49,7 @@ class Arrivals:
 
     def __init__(self) -> None:
         self._waiting: dict[asyncio.AbstractEventLoop, int] = {}
+        self._this_iteration: dict[asyncio.AbstractEventLoop, int] = {}
 
     def get(self, loop: asyncio.AbstractEventLoop) -> int | None:
         return self._waiting.get(loop)
@@ -58,6 +59,20 @@ class Arrivals:
 
     def started(self, loop: asyncio.AbstractEventLoop) -> None:
         self._waiting[loop] -= 1
+
+    def arrived_now(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A request whose handling starts at once, as it is read (the HTTP server runs it eagerly, no task): it
+        counts as arrived until the end of this loop iteration, so that a batcher it reaches still waits for the
+        requests read in the same iteration, as it does for requests that start in a task. One callback per
+        iteration settles them all."""
+        self._waiting[loop] = self._waiting.get(loop, 0) + 1
+        pending = self._this_iteration.get(loop, 0)
+        self._this_iteration[loop] = pending + 1
+        if not pending:
+            loop.call_soon(self._settle, loop)
+
+    def _settle(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._waiting[loop] -= self._this_iteration.pop(loop, 0)
 
 
 

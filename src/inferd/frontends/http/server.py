@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import dataclasses
 import logging
 import socket
 import time
+import types
+from collections.abc import Coroutine, Generator
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
@@ -106,6 +109,26 @@ class _Clock:
         return cls.header
 
 
+@types.coroutine
+def _resume(coroutine: Coroutine[Any, Any, None], blocked_on: Any) -> Generator[Any, Any, None]:
+    """Go on with a coroutine that was started outside a task and stopped at `blocked_on` (what its await
+    yielded: a future): the task this runs in waits for what it yields, and passes results, exceptions and
+    cancellation through to the coroutine, as if the coroutine had run in the task from its start."""
+    while True:
+        try:
+            value = yield blocked_on
+        except BaseException as exc:  # cancellation and errors go on to the coroutine, as an await would pass them
+            try:
+                blocked_on = coroutine.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                blocked_on = coroutine.send(value)
+            except StopIteration:
+                return
+
+
 class _Stop(Exception):
     """Raised from a parser callback once the request is refused: the parser stops where it is."""
 
@@ -154,7 +177,6 @@ class _Connection(asyncio.Protocol):
         self.phase = _HEAD  # a new connection has header_timeout to send its first request's headers
         self.since = server.now
         self.task: asyncio.Task[None] | None = None
-        self.task_started = False
         self.peer = b""  # the client's "host:port", kept among each request's headers when the gateway audits
 
     # ---- asyncio.Protocol ----
@@ -186,8 +208,6 @@ class _Connection(asyncio.Protocol):
         self.transport = None
         if self.task is not None:
             # The client went away: a request still queued for its model leaves the queue without running.
-            if not self.task_started:
-                self.arrivals.started(self.loop)
             self.task.cancel()
         self.waiting.clear()
         self.queued_bytes = 0
@@ -323,7 +343,11 @@ class _Connection(asyncio.Protocol):
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         request = _Request(self.parser.get_method().decode("latin-1"), path, self.headers, body,
                            self.parser.should_keep_alive())
-        if self.busy:
+        if self.busy or self.write_paused:
+            # Behind a request in progress, or behind answers the client has not read (pipelined requests read
+            # in one chunk, each answered at once): it waits its turn.
+            if not self.busy:
+                self.busy = self.held = True  # resume_writing starts it
             self.waiting.append(request)
             self.queued_bytes += len(body)
             if len(self.waiting) >= self.limits.max_pipelined or self.queued_bytes >= self.limits.max_pipelined_bytes:
@@ -344,13 +368,26 @@ class _Connection(asyncio.Protocol):
                 if self.transport is not None:
                     self._linger(self.transport)
             return
-        self.arrivals.arrived(self.loop)
-        self.task_started = False
-        self.task = self.loop.create_task(self._run(request))
+        self.arrivals.arrived_now(self.loop)
+        # Run eagerly, as the request is read: most requests (a model run inline on the loop, an answer from
+        # memory) never wait, and finish here without the cost of a task and a loop iteration. One that waits
+        # (a batch, an instance thread, a model loading) goes on in a task from where it stopped.
+        # Its own context, kept by the task, as a task's would be (a trace's context variable is set and reset
+        # in the same one).
+        coroutine = self._run(request)
+        context = contextvars.copy_context()
+        try:
+            blocked_on = context.run(coroutine.send, None)
+        except StopIteration:
+            return
+        except Exception:  # handle() answers its own errors: this is a failure to write the answer
+            log.exception("failed to answer %s %s", request.method, request.path)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        self.task = self.loop.create_task(_resume(coroutine, blocked_on), context=context)
 
     async def _run(self, request: _Request) -> None:
-        self.task_started = True
-        self.arrivals.started(self.loop)
         reply = await self.frontend.handle(request.method, request.path, request.headers, request.body)
         self.task = None
         self._answer(request, reply)
