@@ -1,7 +1,14 @@
-"""The gRPC front door: a `grpc.aio` server on its own thread and event loop.
+"""The gRPC front door: a `grpc.aio` server on its own thread and event loop (uvloop where installed).
 
-The HTTP frontend owns the main (uvloop) loop; giving gRPC a loop of its own keeps the two protocols from
-stalling each other and keeps grpc.aio on the plain asyncio loop it is built and tested for.
+The HTTP frontend owns the main loop; giving gRPC a loop of its own keeps the two protocols from stalling each
+other. The servicer calls the core directly on this loop (no hop to the main loop): a cheap model runs inline here,
+as it does on the HTTP loop, and slower ones on their instance threads, which settle the call's future on this loop.
+
+grpcio's sync server (`grpc.server` and a thread pool) was measured as the alternative (issue 18, P3,
+benchmarks/bench_grpc.py; each thread ran the same coroutines on a loop of its own): with 4 handler threads a mlp call
+cost 4-10 % less CPU than here, within the shared box's noise, but the calls in flight were capped at 4 (an open
+stream holds a thread, and a dynamic batcher gets batches of 4 at most); with 64 threads their contention for the GIL
+made each call cost 40 % more. So grpc.aio stays.
 """
 
 from __future__ import annotations
@@ -44,6 +51,20 @@ def _address(host: str, port: int) -> str:
     if ":" in host and not host.startswith("["):  # a bare IPv6 address
         host = f"[{host}]"
     return f"{host}:{port}"
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (as the HTTP door's loop), else asyncio's own.
+
+    grpc.aio runs on any asyncio loop: grpc's own thread polls the completion queue and wakes the loop through a
+    socket. What the loop itself costs per call (its ready callbacks, the selector, the wake-up socket's reads) is
+    C on uvloop and Python on asyncio's loop: with uvloop the server's CPU per mlp call fell by 9-14 % and its rate
+    rose by 16-28 % at c=8 and 32 (benchmarks/bench_grpc.py, median of 3 rounds on the shared 2-core box)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.SelectorEventLoop()
+    return uvloop.new_event_loop()
 
 
 class GrpcFrontend:
@@ -122,8 +143,7 @@ class GrpcFrontend:
         self._thread = None
 
     def _run(self, bound: concurrent.futures.Future[int]) -> None:
-        # A plain asyncio loop even when uvloop's policy is installed process-wide (see the module docstring).
-        loop = asyncio.SelectorEventLoop()
+        loop = _new_loop()
         asyncio.set_event_loop(loop)
         self._loop = loop
         try:
