@@ -60,6 +60,7 @@ from ..limits import RequestLimits
 from ..memory import SHM_REGION
 from ..memory.arenas import ChildArenas, Header, ServerArena, layout, view, write
 from ..types import ErrorKind, InferenceRequest, InferenceResponse, InferError, RequestedOutput, Tensors, describe_error
+from .eager import start_eagerly
 from .http.messages import HttpRequest, error_reply, infer_error_reply
 from .http.routes import INFERENCE, SERVE_ROUTES, RouteTable
 from .http.v2 import decode_infer_request
@@ -253,7 +254,6 @@ class _WorkerLink:
         self.slots = Slots()
         self.arenas = ChildArenas()
         self.tasks: dict[int, asyncio.Task[None]] = {}
-        self.running: set[int] = set()  # the requests whose task has started (the others were only read)
         self.ready: asyncio.Future[int] = self.loop.create_future()
         self.gone: asyncio.Future[None] = self.loop.create_future()
         # A stage that keeps a request's inputs after it ends (the payload log's queue) gets copies, not views of
@@ -290,9 +290,11 @@ class _WorkerLink:
         kind = message[0]
         if kind == "infer" or kind == "http":
             rid = message[1]
-            self.arrivals.arrived(self.loop)
-            run = self._infer(message) if kind == "infer" else self._forward(message)
-            self.tasks[rid] = self.loop.create_task(run)
+            self.arrivals.arrived_now(self.loop)
+            # Eagerly, as the HTTP server runs its requests: one that does not wait ends here, with no task.
+            task = start_eagerly(self.loop, self._infer(message) if kind == "infer" else self._forward(message))
+            if task is not None:
+                self.tasks[rid] = task
         elif kind == "free":
             self.slots.release(message[1])
         elif kind == "cancel":
@@ -303,19 +305,14 @@ class _WorkerLink:
             if not self.ready.done():
                 self.ready.set_result(message[1])
 
-    def _cancel(self, rid: int, task: asyncio.Task[None]) -> None:
-        if rid not in self.running:  # cancelled before it started: its body never runs, so it is settled here
-            self.tasks.pop(rid, None)
-            self.arrivals.started(self.loop)
-            self.channel.send(("cancelled", rid))
-        task.cancel()
+    @staticmethod
+    def _cancel(rid: int, task: asyncio.Task[None]) -> None:
+        task.cancel()  # it started as it arrived (start_eagerly): its own handler answers "cancelled"
 
     async def _infer(self, message: Any) -> None:
 
         (_, rid, model, version, path, route, headers, inline, ref, datatypes, request_id, outputs,
          parameters) = message
-        self.running.add(rid)
-        self.arrivals.started(self.loop)
         send = self.channel.send
         try:
             inputs = mapped_tensors(self.arenas, inline, ref)
@@ -342,12 +339,9 @@ class _WorkerLink:
             send(("reply", rid, *error_reply(500, f"internal error: {describe_error(exc)}")))
         finally:
             self.tasks.pop(rid, None)
-            self.running.discard(rid)
 
     async def _forward(self, message: Any) -> None:
         _, rid, method, path, headers, body, ref = message
-        self.running.add(rid)
-        self.arrivals.started(self.loop)
         try:
             if ref is not None:
                 body = mapped_tensors(self.arenas, {}, ref)["body"].tobytes()
@@ -358,7 +352,6 @@ class _WorkerLink:
             raise
         finally:
             self.tasks.pop(rid, None)
-            self.running.discard(rid)
 
     def close(self) -> None:
         if self.channel.transport is not None:

@@ -23,13 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextvars
 import dataclasses
 import logging
 import socket
 import time
-import types
-from collections.abc import Coroutine, Generator
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
@@ -37,6 +34,7 @@ from typing import Any
 
 import httptools
 
+from ..eager import start_eagerly
 from ..tls import TlsSettings
 from .app import HttpFrontend
 from .messages import PEER_HEADER, QUERY_HEADER, Reply, error_reply
@@ -107,26 +105,6 @@ class _Clock:
             cls.second = now
             cls.header = b"date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
         return cls.header
-
-
-@types.coroutine
-def _resume(coroutine: Coroutine[Any, Any, None], blocked_on: Any) -> Generator[Any, Any, None]:
-    """Go on with a coroutine that was started outside a task and stopped at `blocked_on` (what its await
-    yielded: a future): the task this runs in waits for what it yields, and passes results, exceptions and
-    cancellation through to the coroutine, as if the coroutine had run in the task from its start."""
-    while True:
-        try:
-            value = yield blocked_on
-        except BaseException as exc:  # cancellation and errors go on to the coroutine, as an await would pass them
-            try:
-                blocked_on = coroutine.throw(exc)
-            except StopIteration:
-                return
-        else:
-            try:
-                blocked_on = coroutine.send(value)
-            except StopIteration:
-                return
 
 
 class _Stop(Exception):
@@ -372,20 +350,15 @@ class _Connection(asyncio.Protocol):
         # Run eagerly, as the request is read: most requests (a model run inline on the loop, an answer from
         # memory) never wait, and finish here without the cost of a task and a loop iteration. One that waits
         # (a batch, an instance thread, a model loading) goes on in a task from where it stopped.
-        # Its own context, kept by the task, as a task's would be (a trace's context variable is set and reset
-        # in the same one).
-        coroutine = self._run(request)
-        context = contextvars.copy_context()
         try:
-            blocked_on = context.run(coroutine.send, None)
-        except StopIteration:
-            return
+            task = start_eagerly(self.loop, self._run(request))
         except Exception:  # handle() answers its own errors: this is a failure to write the answer
             log.exception("failed to answer %s %s", request.method, request.path)
             if self.transport is not None:
                 self.transport.abort()
             return
-        self.task = self.loop.create_task(_resume(coroutine, blocked_on), context=context)
+        if task is not None:
+            self.task = task
 
     async def _run(self, request: _Request) -> None:
         reply = await self.frontend.handle(request.method, request.path, request.headers, request.body)
