@@ -28,14 +28,23 @@ def start_eagerly(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any
         blocked_on = context.run(coroutine.send, None)
     except StopIteration:
         return None
-    return loop.create_task(_resume(coroutine, blocked_on), context=context)
+    resume = _resume(coroutine, blocked_on)
+    resume.send(None)  # to its first yield: a cancellation before the task's first step reaches the coroutine too
+    return loop.create_task(resume, context=context)
 
 
 @types.coroutine
 def _resume(coroutine: Coroutine[Any, Any, None], blocked_on: Any) -> Generator[Any, Any, None]:
     """Go on with a coroutine that stopped at `blocked_on` (what its await yielded: a future): the task this runs
     in waits for what it yields, and passes results, exceptions and cancellation through to the coroutine, as if
-    the coroutine had run in the task from its start."""
+    the coroutine had run in the task from its start. Started (sent None) before the task takes it."""
+    try:
+        yield  # the task's first step: send(None) goes on; a throw (the task cancelled at once) goes in
+    except BaseException as exc:
+        try:
+            blocked_on = coroutine.throw(exc)
+        except StopIteration:
+            return
     while True:
         try:
             value = yield blocked_on
