@@ -43,6 +43,13 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
+def peer_venv() -> Path:
+    """The harness's base venv (floor server, raw ONNX Runtime) when it was set up, else this project's venv, which
+    has what they import (onnxruntime, numpy, orjson, uvicorn, uvloop, httptools)."""
+    base = PEERS / "base"
+    return base if (base / "bin" / "uvicorn").exists() else ROOT / ".venv"
+
+
 def imported_from(pythonpath: Path | None) -> Path:
     """The folder `inferd` is imported from by the venv's Python with this PYTHONPATH (None: none)."""
     env = clean_env() if pythonpath is None else dict(clean_env(), PYTHONPATH=str(pythonpath))
@@ -101,7 +108,7 @@ def mlserver_with_metadata() -> Path:
 
 def servers(baseline_src: Path | None = None) -> dict[str, list[str]]:
     s = HARNESS / "servers"
-    floor = [str(PEERS / "base/bin/uvicorn"), "floor_server:app", "--host", "127.0.0.1", "--port", "8000",
+    floor = [str(peer_venv() / "bin" / "uvicorn"), "floor_server:app", "--host", "127.0.0.1", "--port", "8000",
              "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
 
     def inferd(batching: bool, port: int, src: Path | None = None) -> list[str]:
@@ -181,7 +188,7 @@ def grpc_rate(label: str, command: list[str], url: str, duration: int, cwd: Path
 
 def raw_ort(results: Path) -> dict[tuple[str, int], float]:
     path = results / "ort.json"
-    subprocess.run([str(PEERS / "base/bin/python"), str(HARNESS / "bench_ort.py"), str(PEERS / "models"),
+    subprocess.run([str(peer_venv() / "bin" / "python"), str(HARNESS / "bench_ort.py"), str(PEERS / "models"),
                     "--models", "mlp,resnet50", "--json", str(path)], timeout=1800, check=True,
                    stdout=subprocess.DEVNULL)
     best: dict[tuple[str, int], float] = {}

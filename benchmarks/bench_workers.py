@@ -127,6 +127,33 @@ def hey(port: int, model: str, seconds: float, concurrency: int) -> dict[str, fl
             "p99": float(p99.group(1)) * 1000 if p99 else float("nan")}
 
 
+Row = tuple[str, int, dict[str, float], float, float, float]  # point, workers, hey's figures, loop / main / rest ms
+
+
+def measure(worker_counts: list[int], models: list[str], duration: float, warmup: float, concurrency: int
+            ) -> list[Row]:
+    """Per worker count and model: hey's figures and the CPU-ms per request of main's loop, main, the workers."""
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
+        repo = repository(Path(tmp) / "models")
+        for workers in worker_counts:
+            server = Server(repo, workers, Path(tmp) / f"inferd-{workers}.log")
+            try:
+                for model in models:
+                    hey(server.port, model, warmup, concurrency)
+                    server.wait_idle()
+                    before = server.cpu()
+                    result = hey(server.port, model, duration, concurrency)
+                    server.wait_idle()  # requests still running when hey stopped finish (or leave) first
+                    after = server.cpu()
+                    done = max(1.0, result["ok"] + result["errors"])
+                    loop_ms, main_ms, rest_ms = ((a - b) / done * 1000 for a, b in zip(after, before, strict=True))
+                    rows.append((f"{model} V2 JSON c={concurrency}", workers, result, loop_ms, main_ms, rest_ms))
+            finally:
+                server.stop()
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", default="1,2", help="worker counts to compare (default 1,2)")
@@ -135,25 +162,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="hey's -c (default 32)")
     parser.add_argument("--models", default="mlp,resnet50", help="models to load (default mlp,resnet50)")
     args = parser.parse_args()
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
-        repo = repository(Path(tmp) / "models")
-        for workers in [int(w) for w in args.workers.split(",")]:
-            server = Server(repo, workers, Path(tmp) / f"inferd-{workers}.log")
-            try:
-                for model in args.models.split(","):
-                    hey(server.port, model, args.warmup, args.concurrency)
-                    server.wait_idle()
-                    before = server.cpu()
-                    result = hey(server.port, model, args.duration, args.concurrency)
-                    server.wait_idle()  # requests still running when hey stopped finish (or leave) first
-                    after = server.cpu()
-                    done = max(1.0, result["ok"] + result["errors"])
-                    loop_ms, main_ms, rest_ms = ((a - b) / done * 1000 for a, b in zip(after, before, strict=True))
-                    rows.append((f"{model} V2 JSON c={args.concurrency}", workers, result, loop_ms, main_ms,
-                                 rest_ms))
-            finally:
-                server.stop()
+    rows = measure([int(w) for w in args.workers.split(",")], args.models.split(","), args.duration, args.warmup,
+                   args.concurrency)
     print(f"{'point':<24} {'workers':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
           f"{'CPU ms/req':>10} {'main':>8} {'loop':>8} {'workers':>8}  {'main-bound req/s':>16}")
     for point, workers, result, loop_ms, main_ms, rest_ms in rows:
