@@ -58,8 +58,9 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
     grpc.aio runs on any asyncio loop: grpc's own thread polls the completion queue and wakes the loop through a
     socket. What the loop itself costs per call (its ready callbacks, the selector, the wake-up socket's reads) is
-    C on uvloop and Python on asyncio's loop: with uvloop the server's CPU per mlp call fell by 9-14 % and its rate
-    rose by 16-28 % at c=8 and 32 (benchmarks/bench_grpc.py, median of 3 rounds on the shared 2-core box)."""
+    C on uvloop and Python on asyncio's loop: with uvloop the server's CPU per mlp call fell by 9-14 % at c=8 and 32
+    in one A/B and by 2-12 % at c=1, 8, 32 in a later run beside the previous commit (benchmarks/bench_grpc.py,
+    medians of 3 rounds on the shared 2-core box, whose load moves single rates by a third)."""
     try:
         import uvloop
     except ImportError:
