@@ -43,6 +43,14 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
+def harness_ready() -> bool:
+    """The harness's models and bodies are set up under PEERS (else: says where to read how)."""
+    if (PEERS / "models" / "mlp").exists() and (PEERS / "bodies").exists():
+        return True
+    print(f"set up the harness first: see {HARNESS / 'README.md'}", file=sys.stderr)
+    return False
+
+
 def peer_venv() -> Path:
     """The harness's base venv (floor server, raw ONNX Runtime) when it was set up, else this project's venv, which
     has what they import (onnxruntime, numpy, orjson, uvicorn, uvloop, httptools)."""
@@ -215,8 +223,7 @@ def main() -> int:
                         help="run the inferd now/baseline pairs this many times, alternating which goes first "
                              "(the comparison reports the median); default 1")
     args = parser.parse_args()
-    if not (PEERS / "models" / "mlp").exists():
-        print(f"set up the harness first: see {HARNESS / 'README.md'}", file=sys.stderr)
+    if not harness_ready():
         return 2
     only = {x for x in args.only.split(",") if x}
     now_pkg = imported_from(None)

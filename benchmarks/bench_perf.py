@@ -71,22 +71,17 @@ def rate(value: float) -> str:
 
 def http_rows(runs: dict[str, dict], ort: dict[tuple[str, int], float]) -> list[Row]:
     floor, off, on = runs["floor"], runs["inferd-nobatch"], runs["inferd-batch"]
-    rows: list[Row] = []
-    for c in (1, 8, 32):
-        p = f"mlp@c{c}"
-        rows.append(("P1", f"mlp V2 JSON c={c}, batching off", rate(load(off, p).get("rps", 0)),
-                     f"floor {rate(load(floor, p).get('rps', 0))}", ratio(load(off, p).get("rps", 0),
-                                                                          load(floor, p).get("rps", 0)),
-                     "≥ 1.0", f"{cpu_us(off, p):.0f} / floor {cpu_us(floor, p):.0f}"))
+
+    def beside_floor(target: str, what: str, run: dict, point: str, goal: str) -> Row:
+        got, reference = load(run, point).get("rps", 0), load(floor, point).get("rps", 0)
+        return (target, what, rate(got), f"floor {rate(reference)}", ratio(got, reference), goal,
+                f"{cpu_us(run, point):,.0f} / floor {cpu_us(floor, point):,.0f}")
+
+    rows = [beside_floor("P1", f"mlp V2 JSON c={c}, batching off", off, f"mlp@c{c}", "≥ 1.0") for c in (1, 8, 32)]
     rows.append(("P1", "server CPU per request, mlp c=8", f"{cpu_us(off, 'mlp@c8'):.0f} µs",
                  f"floor {cpu_us(floor, 'mlp@c8'):.0f} µs", ratio(cpu_us(off, "mlp@c8"), cpu_us(floor, "mlp@c8")),
                  "≤ 1.05", ""))
-    for c in (8, 32):
-        p = f"mlp@c{c}"
-        rows.append(("P2", f"mlp V2 JSON c={c}, dynamic_batching", rate(load(on, p).get("rps", 0)),
-                     f"floor {rate(load(floor, p).get('rps', 0))}", ratio(load(on, p).get("rps", 0),
-                                                                          load(floor, p).get("rps", 0)),
-                     "≥ 1.3", f"{cpu_us(on, p):.0f} / floor {cpu_us(floor, p):.0f}"))
+    rows += [beside_floor("P2", f"mlp V2 JSON c={c}, dynamic_batching", on, f"mlp@c{c}", "≥ 1.3") for c in (8, 32)]
     rows.append(("P2", "p99 mlp c=32, dynamic_batching", f"{load(on, 'mlp@c32').get('p99_ms', '-')} ms",
                  f"floor {load(floor, 'mlp@c32').get('p99_ms', '-')} ms",
                  ratio(load(on, "mlp@c32").get("p99_ms") or 0, load(floor, "mlp@c32").get("p99_ms") or 0), "≤ 1.0",
@@ -96,10 +91,7 @@ def http_rows(runs: dict[str, dict], ort: dict[tuple[str, int], float]) -> list[
         got = load(run, "resnet50-bin@c8").get("rps", 0)
         rows.append(("P4", f"resnet50 binary c=8, {label} (img/s)", rate(got), f"raw ORT batch 8: {rate(raw8)}",
                      ratio(got, raw8), "≥ 0.97", f"{cpu_us(run, 'resnet50-bin@c8'):,.0f}"))
-    rows.append(("P4", "resnet50 V2 JSON c=1", rate(load(off, "resnet50@c1").get("rps", 0)),
-                 f"floor {rate(load(floor, 'resnet50@c1').get('rps', 0))}",
-                 ratio(load(off, "resnet50@c1").get("rps", 0), load(floor, "resnet50@c1").get("rps", 0)), "≥ 1.0",
-                 f"{cpu_us(off, 'resnet50@c1'):,.0f} / floor {cpu_us(floor, 'resnet50@c1'):,.0f}"))
+    rows.append(beside_floor("P4", "resnet50 V2 JSON c=1", off, "resnet50@c1", "≥ 1.0"))
     rss, floor_rss = off.get("idle_rss_mb", 0), floor.get("idle_rss_mb", 0)
     rows.append(("P5", "idle RSS of the process tree, mlp + resnet50 (MB)", str(rss), f"floor {floor_rss}",
                  ratio(rss, floor_rss), "≤ 1.05", ""))
@@ -161,8 +153,7 @@ def main() -> int:
     parser.add_argument("--skip", default="", help="comma-separated: grpc, workers, ort, imports")
     args = parser.parse_args()
     skip = {s for s in args.skip.split(",") if s}
-    if not (bench_peers.PEERS / "models" / "mlp").exists():
-        print(f"set up the harness first: see {bench_peers.HARNESS / 'README.md'}", file=sys.stderr)
+    if not bench_peers.harness_ready():
         return 2
     results = bench_peers.PEERS / "results" / time.strftime("perf-%Y%m%d-%H%M%S")
     results.mkdir(parents=True)
