@@ -49,19 +49,28 @@ _STRICT_INT_CAST = int(np.__version__.split(".")[0]) >= 2
 
 def check_shape(name: str, shape: Any) -> tuple[int, ...]:
     """A client-given shape: a list of non-negative integers that numpy can hold (even as an empty tensor)."""
-    if not isinstance(shape, (list, tuple)) or not all(type(d) is int and d >= 0 for d in shape):
-        raise InferError.invalid(f"input '{name}': shape must be a list of non-negative integers, got "
-                                 f"{_short(shape)}")
+    if not isinstance(shape, (list, tuple)):
+        raise _not_a_shape(name, shape)
     if len(shape) > MAX_DIMS:
+        if not all(type(d) is int and d >= 0 for d in shape):
+            raise _not_a_shape(name, shape)
         raise InferError.invalid(f"input '{name}': shape has {len(shape)} dimensions, more than the {MAX_DIMS} "
                                  "allowed")
     product = 1
-    for d in shape:
+    too_large = False
+    for d in shape:  # one pass: the type, the sign and the product (no generator on the per-request path)
+        if type(d) is not int or d < 0:
+            raise _not_a_shape(name, shape)
         if d:
             product *= d
-            if product > _MAX_DIMENSION_PRODUCT:
-                raise InferError.invalid(f"input '{name}': shape {_short(list(shape))} is too large")
+            too_large = too_large or product > _MAX_DIMENSION_PRODUCT
+    if too_large:
+        raise InferError.invalid(f"input '{name}': shape {_short(list(shape))} is too large")
     return tuple(shape)
+
+
+def _not_a_shape(name: str, shape: Any) -> InferError:
+    return InferError.invalid(f"input '{name}': shape must be a list of non-negative integers, got {_short(shape)}")
 
 
 def _dtype(name: str, datatype: str) -> np.dtype[Any]:
