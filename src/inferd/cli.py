@@ -319,10 +319,10 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        help="a request's body must arrive within this (from the end of its headers), else 408 and "
                        "close (default 60)")
     serve.add_argument("--workers", type=int, default=1, metavar="N",
-                       help="HTTP front-end processes: with 2 or more, N worker processes accept on --http-port "
-                       "(SO_REUSEPORT), parse, decode and encode, while the models, the pipeline, statistics, metrics "
-                       "and gRPC stay in this process, tensors crossing through shared memory (default 1: this "
-                       "process serves HTTP itself)")
+                       help="front-end processes: with 2 or more, N worker processes accept on --http-port and "
+                       "--grpc-port (SO_REUSEPORT), parse, decode and encode, while the models, the pipeline, "
+                       "statistics and metrics stay in this process, tensors crossing through shared memory (default "
+                       "1: this process serves HTTP and gRPC itself)")
     serve.add_argument("--http-max-connections", type=int, default=0, metavar="N",
                        help="HTTP connections open at once; past it the oldest with no request in progress is "
                        "closed, else the new one gets 503 (default 0: 10,000, or half the open-files limit if lower)")

@@ -224,6 +224,26 @@ def test_mutual_grpc_requires_a_client_certificate(mutual_server: ServerProcess,
                   certificate_chain=pki.rogue_cert)
 
 
+def test_mutual_grpc_through_worker_processes(pki: Pki, tmp_path: Path) -> None:
+    """With --workers 2 the workers serve the gRPC port with the same credentials (inference in their fast path,
+    every other call forwarded to the main process)."""
+    server = _start(tmp_path, "--workers", "2", "--grpc-use-ssl-mutual", "true", "--grpc-server-cert",
+                    str(pki.server_cert), "--grpc-server-key", str(pki.server_key), "--grpc-root-cert", str(pki.ca),
+                    "--allow-metrics=false")
+    try:
+        files = {"root_certificates": pki.ca, "private_key": pki.client_key, "certificate_chain": pki.client_cert}
+        _grpc_infer(server, **files)
+        client = grpcclient.InferenceServerClient(server.grpc_url, ssl=True, **{k: str(v) for k, v in files.items()})
+        try:
+            assert client.is_server_live(client_timeout=10)
+        finally:
+            client.close()
+        _grpc_refused(server, root_certificates=pki.ca)
+        _grpc_refused(server)
+    finally:
+        server.stop()
+
+
 # ---- start-up errors ----
 
 @pytest.mark.parametrize(("flags", "message"), [

@@ -8,20 +8,26 @@ the model is loaded once (only the main process maps ONNX Runtime); SIGTERM ends
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
+import queue
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 from tritonclient.utils import shared_memory as shm
 
@@ -109,12 +115,14 @@ def _socket_inodes(pid: int) -> set[int]:
 
 
 def _tcp_sockets(port: int) -> dict[int, str]:
-    """inode -> state ("0A" listening, "01" established) of the IPv4 TCP sockets whose local port is `port`."""
+    """inode -> state ("0A" listening, "01" established) of the TCP sockets whose local port is `port` (IPv6 ones
+    too: grpcio listens on 127.0.0.1 through an IPv6 socket's IPv4-mapped address)."""
     sockets = {}
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if int(fields[1].split(":")[1], 16) == port:
-            sockets[int(fields[9])] = fields[3]
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == port:
+                sockets[int(fields[9])] = fields[3]
     return sockets
 
 
@@ -329,6 +337,15 @@ def test_with_tenants_every_request_reaches_the_main_process(repo: Path, tmp_pat
         assert answer.status_code == 200, answer.text
         assert answer.json()["outputs"][0]["data"] == [2 * i for i in range(16)]
         assert answer.headers["x-request-id"] == "r-1"
+        client = grpcclient.InferenceServerClient(process.grpc_url)  # gRPC: every call proxied to main's server
+        a, b = simple_data(1)
+        try:
+            code, message = _grpc_error(lambda: client.infer(SIMPLE, simple_inputs(grpcclient, a, b)))
+            assert code == "StatusCode.UNAUTHENTICATED", message
+            result = client.infer(SIMPLE, simple_inputs(grpcclient, a, b), headers={"authorization": f"Bearer {key}"})
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+        finally:
+            client.close()
     finally:
         process.stop()
 
@@ -366,6 +383,150 @@ def test_a_worker_that_dies_is_replaced(server: ServerProcess) -> None:
     finally:
         client.close()
     assert "ended unexpectedly" in server.log()
+
+
+def _grpc_error(call: Callable[[], object]) -> tuple[str, str]:
+    with pytest.raises(InferenceServerException) as exc:
+        call()
+    return str(exc.value.status()), exc.value.message()
+
+
+def test_grpc_is_served_by_the_workers_and_main_does_not_listen(server: ServerProcess) -> None:
+    deadline = time.monotonic() + 30  # a worker replaced by an earlier test may still be starting
+    while True:
+        workers = _workers(server)
+        listening = {inode for inode, state in _tcp_sockets(server.grpc_port).items() if state == "0A"}
+        if len(listening) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert len(listening) == 2  # one socket per worker (SO_REUSEPORT)
+    for pid in workers:
+        assert len(_socket_inodes(pid) & listening) == 1
+    assert not _socket_inodes(server.process.pid) & listening
+    # A subchannel pool of its own per client: else grpc shares one connection among channels to one address.
+    clients = [grpcclient.InferenceServerClient(server.grpc_url, channel_args=[("grpc.use_local_subchannel_pool", 1)])
+               for _ in range(CONNECTIONS)]
+    try:
+        for client in clients:  # each client its own connection, held by the worker that accepted it
+            assert client.is_server_live()
+        established = {inode for inode, state in _tcp_sockets(server.grpc_port).items() if state == "01"}
+        held = {pid: len(_socket_inodes(pid) & established) for pid in workers}
+        assert sum(held.values()) == CONNECTIONS, held
+        assert all(held.values()), held  # 2 ** -15 that the kernel gave every connection to one worker
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_grpc_and_http_answers_equal_the_model_from_parallel_clients(server: ServerProcess) -> None:
+    before = {model: model_stats(server.base_url, model)["inference_count"] for model in (SIMPLE, IDENTITY)}
+    sent = {SIMPLE: 0, IDENTITY: 0}
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def run(seed: int) -> None:
+        grpc_client = grpcclient.InferenceServerClient(server.grpc_url)
+        http_client = httpclient.InferenceServerClient(server.http_url, network_timeout=60)
+        try:
+            for i in range(6):
+                a, b = simple_data(1 + i % 3, seed=seed * 100 + i)
+                result = grpc_client.infer(SIMPLE, simple_inputs(grpcclient, a, b), request_id=f"r{seed}-{i}")
+                assert result.get_response().id == f"r{seed}-{i}"
+                np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+                np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+                x = np.random.default_rng(seed * 100 + i).standard_normal((1, BIG)).astype(np.float32)
+                result = grpc_client.infer(IDENTITY, [make_input(grpcclient, "INPUT0", x, "FP32")],
+                                           outputs=[grpcclient.InferRequestedOutput("OUTPUT0")])
+                np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), x)
+                result = http_client.infer(SIMPLE, simple_inputs(httpclient, a, b, True))
+                np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+                with lock:
+                    sent[SIMPLE] += 2 * (1 + i % 3)  # inference_count counts a batch's rows
+                    sent[IDENTITY] += 1
+        except BaseException as exc:  # reported by the test's thread
+            errors.append(exc)
+        finally:
+            grpc_client.close()
+            http_client.close()
+
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    grpc_client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        for model in (SIMPLE, IDENTITY):  # one server: both doors and every worker in one model's statistics
+            assert model_stats(server.base_url, model)["inference_count"] - before[model] == sent[model]
+            stats = grpc_client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+            assert int(stats["inference_count"]) - before[model] == sent[model]
+    finally:
+        grpc_client.close()
+
+
+def test_grpc_api_through_the_workers(server: ServerProcess) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    a, b = simple_data(1)
+    try:
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(SIMPLE)
+        assert client.get_server_metadata().name
+        metadata = client.get_model_metadata(SIMPLE, as_json=True)
+        assert metadata["name"] == SIMPLE and [i["name"] for i in metadata["inputs"]] == ["INPUT0", "INPUT1"]
+        assert client.get_model_config(SIMPLE, as_json=True)["config"]["name"] == SIMPLE
+        assert SIMPLE in {row["name"] for row in client.get_model_repository_index(as_json=True)["models"]}
+        client.unload_model(SIMPLE)
+        assert not client.is_model_ready(SIMPLE)
+        code, _ = _grpc_error(lambda: client.infer(SIMPLE, simple_inputs(grpcclient, a, b)))
+        assert code == "StatusCode.UNAVAILABLE" or code.startswith("StatusCode.")
+        client.load_model(SIMPLE)
+        assert client.is_model_ready(SIMPLE)
+        np.testing.assert_array_equal(client.infer(SIMPLE, simple_inputs(grpcclient, a, b)).as_numpy("OUTPUT0"),
+                                      a + b)
+    finally:
+        client.load_model(SIMPLE)
+        client.close()
+    with grpc.insecure_channel(server.grpc_url) as channel:  # grpc.health.v1 answers as main would
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_grpc_errors_are_the_single_process_errors(server: ServerProcess, single: ServerProcess) -> None:
+    a, b = simple_data(1)
+    clients = [grpcclient.InferenceServerClient(s.grpc_url) for s in (server, single)]
+    try:
+        cases: list[Callable[[grpcclient.InferenceServerClient], object]] = [
+            lambda c: c.infer("no_such_model", simple_inputs(grpcclient, a, b)),
+            lambda c: c.infer(SIMPLE, simple_inputs(grpcclient, a, b), model_version="5"),
+            lambda c: c.infer(SIMPLE, [make_input(grpcclient, "INPUT0", a, "INT32")]),
+            lambda c: c.get_model_metadata("no_such_model"),
+        ]
+        for case in cases:
+            workers, alone = (_grpc_error(functools.partial(case, c)) for c in clients)
+            assert workers == alone
+            assert workers[0] != "StatusCode.OK"
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_grpc_stream_infer_through_a_worker(server: ServerProcess) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    sent = {}
+    try:
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        for i in range(5):
+            a, b = simple_data(1, seed=i)
+            sent[f"s{i}"] = a + b
+            client.async_stream_infer(SIMPLE, simple_inputs(grpcclient, a, b), request_id=f"s{i}")
+        for _ in range(5):
+            result, error = answers.get(timeout=30)
+            assert error is None, error
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), sent[result.get_response().id])
+    finally:
+        client.stop_stream()
+        client.close()
 
 
 def test_sigterm_answers_the_request_in_flight_and_ends_every_process(server: ServerProcess) -> None:

@@ -20,8 +20,10 @@ import functools
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -182,12 +184,20 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
     check_ports({"http": http[1] if http else None, "grpc": grpc, "metrics": metrics,
                  "torchserve-management": management[1] if management else None})
     grpc_frontend: GrpcFrontend | None = None
+    grpc_port = grpc.port if grpc is not None else 0  # the public gRPC port, once bound
+    # With worker processes the workers serve the gRPC port too; this process's gRPC server answers what they
+    # forward (every call but ModelInfer's fast path) on a private Unix socket (frontends/grpc/worker.py).
+    private_grpc = tempfile.mkdtemp(prefix="inferd-grpc-") if grpc is not None and http and http_workers > 1 else None
     metrics_server: Any = None
     http_server: HttpServer | WorkerPool | None = None
     management_server: HttpServer | None = None
     try:
-        if grpc is not None:
+        if grpc is not None and private_grpc is not None:
+            grpc_frontend = _start_grpc(server, Endpoint(f"unix:{private_grpc}/grpc.sock", 0),
+                                        grpc_max_message_bytes, grpc_restricted, None, private=True)
+        elif grpc is not None:
             grpc_frontend = _start_grpc(server, grpc, grpc_max_message_bytes, grpc_restricted, grpc_tls)
+            grpc_port = grpc_frontend.port
         if metrics is not None:
             from ..observability.metrics import start_metrics_server
 
@@ -200,8 +210,17 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
             if http_workers > 1:
                 from .workers import WorkerPool
 
+                grpc_workers = None
+                if grpc is not None and private_grpc is not None:
+                    from .grpc.frontend import DEFAULT_MAX_MESSAGE_BYTES
+                    from .grpc.worker import GrpcWorkerConfig
+
+                    fast = server.gateway is None and not grpc_restricted and server.host_routing is None
+                    grpc_workers = GrpcWorkerConfig(grpc.address, grpc.port, f"unix:{private_grpc}/grpc.sock",
+                                                    grpc_max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES, grpc_tls,
+                                                    fast)
                 http_server = WorkerPool(frontend, endpoint.address, endpoint.port, http_workers,
-                                         limits=http_limits or HttpLimits(), tls=http_tls)
+                                         limits=http_limits or HttpLimits(), tls=http_tls, grpc=grpc_workers)
             else:
                 http_server = HttpServer(frontend, endpoint.address, endpoint.port, limits=http_limits, tls=http_tls)
             try:
@@ -210,6 +229,11 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
                 raise ListenError.of("http", endpoint, exc) from None
             _log_tls(http_name, http_tls)
             log.info("started %s at %s:%d", http_name, endpoint.address, http_server.port)
+            pool_grpc_port = getattr(http_server, "grpc_port", None)
+            if grpc is not None and pool_grpc_port is not None:
+                grpc_port = pool_grpc_port
+                _log_tls("GRPCInferenceService", grpc_tls)
+                log.info("started GRPCInferenceService at %s:%d", grpc.address, grpc_port)
         if management is not None:
             management_server = await _start_management(server, management, http_limits, http_tls)
     except ListenError:  # another process took a port since check_ports: what did start stops again
@@ -220,11 +244,13 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
         if metrics_server is not None:
             metrics_server.shutdown()
             metrics_server.server_close()
+        if private_grpc is not None:
+            shutil.rmtree(private_grpc, ignore_errors=True)
         raise
     # With the bound ports: with port 0 the system picks them.
     _warn_if_repository_open(
         server, (http[0], Endpoint(http[1].address, http_server.port)) if http and http_server else None,
-        Endpoint(grpc.address, grpc_frontend.port) if grpc and grpc_frontend else None, grpc_restricted or {})
+        Endpoint(grpc.address, grpc_port) if grpc and grpc_frontend else None, grpc_restricted or {})
     if started is not None:
         log.info("%s in %.2f s", ready_message, time.perf_counter() - started)
     else:
@@ -240,13 +266,21 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
     left = max(0.0, deadline - time.monotonic())
     log.info("shutting down: no new requests; waiting up to %.0f s for in-flight ones", left)
     stops = []
-    if http_server is not None:
+    if http_server is not None and private_grpc is None:
         stops.append(http_server.stop(left))
     if management_server is not None:
         stops.append(management_server.stop(left))
     if grpc_frontend is not None:
-        stops.append(asyncio.to_thread(grpc_frontend.stop, left))
+        grpc_stop = asyncio.to_thread(grpc_frontend.stop, left)
+        if private_grpc is not None and http_server is not None:  # the workers forward to it until they stop
+            stops.append(_in_turn(http_server.stop(left), grpc_stop))
+        else:
+            stops.append(grpc_stop)
+    elif http_server is not None and private_grpc is not None:
+        stops.append(http_server.stop(left))
     await asyncio.gather(*stops)
+    if private_grpc is not None:
+        shutil.rmtree(private_grpc, ignore_errors=True)
     if metrics_server is not None:
         metrics_server.shutdown()
     if close_server:
@@ -254,9 +288,15 @@ async def serve_until_signal(server: Server, *, http: tuple[HttpFrontend, Endpoi
     log.info("stopped")
 
 
+async def _in_turn(*steps: Coroutine[Any, Any, Any]) -> None:
+    for step in steps:
+        await step
+
+
 def _start_grpc(server: Server, grpc: Endpoint, max_message_bytes: int | None,
-                restricted: Mapping[str, tuple[str, str]] | None, tls: TlsSettings | None) -> GrpcFrontend:
-    """The gRPC door, started (bound) and logged with its bound port."""
+                restricted: Mapping[str, tuple[str, str]] | None, tls: TlsSettings | None, *,
+                private: bool = False) -> GrpcFrontend:
+    """The gRPC door, started (bound) and logged with its bound port (`private`: the workers' Unix socket)."""
     from .grpc import GrpcFrontend
 
     options: dict[str, Any] = {}
@@ -264,6 +304,9 @@ def _start_grpc(server: Server, grpc: Endpoint, max_message_bytes: int | None,
         options["max_message_bytes"] = max_message_bytes
     frontend = GrpcFrontend(server, grpc.address, grpc.port, restricted=restricted, tls=tls, **options)
     _bind("grpc", grpc, frontend.start)
+    if private:
+        log.info("gRPC served by the worker processes; this process answers what they forward at %s", grpc.address)
+        return frontend
     _log_tls("GRPCInferenceService", tls)
     log.info("started GRPCInferenceService at %s:%d", grpc.address, frontend.port)
     return frontend

@@ -1,10 +1,16 @@
-"""HTTP worker processes (`inferd serve --workers N`): every core parses, decodes and encodes; one server answers.
+"""Front-end worker processes (`inferd serve --workers N`): every core parses, decodes and encodes; one server
+answers.
 
 A Python server is held to one core by its event loop and the GIL. With N >= 2 the main process starts N worker
 processes that each listen on the HTTP port with SO_REUSEPORT (the kernel spreads connections among them) and run
 the ordinary `HttpServer`. What stays in the main process is everything that makes it one server: the models and
 their instances (loaded once), the pipeline with all its stages (access log, auth, traffic, statistics, metrics,
-audit, cache), the repository API, the shared-memory regions, the metrics port and gRPC.
+audit, cache), the repository API, the shared-memory regions and the metrics port.
+
+The workers serve the gRPC port too (`grpc/worker.py`, on the same loop as their HttpServer, SO_REUSEPORT): a
+ModelInfer of plain tensors is decoded there and sent to main as an "infer" message whose `path` is None,
+`headers` the call's metadata and `route` the gRPC method (main runs it with protocol `v2-grpc`); every other call
+is proxied as bytes to main's own gRPC server, which listens on a private Unix socket instead of the port.
 
 A worker answers V2 inference (`POST /v2/models/{m}[/versions/{v}]/infer`, JSON and binary tensor data) in its
 fast path: it decodes the body into numpy arrays with the same codec (`v2.py`), sends main one message (the
@@ -24,8 +30,8 @@ until the worker sends `free`); the receiver reads numpy views of it.
 Messages (tuples; `rid` is the worker's request number):
 
     worker -> main: ("ready", port) | ("infer", rid, model, version, path, route, headers, inline, ref, datatypes,
-                    request_id, outputs, parameters) | ("http", rid, method, path, headers, body, ref)
-                    | ("cancel", rid) | ("free", slot)
+                    request_id, outputs, parameters) (gRPC: path None, headers the metadata)
+                    | ("http", rid, method, path, headers, body, ref) | ("cancel", rid) | ("free", slot)
     main -> worker: ("config", WorkerConfig) | ("ok", rid, model, version, response_id, parameters, inline, ref,
                     variant) | ("error", rid, kind, message, retry_after) | ("reply", rid, status, payload,
                     headers) | ("cancelled", rid) | ("stop", timeout)
@@ -39,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import multiprocessing.resource_tracker
@@ -67,6 +74,8 @@ from .http.v2 import decode_infer_request
 from .http.v2_api import infer_reply, model_infer
 
 if TYPE_CHECKING:
+    from ..pipeline import RequestContext
+    from .grpc.worker import GrpcWorkerConfig
     from .http.app import HttpFrontend
     from .http.messages import Reply
     from .http.server import HttpLimits
@@ -240,6 +249,7 @@ class WorkerConfig:
     gateway: bool  # main authenticates: forwarded requests carry the client's address for its audit trail
     log_level: int
     log_file: str
+    grpc: GrpcWorkerConfig | None = None  # the workers serve the gRPC port too (`grpc/worker.py`)
 
 
 class _WorkerLink:
@@ -322,10 +332,17 @@ class _WorkerLink:
                                        None if outputs is None else [RequestedOutput(n, p) for n, p in outputs],
                                        parameters)
             del inputs
-            http_request = HttpRequest("POST", path, headers, b"", route)
-            response = await self.server.infer_request(request, http_request.context("v2-http"))
+            context: RequestContext | None
+            if path is None:  # a gRPC ModelInfer: `headers` is the call's metadata, `route` its method
+                from ..pipeline import RequestContext
+
+                context = RequestContext("v2-grpc", metadata=lambda: headers, endpoint=route)
+                response = await self.server.infer_request(request, context)
+            else:
+                http_request = HttpRequest("POST", path, headers, b"", route)
+                response = await self.server.infer_request(request, http_request.context("v2-http"))
+                context = http_request.last_context
             del request
-            context = http_request.last_context
             out_inline, out_ref = self.slots.put(response.outputs)
             send(("ok", rid, response.model_name, response.model_version, response.id, response.parameters,
                   out_inline, out_ref, context.variant if context is not None else ""))
@@ -365,8 +382,9 @@ class WorkerPool:
     """The HTTP door served by `count` worker processes: `start`, `port`, `stop` as `HttpServer` has them."""
 
     def __init__(self, frontend: HttpFrontend, address: str, port: int, count: int, *, limits: HttpLimits,
-                 tls: TlsSettings | None = None) -> None:
+                 tls: TlsSettings | None = None, grpc: GrpcWorkerConfig | None = None) -> None:
         self.frontend = frontend
+        self.grpc = grpc  # the workers serve gRPC too; `grpc_port` is the bound port
         self.address = address
         self.port = port
         self.count = count
@@ -376,6 +394,10 @@ class WorkerPool:
         self.config: WorkerConfig | None = None
         self.stopping = False
         self._replacing: set[asyncio.Task[None]] = set()
+
+    @property
+    def grpc_port(self) -> int | None:
+        return None if self.grpc is None else self.grpc.port
 
     @property
     def pids(self) -> list[int]:
@@ -392,17 +414,15 @@ class WorkerPool:
                 break
         fast = server.gateway is None and frontend.hosts is None and INFERENCE not in frontend.restricted
         return WorkerConfig(self.address, port, self.limits, frontend.max_input_size, server.limits, self.tls,
-                            fast, server.gateway is not None, root.getEffectiveLevel(), log_file)
+                            fast, server.gateway is not None, root.getEffectiveLevel(), log_file, self.grpc)
 
     async def start(self) -> None:
         """Reserve the port (port 0: the system picks one, the same for every worker), start the workers and
         wait until each listens on it; OSError when one cannot."""
-        family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as reserve:
-            reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            reserve.bind((self.address, self.port))  # bound, never listening: it takes no connections
-            port = reserve.getsockname()[1]
+        with contextlib.ExitStack() as reserved:
+            port = _reserve(reserved, self.address, self.port)
+            if self.grpc is not None:
+                self.grpc = dataclasses.replace(self.grpc, port=_reserve(reserved, self.grpc.address, self.grpc.port))
             config = self.config = self._config(port)
             try:
                 for index in range(self.count):
@@ -468,6 +488,17 @@ class WorkerPool:
             log.error("HTTP worker %d could not be restarted: %s", link.index, exc)
             return
         log.info("HTTP worker %d restarted (pid %d)", link.index, new.pid)
+
+
+def _reserve(stack: contextlib.ExitStack, address: str, port: int) -> int:
+    """Bind (never listen: it takes no connections) a socket that lets the workers bind `port` with SO_REUSEPORT
+    and keeps it theirs while they start; port 0: the system picks one, the same for every worker."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    reserve = stack.enter_context(socket.socket(family, socket.SOCK_STREAM))
+    reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    reserve.bind((address, port))
+    return int(reserve.getsockname()[1])
 
 
 # ---- the worker process's side ----
@@ -629,11 +660,25 @@ async def _worker(fd: int) -> None:
     except OSError as exc:
         log.error("HTTP worker cannot listen on %s:%d: %s", config.address, config.port, exc)
         raise SystemExit(1) from None
+    door = None
+    if config.grpc is not None:
+        from .grpc.worker import WorkerGrpc
+
+        door = WorkerGrpc(config.grpc, app)
+        try:
+            await door.start()
+        except OSError as exc:
+            log.error("worker cannot serve gRPC on %s:%d: %s", config.grpc.address, config.grpc.port, exc)
+            raise SystemExit(1) from None
     channel.send(("ready", http.port))
     timeout = await stop
     if timeout < 0:  # main is gone: nothing can be answered any more
+        if config.grpc is not None:  # its private gRPC socket's folder, which a killed main could not remove
+            import shutil
+
+            shutil.rmtree(os.path.dirname(config.grpc.private.removeprefix("unix:")), ignore_errors=True)
         os._exit(0)
-    await http.stop(timeout)
+    await asyncio.gather(http.stop(timeout), *([door.stop(timeout)] if door is not None else []))
     app.slots.close()
     app.arenas.close()
 

@@ -48,6 +48,8 @@ def _credentials(tls: TlsSettings) -> grpc.ServerCredentials:
 
 
 def _address(host: str, port: int) -> str:
+    if host.startswith("unix:"):  # a Unix socket (the worker processes' way to the main process)
+        return host
     if ":" in host and not host.startswith("["):  # a bare IPv6 address
         host = f"[{host}]"
     return f"{host}:{port}"
