@@ -80,6 +80,15 @@ def single(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
     process.stop()
 
 
+def run_in_threads(target: Callable[[int], None], count: int) -> None:
+    """target(0) ... target(count - 1), each on its own thread, all at once; returns when every one has ended."""
+    threads = [threading.Thread(target=target, args=(seed,)) for seed in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -181,11 +190,7 @@ def test_answers_equal_the_model_from_many_connections(server: ServerProcess) ->
         finally:
             client.close()
 
-    threads = [threading.Thread(target=run, args=(seed,)) for seed in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(run, 8)
     assert not errors, errors
     for model in (SIMPLE, IDENTITY):  # one server: every worker's requests in one model's statistics
         assert model_stats(server.base_url, model)["inference_count"] - before[model] == sent[model]
@@ -449,11 +454,7 @@ def test_grpc_and_http_answers_equal_the_model_from_parallel_clients(server: Ser
             grpc_client.close()
             http_client.close()
 
-    threads = [threading.Thread(target=run, args=(seed,)) for seed in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(run, 8)
     assert not errors, errors
     grpc_client = grpcclient.InferenceServerClient(server.grpc_url)
     try:

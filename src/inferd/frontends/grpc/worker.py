@@ -205,19 +205,16 @@ class WorkerGrpc:
         return bytes(response)
 
     async def unary_stream(self, method: str, raw: bytes, context: Any) -> AsyncIterator[bytes]:
-        call = self.channel.unary_stream(method)(raw, **self._options(context))
-        try:
-            async for response in call:
-                yield response
-        except grpc.aio.AioRpcError:
-            pass
-        finally:
-            if not call.done():
-                call.cancel()
-        await self._finish(call, context)
+        async for response in self._relay(self.channel.unary_stream(method)(raw, **self._options(context)), context):
+            yield response
 
     async def stream(self, method: str, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
         call = self.channel.stream_stream(method)(requests, **self._options(context))
+        async for response in self._relay(call, context):
+            yield response
+
+    async def _relay(self, call: Any, context: Any) -> AsyncIterator[bytes]:
+        """Main's responses of a streaming call, then its status and trailing metadata onto the client's call."""
         try:
             async for response in call:
                 yield response
