@@ -96,9 +96,9 @@ class ServedModel:
         """The request's inputs, checked against the config and shaped for the model; and the batch size."""
         given = request.inputs
         specs = self.inputs
-        missing = [n for n in self._required if n not in given]
-        if missing:
-            raise self._missing_inputs(given, missing)
+        for required in self._required:
+            if required not in given:
+                raise self._missing_inputs(given, [n for n in self._required if n not in given])
         batch = 0
         feeds: Tensors = {}
         for name, array in given.items():

@@ -80,19 +80,28 @@ class ModelStatistics:
     def record_execution(self, batch_size: int, requests: int, input_ns: int, infer_ns: int, output_ns: int,
                          queue_ns: int) -> None:
         """One batch of `requests` requests holding `batch_size` inferences; `queue_ns` summed over requests."""
-        with self._lock:
+        with self._lock:  # the additions written out: this runs for every execution
             self.execution_count += 1
             self.inference_count += batch_size
-            self.queue.add(queue_ns, requests)
-            self.compute_input.add(input_ns * requests, requests)
-            self.compute_infer.add(infer_ns * requests, requests)
-            self.compute_output.add(output_ns * requests, requests)
+            queue, compute_input, compute_infer, compute_output = (self.queue, self.compute_input,
+                                                                   self.compute_infer, self.compute_output)
+            queue.count += requests
+            queue.ns += queue_ns
+            compute_input.count += requests
+            compute_input.ns += input_ns * requests
+            compute_infer.count += requests
+            compute_infer.ns += infer_ns * requests
+            compute_output.count += requests
+            compute_output.ns += output_ns * requests
             stats = self.batches.get(batch_size)
             if stats is None:
                 stats = self.batches[batch_size] = _BatchStats()
-            stats.compute_input.add(input_ns)
-            stats.compute_infer.add(infer_ns)
-            stats.compute_output.add(output_ns)
+            stats.compute_input.count += 1
+            stats.compute_input.ns += input_ns
+            stats.compute_infer.count += 1
+            stats.compute_infer.ns += infer_ns
+            stats.compute_output.count += 1
+            stats.compute_output.ns += output_ns
 
     def record_cache_hit(self, ns: int) -> None:
         """A request answered from the response cache (`ns`: lookup and copy-out). As in Triton, it counts in the

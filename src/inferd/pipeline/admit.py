@@ -109,7 +109,10 @@ def _release(call: Call) -> None:
 def _uses_shared_memory(request: InferenceRequest) -> bool:
     if request.shared_inputs:
         return True
-    return any(out.parameters and not _SHM_PARAMETERS.isdisjoint(out.parameters) for out in request.outputs or ())
+    outputs = request.outputs
+    if not outputs:  # most requests: no generator to make
+        return False
+    return any(out.parameters and not _SHM_PARAMETERS.isdisjoint(out.parameters) for out in outputs)
 
 
 def int_parameter(params: Mapping[str, Any], key: str) -> int:

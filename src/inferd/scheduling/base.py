@@ -212,6 +212,14 @@ class InstancePool:
             log.debug("%s failed", self._label(), exc_info=exc)
             return [error] * len(jobs)
         end = time.perf_counter_ns()
+        if len(jobs) == 1:  # no generators for the common single request
+            job = jobs[0]
+            if self.stats is not None:
+                self.stats.record_execution(job.rows, 1, ready - start, done - ready, end - done,
+                                            start - job.enqueued_ns)
+            if job.trace is not None:
+                _trace_batch(jobs, results, start, ready, done, end)
+            return results
         if self.stats is not None:
             queue_ns = sum(start - j.enqueued_ns for j in jobs)
             self.stats.record_execution(sum(j.rows for j in jobs), len(jobs), ready - start, done - ready,
