@@ -57,7 +57,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -212,6 +212,12 @@ def _inline(tensors: Tensors) -> Inline:
     arrays do; object (BYTES) and structured ones as arrays."""
     return {name: array if array.dtype.hasobject or array.dtype.fields is not None
             else (array.dtype.str, array.shape, array.tobytes()) for name, array in tensors.items()}
+
+
+def uses_client_memory(request: InferenceRequest) -> bool:
+    """The request reads or writes client shared-memory regions (main's, so main must see it as it came)."""
+    return bool(request.shared_inputs) or (bool(request.outputs) and any(
+        SHM_REGION in o.parameters for o in request.outputs or ()))
 
 
 def mapped_tensors(arenas: ChildArenas, inline: Inline, ref: Ref | None) -> Tensors:
@@ -556,29 +562,19 @@ class _WorkerApp:
             request, options = decode_infer_request(body, header_length, name, version, self.config.request_limits)
         except (InferError, ValueError):
             return None  # main answers it, with the error the single process gives (an unknown model first)
-        if request.shared_inputs or (request.outputs and any(SHM_REGION in o.parameters for o in request.outputs)):
+        if uses_client_memory(request):
             return None  # client shared memory: main reads and writes the regions
-        inline, ref = self.slots.put(request.inputs)
-        outputs = None if request.outputs is None else [(o.name, o.parameters) for o in request.outputs]
-        message = ("infer", 0, name, version, path, route, headers, inline, ref, request.datatypes, request.id,
-                   outputs, request.parameters)
-        answer = await self._ask(message, ref)
+        answer = await self.ask_infer(request, path, route, headers)
         kind = answer[0]
         if kind == "ok":
-            _, _, model, model_version, response_id, parameters, out_inline, out_ref, variant = answer
-            tensors = mapped_tensors(self.arenas, out_inline, out_ref)
-            try:
-                reply = infer_reply(InferenceResponse(model, model_version, tensors, response_id, parameters),
-                                    options, headers.get(b"accept-encoding"))
-            except InferError as exc:
-                reply = infer_error_reply(exc)
-            except Exception as exc:
-                log.exception("unhandled error on POST %s", path)
-                reply = error_reply(500, f"internal error: {describe_error(exc)}")
-            finally:
-                del tensors
-                if out_ref is not None:
-                    self.channel.send(("free", out_ref[0]))
+            with self.response_of(answer) as (response, variant):
+                try:
+                    reply = infer_reply(response, options, headers.get(b"accept-encoding"))
+                except InferError as exc:
+                    reply = infer_error_reply(exc)
+                except Exception as exc:
+                    log.exception("unhandled error on POST %s", path)
+                    reply = error_reply(500, f"internal error: {describe_error(exc)}")
             if variant:
                 reply = (reply[0], reply[1], [*reply[2], (b"x-inferd-variant", variant.encode())])
             return reply
@@ -587,6 +583,27 @@ class _WorkerApp:
             error.retry_after = answer[4]
             return infer_error_reply(error)
         return answer[2], answer[3], answer[4]  # ("reply", rid, status, payload, headers)
+
+    async def ask_infer(self, request: InferenceRequest, path: str | None, route: str, headers: Any) -> Any:
+        """Main's answer to a decoded inference request (HTTP: its path and headers; gRPC: None and metadata)."""
+        inline, ref = self.slots.put(request.inputs)
+        outputs = None if request.outputs is None else [(o.name, o.parameters) for o in request.outputs]
+        message = ("infer", 0, request.model_name, request.model_version, path, route, headers, inline, ref,
+                   request.datatypes, request.id, outputs, request.parameters)
+        return await self._ask(message, ref)
+
+    @contextlib.contextmanager
+    def response_of(self, answer: Any) -> Iterator[tuple[InferenceResponse, str]]:
+        """The response in main's "ok" answer (its tensors read where main put them), and its traffic variant; the
+        answer's segment is given back to main once the caller has encoded it."""
+        _, _, model, model_version, response_id, parameters, out_inline, out_ref, variant = answer
+        tensors = mapped_tensors(self.arenas, out_inline, out_ref)
+        try:
+            yield InferenceResponse(model, model_version, tensors, response_id, parameters), variant
+        finally:
+            del tensors
+            if out_ref is not None:
+                self.channel.send(("free", out_ref[0]))
 
     async def _forward(self, method: str, path: str, headers: dict[bytes, bytes], body: bytes) -> Reply:
         ref = None

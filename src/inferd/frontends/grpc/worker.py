@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from ...memory import SHM_REGION
 from ...protos import service_pb2 as pb
-from ...types import VARIANT_HEADER, ErrorKind, InferenceResponse, InferError, describe_error, public_error_text
+from ...types import VARIANT_HEADER, ErrorKind, InferError, describe_error, public_error_text
 from ..tls import TlsSettings
+from ..workers import uses_client_memory
 from .codec import decode_infer_request, encode_infer_response
 from .frontend import MAX_PENDING_RPCS, _address, _credentials
 
@@ -131,35 +131,22 @@ class WorkerGrpc:
             request = decode_infer_request(pb.ModelInferRequest.FromString(raw), self.app.config.request_limits)
         except Exception:
             return await self.unary(INFER, raw, context)
-        if request.shared_inputs or (request.outputs and any(SHM_REGION in o.parameters for o in request.outputs)):
+        if uses_client_memory(request):
             return await self.unary(INFER, raw, context)  # client shared memory: main reads and writes the regions
         app = self.app
-        inline, ref = app.slots.put(request.inputs)
-        outputs = None if request.outputs is None else [(o.name, o.parameters) for o in request.outputs]
-        metadata = _forwarded(context.invocation_metadata())
-        message = ("infer", 0, request.model_name, request.model_version, None, INFER, metadata, inline, ref,
-                   request.datatypes, request.id, outputs, request.parameters)
+        answer = await app.ask_infer(request, None, INFER, _forwarded(context.invocation_metadata()))
         del request
-        answer = await app._ask(message, ref)
         kind = answer[0]
         if kind == "ok":
-            _, _, model, model_version, response_id, parameters, out_inline, out_ref, variant = answer
-            from ..workers import mapped_tensors
-
-            tensors = mapped_tensors(app.arenas, out_inline, out_ref)
-            try:
-                encoded = encode_infer_response(InferenceResponse(model, model_version, tensors, response_id,
-                                                                  parameters)).SerializeToString()
-            except InferError as exc:
-                await context.abort(grpc.StatusCode[exc.kind.grpc_code_name], exc.message)
-            except Exception as exc:
-                log.exception("gRPC ModelInfer failed")
-                await context.abort(grpc.StatusCode.INTERNAL,
-                                    f"ModelInfer failed: {public_error_text(describe_error(exc))}")
-            finally:
-                del tensors
-                if out_ref is not None:
-                    app.channel.send(("free", out_ref[0]))
+            with app.response_of(answer) as (response, variant):
+                try:
+                    encoded = encode_infer_response(response).SerializeToString()
+                except InferError as exc:
+                    await context.abort(grpc.StatusCode[exc.kind.grpc_code_name], exc.message)
+                except Exception as exc:
+                    log.exception("gRPC ModelInfer failed")
+                    await context.abort(grpc.StatusCode.INTERNAL,
+                                        f"ModelInfer failed: {public_error_text(describe_error(exc))}")
             if variant:
                 context.set_trailing_metadata(((VARIANT_HEADER, variant),))
             return encoded
