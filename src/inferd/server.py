@@ -46,7 +46,7 @@ from .pipeline import (
 )
 from .pipeline.access_log import AccessLogStage
 from .pipeline.payload import PayloadLogStage
-from .pipeline.plugins import plugin_stages
+from .pipeline.plugins import StagePlugins
 from .repository import ModelRepository
 from .repository.local import deployment_files
 from .scaling import Scaler
@@ -176,8 +176,11 @@ class Server:
         self.payload_log = payload_log
         if payload_log is not None:
             self.add_stage(PayloadLogStage(payload_log))
-        for stage in (*plugin_stages(self), *stages):
+        for stage in stages:
             self.add_stage(stage)
+        # The `inferd.stages` entry points are read while the models load, and their stages added before the
+        # server is live (in `start`; at once for a server built not started).
+        self._stage_plugins: StagePlugins | None = StagePlugins()
         self._run = self.pipeline.run
         self._run_sync = self.pipeline.run_sync
         # Scale to zero with held requests, instance autoscaling, memory-aware eviction (scaling/): its `wake`
@@ -197,6 +200,8 @@ class Server:
         self._splits: set[str] = set()  # the names the deployments' predictors split (see _split_predictors)
         if start:
             self.start()
+        else:
+            self._add_plugin_stages()
 
     def add_stage(self, stage: Stage) -> None:
         """Add a stage to every request's pipeline, where its `before` or `after` attribute (a stage name) says;
@@ -214,11 +219,18 @@ class Server:
         else:
             self.scaling.load_all(None)
         self._serve_deployments()
+        self._add_plugin_stages()
         self.scaling.start()
         if self.model_control_mode == "poll":
             self._poller = threading.Thread(target=self._poll, name="inferd-repository-poll", daemon=True)
             self._poller.start()
         self._live = True
+
+    def _add_plugin_stages(self) -> None:
+        plugins, self._stage_plugins = self._stage_plugins, None
+        if plugins is not None:
+            for stage in plugins.stages(self):
+                self.add_stage(stage)
 
     def _serve_deployments(self) -> None:
         """The graphs of the deployment files (graph/deployments.py): after the models, whose names they use."""

@@ -273,3 +273,42 @@ def test_limits_are_checked_on_declared_shapes_before_data() -> None:
     item = {"datatype": "INT32", "shape": [1], "data": [1]}
     _invalid_with(orjson.dumps({"inputs": [{"name": "A", **item}, {"name": "B", **item}]}), "2 inputs", "--max-inputs",
              limits=limits)
+
+
+def _decode_one(datatype: str, shape: list[int], data: object, name: str = "INPUT0") -> np.ndarray:
+    body = orjson.dumps({"inputs": [{"name": name, "datatype": datatype, "shape": shape, "data": data}]})
+    request, _ = decode_infer_request(body, None, "m", "")
+    return request.inputs[name]
+
+
+@pytest.mark.parametrize(("datatype", "data", "expected"), [
+    ("FP32", [0.5, 1, -2.25], np.array([0.5, 1, -2.25], dtype=np.float32)),
+    ("FP64", [[0.1, 2], [3, 4.5]], np.array([0.1, 2, 3, 4.5])),  # nested lists: the element count decides
+    ("INT64", [1, -2, 2**62], np.array([1, -2, 2**62], dtype=np.int64)),
+])
+def test_number_data_without_booleans_converts_to_the_datatype(datatype: str, data: list,
+                                                                 expected: np.ndarray) -> None:
+    array = _decode_one(datatype, [len(expected)], data)
+    assert array.dtype == expected.dtype and array.shape == expected.shape
+    assert np.array_equal(array, expected)
+
+
+@pytest.mark.parametrize(("datatype", "data", "words"), [
+    ("FP32", [1.0, "2"], "must be numbers, got str '2' (element 1)"),
+    ("FP32", [1.0, None], "must be numbers, got null (element 1)"),
+    ("FP32", [1.0, 1e39], "value 1e+39 (element 1) is out of the range of FP32"),
+    ("INT64", [1, 2.5], "must be integers, got float 2.5 (element 1)"),
+    ("INT64", [1, 2**63], "(element 1) is out of the range of INT64"),
+    ("FP32", [1.0, True], "must be numbers, got true (element 1)"),
+])
+def test_values_not_of_the_datatype_are_refused_by_name(datatype: str, data: list, words: str) -> None:
+    with pytest.raises(InferError) as info:
+        _decode_one(datatype, [2], data)
+    assert info.value.kind is ErrorKind.INVALID_ARGUMENT and words in info.value.message
+
+
+def test_a_true_elsewhere_in_the_document_changes_no_answer() -> None:
+    # A name holding "true" makes the decoder take the strict path for every input: same arrays, same errors.
+    assert np.array_equal(_decode_one("FP32", [2], [1, 2.5], name="true"), np.array([1, 2.5], dtype=np.float32))
+    with pytest.raises(InferError, match="got str"):
+        _decode_one("FP32", [2], [1, "x"], name="true")

@@ -12,14 +12,17 @@ model that no built-in backend answers is resolved; a plugin cannot replace a bu
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import ConfigError, ModelConfig
 from .base import Backend
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 __all__ = ["BACKENDS", "ENTRY_POINT_GROUP", "Backend", "BackendSpec", "create_backend", "load_plugins",
            "resolve_backend"]
@@ -80,7 +83,7 @@ _plugins_lock = threading.Lock()
 _plugins_loaded = False
 
 
-def _plugin_spec(entry_point: importlib.metadata.EntryPoint, obj: object) -> BackendSpec:
+def _plugin_spec(entry_point: EntryPoint, obj: object) -> BackendSpec:
     if isinstance(obj, BackendSpec):
         return obj
     if not isinstance(obj, type):
@@ -100,7 +103,9 @@ def load_plugins() -> None:
         if _plugins_loaded:
             return
         _plugins_loaded = True
-        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        from importlib.metadata import entry_points  # only here: reading every package's metadata costs
+
+        for entry_point in entry_points(group=ENTRY_POINT_GROUP):
             if entry_point.name in BACKENDS:
                 log.warning("backend plugin '%s' (%s) ignored: a built-in backend has that name", entry_point.name,
                             entry_point.value)

@@ -80,16 +80,51 @@ def _dtype(name: str, datatype: str) -> np.dtype[Any]:
     return dtype
 
 
-def decode_list(name: str, datatype: str, shape: tuple[int, ...], data: Any, *, from_json: bool = True) -> np.ndarray:
+def decode_list(name: str, datatype: str, shape: tuple[int, ...], data: Any, *, from_json: bool = True,
+                plain: bool = False) -> np.ndarray:
     """Array from list data (JSON `data`, gRPC typed contents: `from_json` False): flat or nested (the element count
-    must match the shape, as Triton checks it), values strictly of the datatype."""
+    must match the shape, as Triton checks it), values strictly of the datatype.
+
+    `plain`: the caller knows the data holds no booleans (a JSON document without a `true` or `false` token). A
+    float or INT64 tensor then converts with numpy's own type discovery, in C; the strict walk below runs only
+    when that finds anything but numbers of the datatype's kind, and names the value it refuses.
+    """
     count = element_count(shape)
+    if plain:
+        array = _plain_numbers(datatype, count, data)
+        if array is not None:
+            return array.reshape(shape)
     if datatype != "BYTES":
         _dtype(name, datatype)
     leaves, types, _ = _leaves(name, data, "data")
     if len(leaves) != count:
         raise InferError.invalid(f"input '{name}': shape {list(shape)} needs {count} elements, got {len(leaves)}")
     return _convert(name, datatype, leaves, types, "data", from_json).reshape(shape)
+
+
+# The datatypes `_plain_numbers` converts, with the numpy kinds it takes for each: a float tensor takes integers
+# and floats, INT64 integers within int64 (numpy discovers larger ones as uint64 or objects).
+_PLAIN = {datatype: (V2_TO_NUMPY[datatype], kinds)
+          for datatype, kinds in (("FP32", "fi"), ("FP64", "fi"), ("INT64", "i"))}
+
+
+def _plain_numbers(datatype: str, count: int, data: Any) -> np.ndarray | None:
+    """The data as an array when it is numbers of the datatype's kind, without booleans (the caller's word), all
+    finite and `count` of them; else None, and the strict path decides. No per-element work in Python."""
+    plain = _PLAIN.get(datatype)
+    if plain is None or type(data) is not list:
+        return None
+    dtype, kinds = plain
+    try:
+        found = np.array(data)
+    except (ValueError, TypeError, OverflowError):  # ragged nesting, or values numpy cannot hold
+        return None
+    if found.dtype.kind not in kinds or found.size != count:
+        return None
+    array = found if found.dtype == dtype else found.astype(dtype)
+    if dtype.kind == "f" and not math.isfinite(_sum(array, None)):
+        return None  # NaN / Infinity tokens, or a value past the datatype: the strict path tells which
+    return array
 
 
 def decode_nested(name: str, datatype: str, value: Any, what: str) -> np.ndarray:

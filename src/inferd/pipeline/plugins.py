@@ -9,15 +9,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-from importlib.metadata import entry_points
-from typing import Protocol
+import threading
+from typing import Any, Protocol
 
 from ..types import describe_error
 from .pipeline import Stage
 
 log = logging.getLogger("inferd.pipeline")
 
-__all__ = ["add_pipeline_stage_argument", "add_pipeline_stages", "plugin_stages", "stage_from_spec"]
+__all__ = ["StagePlugins", "add_pipeline_stage_argument", "add_pipeline_stages", "plugin_stages", "stage_from_spec"]
 
 
 class Server(Protocol):
@@ -38,10 +38,40 @@ def stage_from_spec(spec: str, server: Server) -> Stage:
     return stage
 
 
+class StagePlugins:
+    """The `inferd.stages` entry points, read on a thread from the moment the server is built: reading every
+    installed package's metadata (and importing importlib.metadata) takes tens of milliseconds with many packages,
+    which the server spends loading its models meanwhile rather than before."""
+
+    def __init__(self) -> None:
+        self._entries: list[Any] = []
+        self._thread = threading.Thread(target=self._read, name="inferd-stage-plugins", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            from importlib.metadata import entry_points
+
+            self._entries = list(entry_points(group="inferd.stages"))
+        except Exception as exc:  # unreadable metadata: no plugin stages, said once
+            log.error("cannot read the inferd.stages entry points: %s", describe_error(exc))
+
+    def stages(self, server: Server) -> list[Stage]:
+        """Each entry point's stage (its factory called with the server), once the reading is done."""
+        self._thread.join()
+        return _made(self._entries, server)
+
+
 def plugin_stages(server: Server) -> list[Stage]:
     """Stages from the `inferd.stages` entry-point group: each entry point is a factory `(server) -> Stage`."""
+    from importlib.metadata import entry_points
+
+    return _made(entry_points(group="inferd.stages"), server)
+
+
+def _made(entries: Any, server: Server) -> list[Stage]:
     found = []
-    for entry in entry_points(group="inferd.stages"):
+    for entry in entries:
         try:
             found.append(entry.load()(server))
         except Exception as exc:  # a broken plugin is reported and left out, never a server that cannot start
