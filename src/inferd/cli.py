@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import os
@@ -614,6 +615,9 @@ def serve_command(args: argparse.Namespace) -> int:
         log.error("exiting: a model failed to load and --exit-on-error is set")
         server.close()
         return 1
+    # What start-up made (modules, configurations, the models' Python side) leaves the garbage collector's
+    # generations: its collections then look only at what requests allocate (about 1 % of an mlp request's CPU).
+    gc.freeze()
     try:
         from .frontends.runner import run_event_loop
 

@@ -111,7 +111,9 @@ class ServedModel:
                                          f"'{self.name}' expects '{spec.datatype}'")
             shape = array.shape
             batching = self.max_batch_size > 0
-            if not _shape_matches(shape[1:] if batching else shape, spec.dims) or (batching and not shape):
+            given_dims = shape[1:] if batching else shape
+            # One tuple comparison in C for the usual exact match; -1 dimensions through _shape_matches.
+            if (given_dims != spec.dims and not _shape_matches(given_dims, spec.dims)) or (batching and not shape):
                 want = (-1, *spec.dims) if batching else spec.dims
                 raise InferError.invalid(f"unexpected shape for input '{name}' for model '{self.name}'. "
                                          f"Expected {_fmt(want)}, got {_fmt(shape)}")

@@ -113,3 +113,23 @@ async def test_closing_finishes_running_requests_and_refuses_new_ones(make_sched
     with pytest.raises(InferError, match="is unloading"):
         scheduler.run_sync(job(scheduler, 2))
     assert model.batches == [[HOLD]]
+
+
+async def test_run_now_answers_a_cheap_model_at_once_and_declines_otherwise(make_scheduler: MakeScheduler,
+                                                                            model: FakeModel) -> None:
+    """`run_now` (the schedule stage's way to skip a coroutine) runs what `run` would run inline, and nothing else:
+    not before the model is known to be cheap, not while its one instance is busy, not once closed."""
+    scheduler = make_scheduler()
+    assert scheduler.run_now(job(scheduler, 1)) is None  # unknown cost: `run` sends the first one to a thread
+    await warm_up(scheduler, model)
+    answer_of(scheduler.run_now(job(scheduler, 5, 2)), 5, 2)
+    assert model.batches == [[5, 5]]
+    # A call from a worker thread (as a Python model's BLS request) holds the only instance.
+    holder = asyncio.ensure_future(asyncio.to_thread(scheduler.run_sync, job(scheduler, HOLD)))
+    await model.held()
+    assert scheduler.run_now(job(scheduler, 6)) is None  # the instance is busy: the caller awaits `run`
+    model.gate.set()
+    answer_of(await holder, HOLD)
+    assert model.batches == [[5, 5], [HOLD]]
+    scheduler.close()
+    assert scheduler.run_now(job(scheduler, 7)) is None

@@ -49,6 +49,9 @@ class GraphScheduler:
     def make_job(self, feeds: Tensors, rows: int, priority: int, timeout_us: int) -> Job:
         return Job(feeds, rows, priority, timeout_us * 1000 if timeout_us > 0 else 0)
 
+    def run_now(self, job: Job) -> Tensors | None:
+        return None
+
     async def run(self, job: Job) -> Tensors:
         start = time.perf_counter_ns()
         if job.deadline_ns:

@@ -14,9 +14,13 @@ class ScheduleStage:
     def __call__(self, call: Call) -> Awaitable[None] | None:
         if call.response is not None:  # answered already (a response-cache hit): the model does not run
             return None
-        model = call.model
+        scheduler = call.model.scheduler
         if call.sync:
-            call.results = model.scheduler.run_sync(call.job)  # type: ignore[arg-type]
+            call.results = scheduler.run_sync(call.job)  # type: ignore[arg-type]
+            return None
+        results = scheduler.run_now(call.job)  # type: ignore[arg-type]
+        if results is not None:  # ran at once on this loop (a cheap model, an idle instance)
+            call.results = results
             return None
         return self._run(call)
 

@@ -28,6 +28,9 @@ class ColdScheduler:
     def make_job(self, feeds: Tensors, rows: int, priority: int, timeout_us: int) -> Job:
         return Job(feeds, rows)
 
+    def run_now(self, job: Job) -> Tensors | None:
+        return None
+
     async def run(self, job: Job) -> Tensors:
         raise self._refuse()
 

@@ -120,6 +120,22 @@ class DynamicBatcher:
                 self._queued += 1
             self._cond.notify()
 
+    def run_now(self, job: Job) -> Tensors | None:
+        """Inline at once only when nothing could join the job's batch (as `run` decides it)."""
+        if self._stopping or not (self._inline_allowed and self.pool.cheap):
+            return None
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        if self._inline.get(loop) or self._arrivals.get(loop) != 0:
+            return None
+        try:
+            instance = self.pool.idle.get_nowait()
+        except queue.Empty:
+            return None
+        return unwrap(self.pool.execute(instance, [job])[0])
+
     async def run(self, job: Job) -> Tensors:
         if self._stopping:
             raise unloading_error(self.name)

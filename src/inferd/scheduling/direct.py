@@ -45,6 +45,16 @@ class DirectScheduler:
             return self.pool.run_sync_with_deadline(job, self._submit)
         return self._run_blocking(job)
 
+    def run_now(self, job: Job) -> Tensors | None:
+        pool = self.pool
+        if self._closed or not pool.cheap:  # `cheap` is never true with a request timeout
+            return None
+        try:
+            instance = pool.idle.get_nowait()
+        except queue.Empty:
+            return None
+        return unwrap(pool.execute(instance, [job])[0])
+
     async def run(self, job: Job) -> Tensors:
         if self._closed:
             raise unloading_error(self.name)

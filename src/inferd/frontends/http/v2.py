@@ -194,9 +194,7 @@ def _json_data(name: str, array: np.ndarray) -> Any:
         except UnicodeDecodeError:
             raise InferError.invalid(f"output '{name}' holds bytes that are not valid UTF-8, which JSON cannot "
                                      "carry: request it with binary_data") from None
-    if array.dtype == np.float16:
-        return flat.astype(np.float32)
-    return flat
+    return flat  # integers and booleans (floats are written by the caller, FP16 as FP32 numbers)
 
 
 def _non_finite_tokens(flat: np.ndarray) -> bytes:
@@ -217,18 +215,20 @@ def encode_infer_response(response: InferenceResponse, options: OutputOptions) -
     blobs: list[bytes] = []
     json_floats: list[np.ndarray] = []
     shared = response.shared_outputs
+    binary = options.binary_all or options.binary  # no output asked as binary: no per-output question
     for name, array in response.outputs.items():
         entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
         if shared and name in shared:  # the data is in the client's region already
             entry["parameters"] = shared_memory_parameters(shared[name])
-        elif options.is_binary(name):
+        elif binary and options.is_binary(name):
             blob = encode_raw(array)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
+        elif array.dtype.kind == "f":
+            entry["data"] = data = array.ravel() if array.itemsize != 2 else array.ravel().astype(np.float32)
+            json_floats.append(data)
         else:
             entry["data"] = _json_data(name, array)
-            if array.dtype.kind == "f":
-                json_floats.append(entry["data"])
         outputs.append(entry)
     doc: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
     if response.id:
