@@ -285,6 +285,8 @@ def _decode_one(datatype: str, shape: list[int], data: object, name: str = "INPU
     ("FP32", [0.5, 1, -2.25], np.array([0.5, 1, -2.25], dtype=np.float32)),
     ("FP64", [[0.1, 2], [3, 4.5]], np.array([0.1, 2, 3, 4.5])),  # nested lists: the element count decides
     ("INT64", [1, -2, 2**62], np.array([1, -2, 2**62], dtype=np.int64)),
+    ("INT32", [1, -2, 2**31 - 1], np.array([1, -2, 2**31 - 1], dtype=np.int32)),
+    ("UINT8", [0, 255], np.array([0, 255], dtype=np.uint8)),
 ])
 def test_number_data_without_booleans_converts_to_the_datatype(datatype: str, data: list,
                                                                  expected: np.ndarray) -> None:
@@ -300,6 +302,9 @@ def test_number_data_without_booleans_converts_to_the_datatype(datatype: str, da
     ("INT64", [1, 2.5], "must be integers, got float 2.5 (element 1)"),
     ("INT64", [1, 2**63], "(element 1) is out of the range of INT64"),
     ("FP32", [1.0, True], "must be numbers, got true (element 1)"),
+    ("INT32", [1, 2**31], "(element 1) is out of the range of INT32"),
+    ("UINT8", [1, -1], "(element 1) is out of the range of UINT8"),
+    ("FP64", [1.0, [2.0]], "mix lists and values at one level"),
 ])
 def test_values_not_of_the_datatype_are_refused_by_name(datatype: str, data: list, words: str) -> None:
     with pytest.raises(InferError) as info:

@@ -11,6 +11,7 @@ element-by-element walk only runs to name the value that was refused.
 
 from __future__ import annotations
 
+import array as _array
 import math
 import warnings
 from itertools import chain
@@ -85,9 +86,9 @@ def decode_list(name: str, datatype: str, shape: tuple[int, ...], data: Any, *, 
     """Array from list data (JSON `data`, gRPC typed contents: `from_json` False): flat or nested (the element count
     must match the shape, as Triton checks it), values strictly of the datatype.
 
-    `plain`: the caller knows the data holds no booleans (a JSON document without a `true` or `false` token). A
-    float or INT64 tensor then converts with numpy's own type discovery, in C; the strict walk below runs only
-    when that finds anything but numbers of the datatype's kind, and names the value it refuses.
+    `plain`: the caller knows the data holds no booleans (a JSON document without a `true` or `false` token). Flat
+    number data then packs in C (`array.array`, as strict as the walk for everything but booleans); the walk below
+    runs only when that refuses something, or for nested lists, and names the value it refuses.
     """
     count = element_count(shape)
     if plain:
@@ -102,27 +103,27 @@ def decode_list(name: str, datatype: str, shape: tuple[int, ...], data: Any, *, 
     return _convert(name, datatype, leaves, types, "data", from_json).reshape(shape)
 
 
-# The datatypes `_plain_numbers` converts, with the numpy kinds it takes for each: a float tensor takes integers
-# and floats, INT64 integers within int64 (numpy discovers larger ones as uint64 or objects).
-_PLAIN = {datatype: (V2_TO_NUMPY[datatype], kinds)
-          for datatype, kinds in (("FP32", "fi"), ("FP64", "fi"), ("INT64", "i"))}
+# The datatypes whose list data `array.array` packs in C, as strictly as the walk below except for booleans (which
+# the caller rules out): a float code takes integers and floats, an integer code integers within its range; any
+# other value raises. Kept only where the C type has the datatype's size on this platform.
+_PACKED = {datatype: (code, V2_TO_NUMPY[datatype]) for datatype, code in (
+    ("FP32", "f"), ("FP64", "d"), ("INT8", "b"), ("UINT8", "B"), ("INT16", "h"), ("UINT16", "H"), ("INT32", "i"),
+    ("UINT32", "I"), ("INT64", "q"), ("UINT64", "Q")) if _array.array(code).itemsize == V2_TO_NUMPY[datatype].itemsize}
 
 
 def _plain_numbers(datatype: str, count: int, data: Any) -> np.ndarray | None:
-    """The data as an array when it is numbers of the datatype's kind, without booleans (the caller's word), all
-    finite and `count` of them; else None, and the strict path decides. No per-element work in Python."""
-    plain = _PLAIN.get(datatype)
-    if plain is None or type(data) is not list:
+    """Flat data as an array when every value is a number the datatype takes (no booleans, the caller's word), all
+    finite and `count` of them; else None, and the strict path decides and names the value it refuses."""
+    packing = _PACKED.get(datatype)
+    if packing is None or type(data) is not list or len(data) != count:
         return None
-    dtype, kinds = plain
+    code, dtype = packing
     try:
-        found = np.array(data)
-    except (ValueError, TypeError, OverflowError):  # ragged nesting, or values numpy cannot hold
+        packed = _array.array(code, data)  # TypeError for strings, nulls and lists; OverflowError out of range
+    except (TypeError, OverflowError):
         return None
-    if found.dtype.kind not in kinds or found.size != count:
-        return None
-    array = found if found.dtype == dtype else found.astype(dtype)
-    if dtype.kind == "f" and not math.isfinite(_sum(array, None)):
+    array = np.frombuffer(packed, dtype)
+    if dtype.kind == "f" and not math.isfinite(_sum(array)):
         return None  # NaN / Infinity tokens, or a value past the datatype: the strict path tells which
     return array
 
