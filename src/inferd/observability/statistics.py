@@ -58,6 +58,19 @@ class _BatchStats:
         self.compute_output = _Duration()
 
 
+class _AddedUp:
+    """A ModelStatistics counter fed by executions (kept in `_<name>`), read once the noted ones are added up."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._field = f"_{name}"
+
+    def __get__(self, stats: ModelStatistics | None, owner: type) -> Any:
+        if stats is None:
+            return self
+        stats._added_up()
+        return getattr(stats, self._field)
+
+
 class ModelStatistics:
     """Counters for one model version."""
 
@@ -146,40 +159,13 @@ class ModelStatistics:
             self._fold()
 
     # What readers see of the executions: every one noted so far, added up first.
-    @property
-    def inference_count(self) -> int:
-        self._added_up()
-        return self._inference_count
-
-    @property
-    def execution_count(self) -> int:
-        self._added_up()
-        return self._execution_count
-
-    @property
-    def queue(self) -> _Duration:
-        self._added_up()
-        return self._queue
-
-    @property
-    def compute_input(self) -> _Duration:
-        self._added_up()
-        return self._compute_input
-
-    @property
-    def compute_infer(self) -> _Duration:
-        self._added_up()
-        return self._compute_infer
-
-    @property
-    def compute_output(self) -> _Duration:
-        self._added_up()
-        return self._compute_output
-
-    @property
-    def batches(self) -> dict[int, _BatchStats]:
-        self._added_up()
-        return self._batches
+    inference_count = _AddedUp()
+    execution_count = _AddedUp()
+    queue = _AddedUp()
+    compute_input = _AddedUp()
+    compute_infer = _AddedUp()
+    compute_output = _AddedUp()
+    batches = _AddedUp()
 
     def record_cache_hit(self, ns: int) -> None:
         """A request answered from the response cache (`ns`: lookup and copy-out). As in Triton, it counts in the
