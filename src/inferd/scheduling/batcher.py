@@ -121,7 +121,8 @@ class DynamicBatcher:
             self._cond.notify()
 
     def run_now(self, job: Job) -> Tensors | None:
-        """Inline at once only when nothing could join the job's batch (as `run` decides it)."""
+        """Inline at once only when nothing else has arrived that could join the job's batch: run now rather
+        than a loop iteration later (`cheap` is never true with a request timeout)."""
         if self._stopping or not (self._inline_allowed and self.pool.cheap):
             return None
         try:
@@ -143,15 +144,10 @@ class DynamicBatcher:
             return await self.pool.run_with_deadline(job, self._enqueue_one)
         loop = asyncio.get_running_loop()
         if self._inline_allowed and self.pool.cheap:
+            results = self.run_now(job)
+            if results is not None:
+                return results
             pending = self._inline.get(loop)
-            if not pending and self._arrivals.get(loop) == 0:
-                # Nothing else has arrived that could join a batch: run now rather than a loop iteration later.
-                try:
-                    instance = self.pool.idle.get_nowait()
-                except queue.Empty:
-                    pass
-                else:
-                    return unwrap(self.pool.execute(instance, [job])[0])
             job.loop = loop
             future: asyncio.Future[Tensors] = loop.create_future()
             job.future = future

@@ -61,13 +61,9 @@ class DirectScheduler:
         pool = self.pool
         if pool.timeout_ns:
             return await pool.run_with_deadline(job, self._submit)
-        if pool.cheap:
-            try:
-                instance = pool.idle.get_nowait()
-            except queue.Empty:
-                pass
-            else:
-                return unwrap(pool.execute(instance, [job])[0])
+        results = self.run_now(job)
+        if results is not None:
+            return results
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._run_blocking, job)
 
     def resized(self) -> None:
