@@ -17,7 +17,7 @@ from .pipeline import Stage
 
 log = logging.getLogger("inferd.pipeline")
 
-__all__ = ["StagePlugins", "add_pipeline_stage_argument", "add_pipeline_stages", "plugin_stages", "stage_from_spec"]
+__all__ = ["StagePlugins", "add_pipeline_stage_argument", "add_pipeline_stages", "stage_from_spec"]
 
 
 class Server(Protocol):
@@ -59,25 +59,14 @@ class StagePlugins:
     def stages(self, server: Server) -> list[Stage]:
         """Each entry point's stage (its factory called with the server), once the reading is done."""
         self._thread.join()
-        return _made(self._entries, server)
-
-
-def plugin_stages(server: Server) -> list[Stage]:
-    """Stages from the `inferd.stages` entry-point group: each entry point is a factory `(server) -> Stage`."""
-    from importlib.metadata import entry_points
-
-    return _made(entry_points(group="inferd.stages"), server)
-
-
-def _made(entries: Any, server: Server) -> list[Stage]:
-    found = []
-    for entry in entries:
-        try:
-            found.append(entry.load()(server))
-        except Exception as exc:  # a broken plugin is reported and left out, never a server that cannot start
-            log.error("pipeline stage plugin '%s' (%s) failed to load: %s", entry.name, entry.value,
-                      describe_error(exc))
-    return found
+        found = []
+        for entry in self._entries:
+            try:
+                found.append(entry.load()(server))
+            except Exception as exc:  # a broken plugin is reported and left out, never a server that cannot start
+                log.error("pipeline stage plugin '%s' (%s) failed to load: %s", entry.name, entry.value,
+                          describe_error(exc))
+        return found
 
 
 def add_pipeline_stage_argument(parser: argparse.ArgumentParser) -> None:
