@@ -73,19 +73,13 @@ class AdmitStage:
         job.trace = call.trace
 
     def _check_limits(self, request: InferenceRequest) -> None:
-        """The request limits, for requests built in-process (frontends check them while decoding as well). The
-        comparisons are written out; the limits' methods only raise the error."""
+        """The request limits, for requests built in-process (frontends check them while decoding as well)."""
         limits = self._limits
-        inputs, shared = request.inputs, request.shared_inputs
-        if len(inputs) + len(shared) > limits.max_inputs:
-            limits.check_input_count(len(inputs) + len(shared))
-        most = limits.max_tensor_elements
-        for name, array in inputs.items():
-            if array.size > most:
-                limits.check_count(name, array.size)
-        if shared:
-            for name, (shape, _) in shared.items():
-                limits.check_elements(name, shape)
+        limits.check_input_count(len(request.inputs) + len(request.shared_inputs))
+        for name, array in request.inputs.items():
+            limits.check_count(name, array.size)
+        for name, (shape, _) in request.shared_inputs.items():
+            limits.check_elements(name, shape)
 
     def _bind_shared_memory(self, request: InferenceRequest) -> SharedMemoryLease:
         """Hold the regions the request names: its shared inputs become views of them, its placed outputs are

@@ -99,10 +99,7 @@ def decode_infer_request(body: bytes, header_length: int | None, model_name: str
     if not isinstance(raw_inputs, list):
         raise InferError.invalid("the inference request must have an 'inputs' list")
     limits.check_input_count(len(raw_inputs))
-    # No `true` / `false` token anywhere in the JSON: no boolean hides in a number tensor's data, and numpy's own
-    # conversion can take it (tensors.decode_list).
-    end = len(body) if header_length is None else header_length
-    plain = body.find(b"true", 0, end) < 0 and body.find(b"false", 0, end) < 0
+    plain: bool | None = None  # the JSON has no `true` / `false` token (looked for at the first `data` input)
     offset = header_length or 0
     view = memoryview(body)
     inputs: dict[str, np.ndarray] = {}
@@ -142,6 +139,10 @@ def decode_infer_request(body: bytes, header_length: int | None, model_name: str
             if datatype == "FP16":
                 raise InferError.invalid(f"input '{name}': datatype FP16 cannot be given as JSON data; send it "
                                          "with the binary tensor data extension (binary_data_size)")
+            if plain is None:
+                # No boolean can hide in a number tensor's data: it packs in C (tensors.decode_list).
+                end = len(body) if header_length is None else header_length
+                plain = body.find(b"true", 0, end) < 0 and body.find(b"false", 0, end) < 0
             array = decode_list(name, datatype, shape, item["data"], plain=plain)
         else:
             raise InferError.invalid(f"input '{name}' has neither 'data' nor a 'binary_data_size' parameter")
